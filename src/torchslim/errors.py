@@ -1,0 +1,60 @@
+"""Typed errors raised by torchslim.
+
+Every error a user can cause derives from :class:`TorchslimError`; the CLI prints
+its message (no traceback unless ``--debug``) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class TorchslimError(Exception):
+    """Base class of every error torchslim raises on bad input or bad state."""
+
+
+class UnknownNameError(TorchslimError, KeyError):
+    """A registry lookup failed; the message lists every registered name."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; registered: {', '.join(self.known) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config or recipe: where, what was given, what is wrong."""
+
+    path: str
+    message: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        value = "" if self.value is None else f" (got {self.value!r})"
+        return f"{self.path or '<root>'}: {self.message}{value}"
+
+
+class ConfigError(TorchslimError):
+    """A config or recipe is invalid; ``issues`` lists every problem found at once."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        head = f"{len(self.issues)} error(s) in {source or 'config'}"
+        super().__init__(head + "\n" + "\n".join(f"  - {i}" for i in self.issues))
+
+
+class DataNotFoundError(TorchslimError):
+    """A data set's files are not installed; the message says how to install them."""
+
+
+class CheckpointError(TorchslimError):
+    """A checkpoint or weights file is missing, corrupt, or does not fit the model."""
+
+
+class TransformRefusedError(TorchslimError):
+    """A technique refused to transform a model; the model was left unchanged."""

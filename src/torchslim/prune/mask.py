@@ -1,0 +1,83 @@
+"""Pruning masks that stay applied.
+
+A mask is a boolean buffer ``<param>_mask`` on the module owning the parameter
+(so it is saved with the state dict). Attaching one zeroes the pruned entries in
+place and registers a gradient hook that zeroes their gradients, so standard
+optimizers (SGD with momentum and weight decay, Adam, AdamW) never move them;
+:func:`reapply_masks`, run after every optimizer step by the training loop,
+makes this exact for any optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+MASK_SUFFIX = "_mask"
+_HOOKS_ATTR = "_torchslim_mask_hooks"
+
+
+class _GradMask:
+    """Gradient hook multiplying by the module's current mask (looked up at call time)."""
+
+    def __init__(self, module: nn.Module, buffer: str) -> None:
+        self.module, self.buffer = module, buffer
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * getattr(self.module, self.buffer)
+
+
+def attach_mask(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
+    """Attach (or replace) the mask of ``module.<param_name>`` and zero the pruned entries."""
+    param = getattr(module, param_name)
+    if mask.shape != param.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {param_name} {tuple(param.shape)}")
+    buffer = param_name + MASK_SUFFIX
+    mask = mask.to(device=param.device, dtype=torch.bool)
+    if hasattr(module, buffer) and buffer in module._buffers:
+        module._buffers[buffer] = mask
+    else:
+        module.register_buffer(buffer, mask)
+    hooks: dict[str, torch.utils.hooks.RemovableHandle] = module.__dict__.setdefault(_HOOKS_ATTR, {})
+    if param_name not in hooks:
+        hooks[param_name] = param.register_hook(_GradMask(module, buffer))
+    with torch.no_grad():
+        param.mul_(mask)
+
+
+def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
+    """Yield ``(module_name, module, param_name, mask)`` for every masked parameter."""
+    for mname, module in model.named_modules():
+        for bname, buf in module._buffers.items():
+            if buf is not None and bname.endswith(MASK_SUFFIX) and hasattr(module, bname[: -len(MASK_SUFFIX)]):
+                yield mname, module, bname[: -len(MASK_SUFFIX)], buf
+
+
+def get_mask(module: nn.Module, param_name: str) -> torch.Tensor | None:
+    buf = module._buffers.get(param_name + MASK_SUFFIX)
+    return buf
+
+
+@torch.no_grad()
+def reapply_masks(model: nn.Module) -> None:
+    """Zero every masked entry again (after an optimizer step)."""
+    for _, module, pname, mask in iter_masks(model):
+        getattr(module, pname).mul_(mask)
+
+
+def remove_masks(model: nn.Module) -> int:
+    """Make pruning permanent: drop masks and hooks, keep the zeroed weights. Returns how many were removed."""
+    found = list(iter_masks(model))
+    for _, module, pname, _mask in found:
+        del module._buffers[pname + MASK_SUFFIX]
+        handle = module.__dict__.get(_HOOKS_ATTR, {}).pop(pname, None)
+        if handle is not None:
+            handle.remove()
+    return len(found)
+
+
+def mask_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of every mask buffer in ``model``."""
+    return [f"{m}.{p}{MASK_SUFFIX}" if m else f"{p}{MASK_SUFFIX}" for m, _, p, _ in iter_masks(model)]

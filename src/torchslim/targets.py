@@ -1,0 +1,91 @@
+"""One targeting grammar for every technique.
+
+A *targets* mapping is ordered: each key is an exact qualified module name
+(``"fc1"``, ``"layer1.0.conv1"``) or a regular expression prefixed with ``re:``
+(``"re:layer[12]\\..*conv"``, matched with :func:`re.fullmatch`); each value is a
+per-layer config override (a mapping) or ``None`` to skip the layer. For every
+candidate layer the **first** matching key wins.
+
+Example:
+    >>> targets = {"fc3": None, "re:fc.*": {"sparsity": 0.9}}
+    >>> resolve_targets(["fc1", "fc2", "fc3"], targets)
+    {'fc1': Match(key='re:fc.*', value={'sparsity': 0.9}), 'fc2': ..., 'fc3': Match(key='fc3', value=None)}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from torchslim.errors import ConfigError, ConfigIssue
+
+V = TypeVar("V")
+REGEX_PREFIX = "re:"
+
+
+@dataclass(frozen=True)
+class Match(Generic[V]):
+    """The targets entry that matched a layer: its key and value (``None`` = skip)."""
+
+    key: str
+    value: V | None
+
+    @property
+    def skip(self) -> bool:
+        return self.value is None
+
+
+def check_target_keys(targets: Mapping[str, Any], path: str = "targets") -> list[ConfigIssue]:
+    """Syntax check of the keys (regexes compile); returns the problems found."""
+    issues = []
+    for key in targets:
+        if not isinstance(key, str) or not key:
+            issues.append(ConfigIssue(f"{path}", "target keys must be non-empty strings", key))
+        elif key.startswith(REGEX_PREFIX):
+            try:
+                re.compile(key[len(REGEX_PREFIX) :])
+            except re.error as exc:
+                issues.append(ConfigIssue(f"{path}.{key}", f"invalid regular expression: {exc}", key))
+    return issues
+
+
+def _matches(key: str, name: str) -> bool:
+    if key.startswith(REGEX_PREFIX):
+        return re.fullmatch(key[len(REGEX_PREFIX) :], name) is not None
+    return key == name
+
+
+def resolve_targets(
+    names: Iterable[str], targets: Mapping[str, V | None] | None, *, path: str = "targets"
+) -> dict[str, Match[V]]:
+    """Map each candidate layer name to the first targets entry matching it.
+
+    Names no entry matches are absent from the result. An exact-name key that
+    names no candidate layer is an error (a typo would otherwise silently do
+    nothing); so is a regex that matches nothing.
+
+    Raises:
+        ConfigError: listing every key that matched no layer, with the layer names.
+    """
+    names = list(names)
+    targets = dict(targets or {})
+    issues = check_target_keys(targets, path)
+    if issues:
+        raise ConfigError(issues)
+    out: dict[str, Match[V]] = {}
+    used: set[str] = set()
+    for name in names:
+        for key, value in targets.items():
+            if _matches(key, name):
+                out[name] = Match(key, value)
+                used.add(key)
+                break
+    unused = [k for k in targets if k not in used and not any(_matches(k, n) for n in names)]
+    if unused:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ConfigError(
+            [ConfigIssue(f"{path}.{k}", f"matches no layer; candidate layers: {shown}", k) for k in unused]
+        )
+    return out

@@ -1,0 +1,151 @@
+"""Checkpoints: safetensors tensors + a JSON sidecar, both written atomically.
+
+``<stem>.safetensors`` holds the state dict (pruning masks included);
+``<stem>.json`` holds the format version, the SHA-256 of the tensors file and
+whatever metadata the caller adds. Loading verifies the checksum and that the
+tensors fit the model before touching it; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
+from safetensors.torch import save as st_save
+from torch import nn
+
+from torchslim._io import atomic_write_bytes, atomic_write_text
+from torchslim.errors import CheckpointError
+from torchslim.prune.mask import MASK_SUFFIX, attach_mask
+
+FORMAT = "torchslim-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Save ``model``'s state dict to ``<path>.safetensors`` and a sidecar ``<path>.json``.
+
+    Returns the path of the tensors file. The sidecar is written last, so a
+    sidecar always describes a complete tensors file.
+    """
+    tensors_path, sidecar = _paths(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = st_save(state, metadata={"format": "pt"})
+    atomic_write_bytes(tensors_path, blob)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tensors": tensors_path.name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "meta": meta or {},
+    }
+    atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
+    return tensors_path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint's sidecar JSON."""
+    _, sidecar = _paths(path)
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is corrupt: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar} is not a torchslim checkpoint sidecar")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{sidecar}: unsupported checkpoint format_version {info.get('format_version')!r} (this torchslim reads {FORMAT_VERSION})"
+        )
+    return info
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
+    tensors_path, _ = _paths(path)
+    info = read_sidecar(path)
+    try:
+        blob = tensors_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint tensors {tensors_path} not found") from None
+    if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"checkpoint {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
+    try:
+        state = st_load(blob)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
+        raise CheckpointError(f"checkpoint {tensors_path} is corrupt: {exc}") from None
+    load_state(model, state, source=str(tensors_path))
+    return dict(info.get("meta", {}))
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+    """Load ``state`` into ``model``, re-attaching pruning masks; the model is untouched on mismatch.
+
+    Raises:
+        CheckpointError: naming missing and unexpected keys and shape mismatches.
+    """
+    own = model.state_dict()
+    modules = dict(model.named_modules())
+    masks: list[tuple[nn.Module, str, torch.Tensor]] = []
+    problems: list[str] = []
+    for key, value in state.items():
+        if key in own or not key.endswith(MASK_SUFFIX):
+            continue
+        mod_name, _, buf = key.rpartition(".")
+        module, pname = modules.get(mod_name), buf[: -len(MASK_SUFFIX)]
+        param = getattr(module, pname, None) if module is not None else None
+        if not isinstance(param, torch.Tensor) or param.shape != value.shape:
+            problems.append(f"mask {key} fits no parameter of the model")
+        else:
+            masks.append((module, pname, value))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not k.endswith(MASK_SUFFIX)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model architecture: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    for module, pname, mask in masks:
+        attach_mask(module, pname, mask)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a weights file into ``model``: a safetensors file, a torchslim checkpoint, or a
+    PyTorch state dict (``.pt``/``.pth``/``.bin``, read with ``torch.load(weights_only=True)``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"weights file {p} not found")
+    if p.suffix == ".safetensors" and _paths(p)[1].exists():
+        load_checkpoint(model, p)
+        return
+    try:
+        if p.suffix == ".safetensors":
+            state = st_load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any parse failure as a bad file
+        raise CheckpointError(f"cannot read weights file {p}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {p} does not hold a state dict of tensors")
+    load_state(model, state, source=str(p))

@@ -1,0 +1,241 @@
+"""The fine-tuning loop every training technique hooks into.
+
+Techniques contribute :class:`Callback` objects (what); the loop decides when
+they run: ``on_train_start``, ``on_loss`` (may add a penalty to the loss),
+``on_step`` (after each optimizer step), ``on_epoch_end`` and ``on_finalize``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from torchslim.config import Config
+from torchslim.data import DataBundle
+from torchslim.measure import evaluate_accuracy
+from torchslim.prune.mask import iter_masks, reapply_masks
+from torchslim.report import Report
+
+
+class TrainConfig(Config):
+    """How to (re)train a model.
+
+    Attributes:
+        epochs: passes over the training split.
+        max_steps: stop after this many optimizer steps (overrides ``epochs`` when reached first).
+        batch_size: samples per step.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: L2 (SGD/Adam) or decoupled (AdamW) weight decay.
+        schedule: ``constant``, ``cosine``, ``linear`` (decay to zero) or ``step``
+            (multiply by ``gamma`` every ``step_epochs`` epochs).
+        warmup_steps: linear warm-up from zero.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: clip the global gradient norm to this value.
+        seed: seeds shuffling and any randomness in the model (dropout).
+    """
+
+    epochs: int = Field(default=1, ge=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    step_epochs: int = Field(default=1, ge=1)
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: the model, the optimizer, where training is, the last loss."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    loss: float = float("nan")
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop: bool = False
+
+
+class Callback:
+    """Hooks a technique adds to training. Override what you need."""
+
+    def on_train_start(self, state: TrainState) -> None: ...
+
+    def on_loss(self, state: TrainState, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def on_step(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+    def on_finalize(self, state: TrainState) -> None: ...
+
+
+class KeepMasks(Callback):
+    """Re-applies pruning masks after every optimizer step (added automatically when masks exist)."""
+
+    def on_step(self, state: TrainState) -> None:
+        reapply_masks(state.model)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based) of ``total``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = step - cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
+    if cfg.schedule == "linear":
+        return max(0.0, 1 - t / span)
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((step // max(1, steps_per_epoch)) // cfg.step_epochs)
+    return 1.0
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not enabled,
+    )
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def finetune(
+    model: nn.Module,
+    data: DataBundle,
+    config: TrainConfig | dict[str, Any] | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    loss_fn: LossFn | None = None,
+    progress: bool = True,
+    description: str = "finetune",
+) -> Report:
+    """Train ``model`` on ``data``'s training split; masks stay applied throughout.
+
+    Args:
+        model: trained in place.
+        data: a :class:`DataBundle` (train split used; val split evaluated each epoch).
+        config: a :class:`TrainConfig` or a mapping validated into one.
+        callbacks: technique hooks, called in order.
+        loss_fn: ``(logits, labels) -> loss``; cross-entropy by default.
+        progress: show a progress bar on a terminal.
+
+    Returns:
+        A :class:`Report` whose ``meta["history"]`` has one row per epoch
+        (``epoch``, ``loss``, ``val_accuracy``, ``lr``, ``seconds``).
+
+    Example:
+        >>> ts.finetune(model, ts.load_data("mnist"), {"epochs": 2, "lr": 0.05})
+    """
+    cfg = TrainConfig.parse(config)
+    console = Console(stderr=True)
+    torch.manual_seed(cfg.seed)
+    loader = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    all_callbacks = list(callbacks)
+    if any(True for _ in iter_masks(model)) and not any(isinstance(c, KeepMasks) for c in all_callbacks):
+        all_callbacks.append(KeepMasks())
+    state = TrainState(model, optimizer, cfg, total_steps=total)
+    criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    for cb in all_callbacks:
+        cb.on_train_start(state)
+    was_training = model.training
+    t_start = time.perf_counter()
+    with _progress(progress and console.is_terminal, console) as bar:
+        task = bar.add_task(description, total=total, loss=float("nan"))
+        for epoch in range(cfg.epochs):
+            if state.step >= total or state.stop:
+                break
+            state.epoch = epoch
+            model.train()
+            loader.set_epoch(epoch)
+            t_epoch, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+            for x, y in loader:
+                if state.step >= total or state.stop:
+                    break
+                lr = cfg.lr * lr_factor(cfg, state.step, total, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = criterion(model(x), y)
+                for cb in all_callbacks:
+                    loss = cb.on_loss(state, loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                state.step += 1
+                state.loss = float(loss.detach())
+                loss_sum, n_batches = loss_sum + state.loss, n_batches + 1
+                for cb in all_callbacks:
+                    cb.on_step(state)
+                bar.update(task, advance=1, loss=state.loss)
+            val_acc = evaluate_accuracy(model, data.loader("val", 512)) if len(data.val) else float("nan")
+            row = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / max(1, n_batches),
+                "val_accuracy": val_acc,
+                "lr": lr if n_batches else float("nan"),
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            state.history.append(row)
+            console.log(
+                f"{description} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                f"val acc {100 * val_acc:.2f}%, {row['seconds']:.1f}s"
+            )
+            for cb in all_callbacks:
+                cb.on_epoch_end(state)
+    for cb in all_callbacks:
+        cb.on_finalize(state)
+    model.train(was_training)
+    return Report(
+        title=description,
+        technique="finetune",
+        layers=[],
+        skipped=[],
+        meta={"history": state.history, "steps": state.step, "seconds": time.perf_counter() - t_start, "config": cfg.model_dump()},
+    )

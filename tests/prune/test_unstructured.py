@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from torchslim.data import load_data
+from torchslim.errors import ConfigError, TransformRefusedError
+from torchslim.measure import evaluate_accuracy
+from torchslim.prune import PruneConfig, iter_masks, prune_, remove_masks
+from torchslim.train import finetune
+from torchslim.zoo import create_model
+
+
+def lenet(seed=0):
+    torch.manual_seed(seed)
+    return create_model("lenet300")
+
+
+def weights(m):
+    return {n: mod.weight.detach().clone() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+
+
+def test_global_magnitude_prunes_exactly_the_smallest_weights():
+    m = lenet()
+    w = weights(m)
+    report = prune_(m, {"sparsity": 0.9, "keep_first_last": False})
+    allw = torch.cat([t.abs().flatten() for t in w.values()])
+    k = round(0.9 * allw.numel())
+    threshold = allw.sort().values[k - 1]
+    zeros = sum(int((mod.weight == 0).sum()) for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    assert zeros == k
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            kept = mod.weight != 0
+            assert bool((w[name].abs()[kept] >= threshold).all())
+            assert bool((w[name].abs()[~kept] <= threshold).all())
+            assert bool((mod.bias != 0).all())  # biases are never pruned
+    assert [l.name for l in report.layers] == ["fc1", "fc2", "fc3"] and not report.skipped
+
+
+def test_first_and_last_layers_kept_by_default_and_reported():
+    m = lenet()
+    report = prune_(m, PruneConfig(sparsity=0.5))
+    assert [l.name for l in report.layers] == ["fc2"]
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert set(reasons) == {"fc1", "fc3"} and "first layer kept" in reasons["fc1"]
+    assert int((m.fc1.weight == 0).sum()) == 0
+    # naming a layer exactly in targets overrides keep_first_last
+    report = prune_(m, {"sparsity": 0.5, "targets": {"fc1": {"sparsity": 0.8}, "re:fc[23]": {}}})
+    assert abs(report.layers[0].sparsity - 0.8) < 1e-6
+    assert "fc3" in {s.name for s in report.skipped}  # matched by a regex only: still kept
+
+
+def test_layer_scope_and_per_layer_overrides():
+    m = lenet()
+    report = prune_(m, {"sparsity": 0.7, "scope": "layer", "keep_first_last": False, "targets": {"fc3": None, "fc2": {"sparsity": 0.5}, "re:.*": {}}})
+    s = {l.name: l.sparsity for l in report.layers}
+    assert abs(s["fc1"] - 0.7) < 1e-4 and abs(s["fc2"] - 0.5) < 1e-4
+    assert report.skipped[0].name == "fc3" and "null" in report.skipped[0].reason
+
+
+def test_iterative_pruning_keeps_earlier_zeros():
+    m = lenet()
+    prune_(m, {"sparsity": 0.5, "keep_first_last": False})
+    first = {n: mod.weight == 0 for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+    prune_(m, {"sparsity": 0.8, "keep_first_last": False})
+    total = sum(mod.weight.numel() for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    zeros = sum(int((mod.weight == 0).sum()) for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    assert zeros == round(0.8 * total)
+    for n, z in first.items():
+        assert bool((getattr(m, n).weight[z] == 0).all())
+
+
+def test_refusals_leave_the_model_unchanged():
+    m = lenet()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ConfigError, match="targets.fc9"):
+        prune_(m, {"sparsity": 0.5, "targets": {"fc9": {}}})
+    with pytest.raises(TransformRefusedError, match="no layer left"):
+        prune_(m, {"sparsity": 0.5, "targets": {"re:.*": None}})
+    assert not list(iter_masks(m))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "cfg,field",
+    [({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"), ({"sparsity": 0.5, "criterion": "taylorr"}, "criterion"),
+     ({"sparsity": 0.5, "scope": "world"}, "scope"), ({"sparsity": 0.5, "sparsty": 1}, "sparsty")],
+)
+def test_bad_configs_name_the_field(cfg, field):
+    with pytest.raises(ConfigError) as exc:
+        PruneConfig.parse(cfg)
+    assert exc.value.issues[0].path == field
+    if field == "criterion":
+        assert "registered: magnitude, random" in str(exc.value)
+
+
+def test_magnitude_beats_random_on_real_data():
+    data = load_data("digits")
+    base = create_model("lenet300", in_features=64)
+    torch.manual_seed(0)
+    finetune(base, data, {"epochs": 15, "lr": 0.05, "batch_size": 32}, progress=False)
+    acc = {}
+    for crit in ("magnitude", "random"):
+        m = create_model("lenet300", in_features=64)
+        m.load_state_dict(base.state_dict())
+        prune_(m, {"sparsity": 0.8, "criterion": crit, "keep_first_last": False})
+        acc[crit] = evaluate_accuracy(m, data.loader("test", 512))
+    assert acc["magnitude"] > 0.85 and acc["magnitude"] > acc["random"] + 0.2, acc
+
+
+def test_remove_masks_makes_pruning_permanent():
+    m = lenet()
+    prune_(m, {"sparsity": 0.5, "keep_first_last": False})
+    assert remove_masks(m) == 3 and not list(iter_masks(m))
+    assert "fc1.weight_mask" not in m.state_dict()
+    assert int((m.fc1.weight == 0).sum()) > 0
