@@ -1,0 +1,140 @@
+"""Top-1 accuracy and mean cross-entropy over a loader of ``(x, y)`` batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.errors import TorchslimError
+from torchslim.measure.macs import call_model, eval_mode
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Extract the logits tensor from a model output.
+
+    Accepts a tensor, an object with a ``logits`` attribute (Hugging Face outputs),
+    a mapping with a ``"logits"`` key, or a tuple/list whose first item is the logits.
+
+    Raises:
+        TorchslimError: No logits tensor can be found.
+
+    Example:
+        >>> logits_of((torch.zeros(2, 3), "aux")).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TorchslimError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def _to(obj: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _batches(model: nn.Module, loader: Iterable[Any]) -> Any:
+    device = _model_device(model)
+    for i, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TorchslimError(f"loader batch {i} must be an (inputs, targets) pair, got {type(batch).__name__}")
+        x, y = batch
+        if not isinstance(y, torch.Tensor):
+            raise TorchslimError(f"loader batch {i}: targets must be a tensor, got {type(y).__name__}")
+        x, y = _to(x, device), _to(y, device)
+        logits = logits_of(call_model(model, x))
+        if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+            raise TorchslimError(
+                f"loader batch {i}: expected logits of shape (batch, classes) matching {tuple(y.shape)} targets, "
+                f"got {tuple(logits.shape)}"
+            )
+        yield logits, y
+
+
+def evaluate_loss_and_accuracy(model: nn.Module, loader: Iterable[Any]) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` over ``loader``.
+
+    The model runs in eval mode under ``torch.no_grad()``; its previous training
+    mode (of every submodule) is restored afterwards. Inputs and targets are moved
+    to the model's device.
+
+    Args:
+        model: A classifier returning logits ``(batch, classes)``.
+        loader: Any iterable of ``(inputs, targets)`` batches (targets: class indices).
+
+    Returns:
+        ``(mean cross-entropy per sample, accuracy in [0, 1])``.
+
+    Raises:
+        TorchslimError: The loader is empty or yields malformed batches.
+
+    Example:
+        >>> loss, acc = evaluate_loss_and_accuracy(model, test_loader)  # doctest: +SKIP
+    """
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    with eval_mode(model), torch.no_grad():
+        for logits, y in _batches(model, loader):
+            total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += int(y.shape[0])
+    if seen == 0:
+        raise TorchslimError("cannot evaluate on an empty loader")
+    return total_loss / seen, correct / seen
+
+
+def evaluate_accuracy(model: nn.Module, loader: Iterable[Any]) -> float:
+    """Top-1 accuracy (fraction in ``[0, 1]``) of ``model`` over ``loader``.
+
+    The model runs in eval mode under ``torch.no_grad()``; its previous training
+    mode is restored afterwards.
+
+    Args:
+        model: A classifier returning logits ``(batch, classes)``.
+        loader: Any iterable of ``(inputs, targets)`` batches.
+
+    Returns:
+        Correct predictions divided by samples.
+
+    Raises:
+        TorchslimError: The loader is empty or yields malformed batches.
+
+    Example:
+        >>> evaluate_accuracy(model, [(x, y)])  # doctest: +SKIP
+        0.9821
+    """
+    correct = 0
+    seen = 0
+    with eval_mode(model), torch.no_grad():
+        for logits, y in _batches(model, loader):
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += int(y.shape[0])
+    if seen == 0:
+        raise TorchslimError("cannot evaluate on an empty loader")
+    return correct / seen

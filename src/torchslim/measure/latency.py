@@ -1,0 +1,140 @@
+"""Wall-clock latency of eager PyTorch inference (median of repeated runs)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.measure.macs import ExampleInput, call_model, eval_mode, input_device, repeat_sample
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Timing of ``runs`` forwards of a batch of ``batch`` samples on ``threads`` threads.
+
+    Attributes:
+        median_ms: Median milliseconds per batch.
+        p10_ms: 10th percentile (fast runs) in milliseconds.
+        p90_ms: 90th percentile (slow runs) in milliseconds.
+        runs: Timed runs (after warm-up).
+        batch: Batch size.
+        threads: Intra-op threads used.
+    """
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    batch: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+@contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Set ``torch.set_num_threads(threads)`` for the block, restoring the previous count.
+
+    ``None`` keeps the current count. Yields the count in effect.
+
+    Raises:
+        ValueError: ``threads`` is not a positive integer.
+
+    Example:
+        >>> with num_threads(1) as n:
+        ...     n
+        1
+    """
+    previous = torch.get_num_threads()
+    if threads is None:
+        yield previous
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 1] of already sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: ExampleInput,
+    *,
+    batch_size: int = 64,
+    threads: int | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+) -> LatencyResult:
+    """Median wall time of one eager forward of a batch, in eval mode under ``no_grad``.
+
+    The batch repeats the first sample of ``example_input`` ``batch_size`` times.
+    ``torch.set_num_threads(threads)`` is in effect only while measuring; the
+    previous thread count and the model's training mode are restored.
+
+    Args:
+        model: The model (on the device of ``example_input``).
+        example_input: An example batch; only its first sample is used.
+        batch_size: Samples per timed forward.
+        threads: Intra-op threads; ``None`` means ``torch.get_num_threads()``.
+        runs: Timed forwards (the median is over these).
+        warmup: Untimed forwards first.
+
+    Returns:
+        A :class:`LatencyResult`.
+
+    Raises:
+        ValueError: ``batch_size``, ``threads``, ``runs`` or ``warmup`` is out of range.
+
+    Example:
+        >>> r = measure_latency(nn.Linear(784, 10), torch.randn(1, 784), batch_size=32, runs=5)
+        >>> r.median_ms > 0
+        True
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    batch = repeat_sample(example_input, batch_size)
+    sync = input_device(batch).type == "cuda"
+    times: list[float] = []
+    with num_threads(threads) as used, eval_mode(model), torch.no_grad():
+        for _ in range(warmup):
+            call_model(model, batch)
+        if sync:
+            torch.cuda.synchronize()
+        for _ in range(runs):
+            start = time.perf_counter()
+            call_model(model, batch)
+            if sync:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1000.0)
+    ordered = sorted(times)
+    return LatencyResult(
+        median_ms=float(statistics.median(ordered)),
+        p10_ms=_percentile(ordered, 0.10),
+        p90_ms=_percentile(ordered, 0.90),
+        runs=runs,
+        batch=batch_size,
+        threads=used,
+    )

@@ -1,0 +1,157 @@
+"""Multiply-accumulate counts from torch's own FLOP counter.
+
+Also home of the small helpers that turn an *example input* into one sample or a
+batch and call a model with it, shared by :mod:`~torchslim.measure.latency` and
+:mod:`~torchslim.measure.memory`. An example input is a tensor (batch first), a
+tuple/list of tensors (positional arguments) or a dict of tensors (keyword
+arguments, e.g. a Hugging Face tokenizer output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from torchslim.errors import TorchslimError
+
+ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+def _map_tensors(example: Any, fn: Any) -> Any:
+    if isinstance(example, torch.Tensor):
+        if example.dim() == 0:
+            raise TorchslimError("example_input must have a batch dimension (got a 0-d tensor)")
+        return fn(example)
+    if isinstance(example, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in example.items()}
+    if isinstance(example, (tuple, list)) and example:
+        return type(example)(_map_tensors(v, fn) for v in example)
+    raise TorchslimError(
+        "example_input must be a tensor, a non-empty tuple/list of tensors or a dict of tensors, "
+        f"got {type(example).__name__}"
+    )
+
+
+def first_sample(example: ExampleInput) -> Any:
+    """Return the first sample of ``example`` with its batch dimension kept (``x[:1]``).
+
+    Example:
+        >>> first_sample(torch.zeros(8, 3)).shape
+        torch.Size([1, 3])
+    """
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[0] < 1:
+            raise TorchslimError("example_input has an empty batch dimension")
+        return t[:1]
+
+    return _map_tensors(example, take)
+
+
+def repeat_sample(example: ExampleInput, batch_size: int) -> Any:
+    """Return a contiguous batch of ``batch_size`` copies of the first sample of ``example``.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer.
+
+    Example:
+        >>> repeat_sample(torch.arange(6.0).view(3, 2), 4).shape
+        torch.Size([4, 2])
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    one = first_sample(example)
+    return _map_tensors(one, lambda t: t.repeat(batch_size, *([1] * (t.dim() - 1))).contiguous())
+
+
+def input_bytes(example: ExampleInput) -> int:
+    """Bytes held by the tensors of an example input.
+
+    Example:
+        >>> input_bytes(torch.zeros(2, 3))
+        24
+    """
+    total = 0
+
+    def add(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    _map_tensors(example, add)
+    return total
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` with a tensor, positional tensors (tuple/list) or keyword tensors (dict).
+
+    Example:
+        >>> call_model(nn.Linear(3, 2), torch.zeros(1, 3)).shape
+        torch.Size([1, 2])
+    """
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def input_device(inputs: Any) -> torch.device:
+    """Device of the first tensor of an example input."""
+    found: list[torch.device] = []
+    _map_tensors(inputs, lambda t: found.append(t.device) or t)
+    return found[0]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` and every submodule in eval mode, restoring each one's mode after.
+
+    Example:
+        >>> m = nn.Dropout().train()
+        >>> with eval_mode(m):
+        ...     m.training
+        False
+        >>> m.training
+        True
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
+    """Dense multiply-accumulates of one forward of ONE sample (``flops // 2``).
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` under ``torch.no_grad()``
+    in eval mode on ``example_input[:1]``; the model's training mode is restored.
+    Zeros in weights are not skipped (this is the dense count); bias additions,
+    activations and pooling are not counted by torch's counter.
+
+    Args:
+        model: The model.
+        example_input: An example batch (only the first sample is used).
+
+    Returns:
+        The MAC count for one sample.
+
+    Example:
+        >>> mlp = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
+        ...                     nn.ReLU(), nn.Linear(100, 10))
+        >>> count_macs(mlp, torch.randn(5, 784))
+        266200
+    """
+    sample = first_sample(example_input)
+    counter = FlopCounterMode(display=False)
+    with eval_mode(model), torch.no_grad(), counter:
+        call_model(model, sample)
+    return int(counter.get_total_flops()) // 2
