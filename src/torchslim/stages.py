@@ -75,3 +75,8 @@ STAGES.register("train")(
 )
 STAGES.register("finetune")(StageSpec(FinetuneStage, _run_train, help="fine-tune (masks stay applied)"))
 STAGES.register("prune")(StageSpec(PruneStage, _run_prune, help="unstructured pruning to a target sparsity"))
+
+# Stage types defined in technique packages register themselves in their own
+# ``stage.py`` (``STAGES.register("name")(StageSpec(...))``); this explicit list
+# imports them so every stage exists once ``torchslim.stages`` is imported.
+# One line per package, kept sorted.
