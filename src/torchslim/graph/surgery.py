@@ -1,0 +1,62 @@
+"""Swap modules and parameters by qualified name.
+
+Example:
+    >>> replace_module(model, "layer1.0.conv1", nn.Conv2d(16, 8, 3, padding=1))
+    >>> get_module(model, "layer1.0.conv1").out_channels
+    8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from torchslim.errors import TorchslimError
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (``""`` is the model itself); a clear error when absent."""
+    if name == "":
+        return model
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise TorchslimError(f"the model has no module {name!r}") from None
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where module ``name`` was; returns the old module."""
+    if name == "":
+        raise TorchslimError("cannot replace the root module in place")
+    parent_name, _, child = name.rpartition(".")
+    parent = get_module(model, parent_name)
+    old = get_module(model, name)
+    setattr(parent, child, new)
+    return old
+
+
+def get_parameter(model: nn.Module, name: str) -> nn.Parameter:
+    """The parameter ``module.path.param``."""
+    mod_name, _, pname = name.rpartition(".")
+    param = getattr(get_module(model, mod_name), pname, None)
+    if not isinstance(param, nn.Parameter):
+        raise TorchslimError(f"the model has no parameter {name!r}")
+    return param
+
+
+def set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter ``name`` with a new ``nn.Parameter`` holding ``value`` (shape may change)."""
+    mod_name, _, pname = name.rpartition(".")
+    module = get_module(model, mod_name)
+    old = getattr(module, pname, None)
+    requires_grad = old.requires_grad if isinstance(old, nn.Parameter) else True
+    setattr(module, pname, nn.Parameter(value.detach().clone(), requires_grad=requires_grad))
+
+
+def named_leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Modules with no children, by qualified name."""
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            yield name, module
