@@ -1,13 +1,15 @@
 """Checkpoints: safetensors tensors + a JSON sidecar, both written atomically.
 
 ``<stem>.safetensors`` holds the state dict (pruning masks included);
-``<stem>.json`` holds the format version, the SHA-256 of the tensors file and
-whatever metadata the caller adds. Loading verifies the checksum and that the
+``<stem>.json`` holds the format version, the SHA-256 of the tensors file, the
+structure steps of structured pruning (replayed onto a fresh model before its
+weights are loaded) and whatever metadata the caller adds. Loading verifies the checksum and that the
 tensors fit the model before touching it; nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +22,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from torchslim._io import atomic_write_bytes, atomic_write_text
-from torchslim.errors import CheckpointError
+from torchslim.errors import CheckpointError, TorchslimError
+from torchslim.graph.slicing import recorded_structure, replay_structure
 from torchslim.prune.mask import MASK_SUFFIX, attach_mask
 
 FORMAT = "torchslim-checkpoint"
@@ -49,6 +52,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
         "tensors": tensors_path.name,
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
+        "structure": recorded_structure(model),
         "meta": meta or {},
     }
     atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
@@ -87,6 +91,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
         state = st_load(blob)
     except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
         raise CheckpointError(f"checkpoint {tensors_path} is corrupt: {exc}") from None
+    steps = info.get("structure") or []
+    if steps:
+        # structured pruning changed shapes: replay it on a copy first so a mismatch leaves the model untouched
+
+        trial = copy.deepcopy(model)
+        try:
+            replay_structure(trial, steps)
+        except TorchslimError as exc:
+            raise CheckpointError(f"{tensors_path}: cannot replay the recorded structure onto this model: {exc}") from None
+        load_state(trial, state, source=str(tensors_path))
+        replay_structure(model, steps)
     load_state(model, state, source=str(tensors_path))
     return dict(info.get("meta", {}))
 
