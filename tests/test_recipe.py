@@ -1,3 +1,4 @@
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_three_mistakes_are_reported_at_once():
         parse_recipe(bad)
     issues = {i.path: i for i in exc.value.issues}
     assert set(issues) == {"model.name", "stages.0.epochss", "stages.1.sparsity"}
-    assert "registered: lenet300, lenet5, resnet_cifar" in issues["model.name"].message
+    assert "registered: " in issues["model.name"].message and "lenet300, lenet5" in issues["model.name"].message
     assert "allowed: epochs, max_steps" in issues["stages.0.epochss"].message
     assert issues["stages.1.sparsity"].value == 1.5 and "less than 1" in issues["stages.1.sparsity"].message
 
@@ -46,7 +47,7 @@ def test_unknown_stage_type_data_and_top_level_key():
     text = str(exc.value)
     assert "data.name: unknown data set 'imagenet'; registered: digits, fashion-mnist, mnist" in text
     assert "stage: unknown key; allowed: name, seed, model, data, measure, output, stages" in text
-    assert "stages.0.type: unknown stage type; allowed: finetune, prune, train" in text
+    assert re.search(r"stages\.0\.type: unknown stage type; allowed: .*finetune.*prune.*train", text)
     assert "stages.1.type: missing" in text
 
 

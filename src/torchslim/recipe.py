@@ -162,10 +162,11 @@ def _stage_issues(i: int, raw: Any) -> tuple[Stage | None, list[ConfigIssue]]:
         spec = STAGES.get(str(kind))
     except UnknownNameError:
         return None, [ConfigIssue(f"{path}.type", f"unknown stage type; allowed: {', '.join(STAGES.names())}", kind)]
+    cls = spec.config_for(raw)
     try:
-        return Stage(type=str(kind), config=spec.config.parse(raw, prefix=path)), []
+        return Stage(type=str(kind), config=cls.parse(raw, prefix=path)), []
     except ConfigError as exc:
-        return None, _with_allowed_keys(exc.issues, spec.config, path)
+        return None, _with_allowed_keys(exc.issues, cls, path)
 
 
 def _with_allowed_keys(issues: list[ConfigIssue], cls: type[Config], path: str) -> list[ConfigIssue]:

@@ -32,6 +32,9 @@ from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import check_target_keys, resolve_targets
 
 
+STRUCTURED_GRANULARITIES = ("channel", "head", "block")
+
+
 class LayerStructuredConfig(Config):
     """Per-layer override inside ``targets`` (keyed by a producer layer's name)."""
 
