@@ -37,7 +37,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
+# Peers measured side by side in the benchmarks (not needed by the library or its tests).
+BENCH_STAMP := $(VENV)/.torchslim-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps torch-pruning==1.6.1
+	touch $@
+
+bench: install $(BENCH_STAMP)
 	$(PY) benchmarks/run.py $(NAME)
 
 clean:
