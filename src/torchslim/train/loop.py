@@ -184,6 +184,7 @@ def finetune(
     for cb in all_callbacks:
         cb.on_train_start(state)
     was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # batches follow the model
     t_start = time.perf_counter()
     with _progress(progress and console.is_terminal, console) as bar:
         task = bar.add_task(description, total=total, loss=float("nan"))
@@ -197,6 +198,7 @@ def finetune(
             for x, y in loader:
                 if state.step >= total or state.stop:
                     break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 lr = cfg.lr * lr_factor(cfg, state.step, total, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
