@@ -90,7 +90,7 @@ def test_bad_configs_name_the_field(cfg, field):
         PruneConfig.parse(cfg)
     assert exc.value.issues[0].path == field
     if field == "criterion":
-        assert "registered: magnitude, random" in str(exc.value)
+        assert "registered: activation_max" in str(exc.value) and "magnitude" in str(exc.value)
 
 
 def test_magnitude_beats_random_on_real_data():
