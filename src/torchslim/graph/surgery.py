@@ -60,3 +60,30 @@ def named_leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if name and not any(True for _ in module.children()):
             yield name, module
+
+
+def remove_from_container(model: nn.Module, names: list[str]) -> None:
+    """Delete items ``names`` (e.g. ``"encoder.layer.3"``) from their ``nn.Sequential``/``nn.ModuleList``.
+
+    The container is rebuilt without them (later items shift down); everything is
+    checked before anything changes.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> remove_from_container(m, ["1"])
+        >>> len(m)
+        2
+    """
+    by_parent: dict[str, set[str]] = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = get_module(model, parent_name)
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)) or child not in parent._modules:
+            raise TorchslimError(f"{name!r} is not an item of a Sequential or ModuleList")
+        by_parent.setdefault(parent_name, set()).add(child)
+    for parent_name, drop in by_parent.items():
+        parent = get_module(model, parent_name)
+        kept = [m for key, m in parent._modules.items() if key not in drop]
+        parent._modules.clear()
+        for i, m in enumerate(kept):
+            parent._modules[str(i)] = m

@@ -1,0 +1,102 @@
+"""lowrank: ResNet-20 Fashion-MNIST Tucker-2 at 2× fewer MACs + fine-tune; MiniLM FFN SVD at half the FFN parameters + healing.
+
+ResNet-20: the cached baseline (``_baselines.resnet20_fmnist``), ``factorize_`` with
+``macs_ratio: 0.5`` (first conv and classifier kept), then ``FT_EPOCHS`` epochs of
+fine-tuning; test accuracy drop. MiniLM: every FFN linear (intermediate/output
+dense) SVD-factorised at half its parameters, healed by embedding distillation
+towards the full model (as in ``fold_redundant_minilm``); downstream probe
+accuracy drop on SMS spam and RT polarity.
+
+Targets: drop ≤ 1 pt on each.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+
+from _common import Timer, write_result
+from torchslim.lowrank import factorize_
+from torchslim.measure import count_macs, count_params, evaluate_accuracy
+from torchslim.train import finetune
+
+FT = {"epochs": 3, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
+      "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}
+
+
+def resnet_part() -> tuple[dict, dict, dict]:
+    from _baselines import resnet20_fmnist
+
+    model, data = resnet20_fmnist()
+    model.eval()
+    x = data.example_input()
+    base_acc = evaluate_accuracy(model, data.loader("test", 1000))
+    base = {"accuracy": base_acc, "macs": count_macs(model, x), "params": count_params(model)}
+    rep = factorize_(model, {"macs_ratio": 0.5}, example_input=x)
+    raw = evaluate_accuracy(model, data.loader("test", 1000))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # healing runs on a GPU when there is one
+    finetune(model.to(dev), data, FT, description="heal tucker2")
+    model.cpu()
+    acc = evaluate_accuracy(model, data.loader("test", 1000))
+    m = {"accuracy": acc, "accuracy_before_finetune": raw, "macs": count_macs(model, x), "params": count_params(model),
+         "macs_ratio": count_macs(model, x) / base["macs"], "factorized_layers": len(rep.layers),
+         "finetune": FT, "finetune_device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+    drop = 100 * (base_acc - acc)
+    t = {"resnet20_drop_pt": {"value": drop, "bar": "<= 1.0", "met": drop <= 1.0},
+         "resnet20_macs_ratio": {"value": m["macs_ratio"], "bar": "<= 0.5", "met": m["macs_ratio"] <= 0.5}}
+    return m, base, t
+
+
+def minilm_part() -> tuple[dict, dict, dict]:
+    from fold_redundant_minilm import TASKS, embeddings, evaluate, heal, packed, subsets
+
+    from torchslim.zoo.minilm import SentenceEncoder, load_minilm
+
+    hf, tokenizer = load_minilm()
+    full_model = SentenceEncoder(hf).eval()
+    data = subsets()
+    tok = {n: {"train": packed(tokenizer, data[n][0]), "test": packed(tokenizer, data[n][2])} for n in TASKS}
+    full = {n: {k: embeddings(full_model, tok[n][k]) for k in ("train", "test")} for n in TASKS}
+    base = evaluate(full_model, data, tok, full)
+    model = copy.deepcopy(full_model)
+    ffn = r"re:encoder\.encoder\.layer\.\d+\.(intermediate|output)\.dense"
+    rep = factorize_(model, {"ratio": 0.5, "keep_first_last": False, "targets": {ffn: {}}})
+    p_before = sum(l.details["params_before"] for l in rep.layers)
+    p_after = sum(l.details["params_after"] for l in rep.layers)
+    unhealed = evaluate(model, data, tok, full)
+    heal_batches = [b for n in TASKS for b in tok[n]["train"]]
+    heal(model, [full_model(b).detach() for b in heal_batches], heal_batches)
+    after = evaluate(model, data, tok, full)
+    m = {**after, "unhealed": unhealed, "ffn_params_ratio": p_after / p_before, "factorized_layers": len(rep.layers)}
+    t = {}
+    for n in TASKS:
+        drop = 100 * (base[f"accuracy_{n}"] - after[f"accuracy_{n}"])
+        t[f"minilm_{n}_drop_pt"] = {"value": drop, "bar": "<= 1.0", "met": drop <= 1.0}
+    return m, base, t
+
+
+def main() -> None:
+    timer = Timer()
+    torch.manual_seed(0)
+    parts = sys.argv[1:] or ["resnet", "minilm"]
+    metrics, baseline, targets = {}, {}, {}
+    if "resnet" in parts:
+        torch.set_num_threads(1)  # small CNN on a shared 2-core machine: one thread is faster and steadier
+        m, b, t = resnet_part()
+        metrics["resnet20_fmnist_tucker2"], baseline["resnet20_fmnist"] = m, b
+        targets.update(t)
+        print("resnet", m, t, flush=True)
+    if "minilm" in parts:
+        torch.set_num_threads(2)
+        m, b, t = minilm_part()
+        metrics["minilm_ffn_svd"], baseline["minilm"] = m, b
+        targets.update(t)
+        print("minilm", m, t, flush=True)
+    write_result("lowrank", metrics=metrics, baseline=baseline, targets=targets, wall_s=timer.seconds,
+                 notes=None if len(parts) == 2 else f"partial run: {', '.join(parts)}")
+
+
+if __name__ == "__main__":
+    main()

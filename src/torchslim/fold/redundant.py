@@ -1,0 +1,223 @@
+"""Redundant-layer removal: score blocks by how little they change their input, drop the k most redundant.
+
+Criteria (a registry; higher score = more redundant):
+
+* ``block_influence`` (ShortGPT, Men et al. 2024): mean cosine similarity between a
+  block's input and output hidden states on calibration data (per token / per
+  spatial position); a block whose output points where its input did adds little.
+* ``weight_similarity``: cosine similarity of a block's flattened weights with the
+  previous block's (same structure only); near-duplicates are redundant.
+* ``random`` (seeded) and ``last`` (the last k blocks): the baselines.
+
+Blocks are the children of ``nn.Sequential``/``nn.ModuleList`` containers whose
+items map a hidden state to one of the same shape (residual blocks, transformer
+layers); they are removed from their container (never swapped for an identity),
+so a Hugging Face encoder's layer list just gets shorter.
+
+Example:
+    >>> report = drop_layers_(model, {"k": 2, "criterion": "block_influence"}, calibration=batches)
+    >>> [l.name for l in report.layers]
+    ['encoder.layer.3', 'encoder.layer.4']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from torchslim.config import Config
+from torchslim.errors import TransformRefusedError
+from torchslim.graph.surgery import get_module, remove_from_container
+from torchslim.measure.macs import call_model, eval_mode
+from torchslim.registry import Registry
+from torchslim.report import LayerReport, Report, SkippedLayer
+
+FilterFn = Callable[[nn.Module, str], bool]
+Scorer = Callable[[nn.Module, list[str], "list[Any]", torch.Generator], dict[str, float]]
+REDUNDANCY: Registry[Scorer] = Registry("redundancy criterion")
+
+
+class DropLayersConfig(Config):
+    """Which blocks ``drop_layers_`` removes.
+
+    Attributes:
+        k: blocks to remove.
+        criterion: ``block_influence``, ``weight_similarity``, ``random`` or ``last``.
+        blocks: regex (``re.fullmatch``) over qualified names of candidate blocks;
+            default: every item of the model's longest Sequential/ModuleList of same-class modules.
+        calibration_batches: calibration batches used by ``block_influence``.
+        seed: seed of ``random``.
+    """
+
+    k: int = Field(default=1, ge=1)
+    criterion: Literal["block_influence", "weight_similarity", "random", "last"] = "block_influence"
+    blocks: str | None = None
+    calibration_batches: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+def candidate_blocks(model: nn.Module, pattern: str | None = None) -> list[str]:
+    """Qualified names of removable blocks (see :class:`DropLayersConfig` ``blocks``).
+
+    Example:
+        >>> candidate_blocks(create_model("transformer_encoder"))
+        ['blocks.0', 'blocks.1', 'blocks.2', 'blocks.3']
+    """
+    if pattern is not None:
+        rx = re.compile(pattern)
+        return [n for n, _ in model.named_modules() if n and rx.fullmatch(n)]
+    best: list[str] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Sequential, nn.ModuleList)):
+            kids = list(mod.named_children())
+            if len(kids) >= 2 and len({type(c) for _, c in kids}) == 1 and any(True for _ in kids[0][1].parameters()):
+                names = [f"{name}.{c}" if name else c for c, _ in kids]
+                if len(names) > len(best):
+                    best = names
+    return best
+
+
+def _hidden(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    return getattr(x, "last_hidden_state", None)
+
+
+@REDUNDANCY.register("block_influence")
+def block_influence(model: nn.Module, blocks: list[str], batches: list[Any], gen: torch.Generator) -> dict[str, float]:
+    """Mean cosine similarity of each block's input and output (per token/position); NaN when shapes differ.
+
+    Example:
+        >>> block_influence(model, ["blocks.0"], [x], torch.Generator())
+        {'blocks.0': 0.93}
+    """
+    sums = {b: 0.0 for b in blocks}
+    counts = {b: 0 for b in blocks}
+    shape_ok = {b: True for b in blocks}
+    hooks = []
+
+    def make(name: str) -> Any:
+        def hook(_m: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+            x = _hidden(args) if args else _hidden(list(kwargs.values()))
+            y = _hidden(out)
+            if x is None or y is None or x.shape != y.shape:
+                shape_ok[name] = False
+                return
+            dim = 1 if x.dim() == 4 else -1  # channels of a conv map, features of a token
+            cos = F.cosine_similarity(x.double(), y.double(), dim=dim)
+            sums[name] += float(cos.sum())
+            counts[name] += cos.numel()
+
+        return hook
+
+    for b in blocks:
+        hooks.append(get_module(model, b).register_forward_hook(make(b), with_kwargs=True))
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {b: (sums[b] / counts[b] if shape_ok[b] and counts[b] else float("nan")) for b in blocks}
+
+
+@REDUNDANCY.register("weight_similarity")
+def weight_similarity(model: nn.Module, blocks: list[str], batches: list[Any], gen: torch.Generator) -> dict[str, float]:
+    """Cosine similarity of each block's flattened weights with the previous block's (first block: −1).
+
+    Example:
+        >>> weight_similarity(model, ["blocks.0", "blocks.1"], [], torch.Generator())
+    """
+    flat = []
+    for b in blocks:
+        params = [p.detach().flatten().double() for p in get_module(model, b).parameters()]
+        flat.append(torch.cat(params) if params else torch.zeros(0, dtype=torch.float64))
+    out = {blocks[0]: -1.0}
+    for i in range(1, len(blocks)):
+        a, c = flat[i - 1], flat[i]
+        out[blocks[i]] = float(F.cosine_similarity(a, c, dim=0)) if a.shape == c.shape and a.numel() else float("nan")
+    return out
+
+
+@REDUNDANCY.register("random")
+def random_scores(model: nn.Module, blocks: list[str], batches: list[Any], gen: torch.Generator) -> dict[str, float]:
+    """Seeded random scores (the baseline every criterion must beat)."""
+    return dict(zip(blocks, torch.rand(len(blocks), generator=gen).tolist()))
+
+
+@REDUNDANCY.register("last")
+def last_scores(model: nn.Module, blocks: list[str], batches: list[Any], gen: torch.Generator) -> dict[str, float]:
+    """Later blocks score higher: removes the last k."""
+    return {b: float(i) for i, b in enumerate(blocks)}
+
+
+@torch.no_grad()
+def drop_layers_(
+    model: nn.Module,
+    config: DropLayersConfig | dict[str, Any],
+    *,
+    calibration: Iterable[Any] | None = None,
+    filter_fn: FilterFn | None = None,
+) -> Report:
+    """Remove the ``k`` most redundant blocks of ``model`` in place (heal afterwards by fine-tuning or distillation).
+
+    Args:
+        model: the model (modified in place).
+        config: a :class:`DropLayersConfig` or a mapping validated into one.
+        calibration: batches (``x`` or ``(x, y)``) for ``block_influence``; labels are ignored.
+        filter_fn: optional ``(module, name) -> bool``; rejected blocks are kept.
+
+    Returns:
+        A :class:`Report`: removed blocks (action ``removed``, with score and rank) and kept ones
+        under ``meta["scores"]``; blocks that could not be scored are listed as skipped.
+
+    Raises:
+        TransformRefusedError: no candidate blocks, fewer removable blocks than ``k``,
+            or ``block_influence`` without calibration data. The model is then unchanged.
+
+    Example:
+        >>> report = drop_layers_(model, {"k": 2}, calibration=[x for x, _ in loader])
+    """
+    cfg = DropLayersConfig.parse(config)
+    blocks = candidate_blocks(model, cfg.blocks)
+    if not blocks:
+        raise TransformRefusedError("no candidate blocks (give `blocks`, a regex over module names)")
+    skipped = []
+    if filter_fn is not None:
+        kept = [b for b in blocks if filter_fn(get_module(model, b), b)]
+        skipped += [SkippedLayer(b, "rejected by filter_fn") for b in blocks if b not in kept]
+        blocks = kept
+    batches: list[Any] = []
+    if cfg.criterion == "block_influence":
+        if calibration is None:
+            raise TransformRefusedError("block_influence needs calibration batches")
+        for i, batch in enumerate(calibration):
+            if i >= cfg.calibration_batches:
+                break
+            batches.append(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scores = REDUNDANCY.get(cfg.criterion)(model, blocks, batches, gen)
+    valid = [b for b in blocks if scores[b] == scores[b]]  # not NaN
+    skipped += [SkippedLayer(b, "cannot be removed: its output shape differs from its input's") for b in blocks if b not in valid]
+    if len(valid) < cfg.k:
+        raise TransformRefusedError(f"only {len(valid)} removable block(s) for k={cfg.k}: {', '.join(valid)}")
+    order = sorted(valid, key=lambda b: (-scores[b], blocks.index(b)))
+    chosen = order[: cfg.k]
+    layers = []
+    for rank, b in enumerate(chosen):
+        mod = get_module(model, b)
+        n = sum(p.numel() for p in mod.parameters())
+        layers.append(LayerReport(b, type(mod).__name__, (), n, 0, "removed",
+                                  {"criterion": cfg.criterion, "score": scores[b], "rank": rank + 1}))
+    remove_from_container(model, chosen)
+    return Report(title="drop_layers", technique="drop_layers", layers=layers, skipped=skipped,
+                  meta={"criterion": cfg.criterion, "scores": scores, "removed": chosen})
