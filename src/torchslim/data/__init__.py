@@ -13,5 +13,19 @@ Example:
 
 from torchslim.data.core import DATASETS, DataBundle, Normalize, Split, TensorLoader, cache_dir, load_data
 from torchslim.data import sets as _sets  # noqa: F401  (registers the built-in data sets)
+from torchslim.data.text import TEXT_SETS, TextSplits, load_text
+from torchslim.data.transforms import Jitter
 
-__all__ = ["DATASETS", "DataBundle", "Normalize", "Split", "TensorLoader", "cache_dir", "load_data"]
+__all__ = [
+    "DATASETS",
+    "TEXT_SETS",
+    "DataBundle",
+    "Jitter",
+    "Normalize",
+    "Split",
+    "TensorLoader",
+    "TextSplits",
+    "cache_dir",
+    "load_data",
+    "load_text",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ from torchslim.errors import TorchslimError
 from torchslim.registry import Registry
 
 SPLITS = ("train", "val", "test")
+
+#: ``(x, generator) -> x``: a per-batch input transform (augmentation), see :mod:`torchslim.data.transforms`
+BatchTransform = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class TensorLoader:
     Shuffling is seeded: epoch ``e`` of a loader with seed ``s`` always yields
     the same order, whatever happened before (the permutation is drawn from a
     generator seeded with ``s`` and ``e``). Each ``iter()`` advances the epoch
-    unless :meth:`set_epoch` is called first.
+    unless :meth:`set_epoch` is called first. An optional per-batch
+    ``transform(x, generator) -> x`` (e.g. :class:`~torchslim.data.transforms.Jitter`)
+    is applied to each input batch with a generator seeded by ``seed`` and the epoch.
     """
 
     def __init__(
@@ -64,12 +70,14 @@ class TensorLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        transform: BatchTransform | None = None,
     ) -> None:
         if batch_size < 1:
             raise TorchslimError(f"batch_size must be >= 1, got {batch_size}")
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.seed, self.drop_last = seed, drop_last
         self.epoch = 0
+        self.transform = transform
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the epoch used by the next iteration (for exact resumption)."""
@@ -90,14 +98,16 @@ class TensorLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = None
+        aug = None if self.transform is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
         self.epoch += 1
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             if order is None:
-                yield self.split.x[start : start + self.batch_size], self.split.y[start : start + self.batch_size]
+                x, y = self.split.x[start : start + self.batch_size], self.split.y[start : start + self.batch_size]
             else:
                 idx = order[start : start + self.batch_size]
-                yield self.split.x[idx], self.split.y[idx]
+                x, y = self.split.x[idx], self.split.y[idx]
+            yield (x if self.transform is None else self.transform(x, aug)), y
 
 
 @dataclass
@@ -111,6 +121,8 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     normalize: Normalize | None = None
+    #: per-batch augmentation applied to shuffled ``train`` loaders only (what training uses)
+    train_transform: BatchTransform | None = None
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -120,8 +132,12 @@ class DataBundle:
     def loader(
         self, split: str, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False
     ) -> TensorLoader:
-        """A :class:`TensorLoader` over one split (``train``, ``val`` or ``test``)."""
-        return TensorLoader(self.split(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        """A :class:`TensorLoader` over one split (``train``, ``val`` or ``test``).
+
+        A shuffled ``train`` loader applies :attr:`train_transform` (augmentation) when set.
+        """
+        transform = self.train_transform if split == "train" and shuffle else None
+        return TensorLoader(self.split(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, transform=transform)
 
     def example_input(self) -> torch.Tensor:
         """One test sample with a batch dimension, for MACs and latency."""
