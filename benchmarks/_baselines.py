@@ -9,6 +9,7 @@ model. Delete the cache to retrain.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from typing import Any
@@ -38,26 +39,32 @@ def _key(name: str, cfg: dict[str, Any]) -> str:
     return name + "-" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def trained(name: str, build: Any, data: DataBundle, cfg: dict[str, Any]) -> tuple[nn.Module, bool]:
-    """Return ``(model, was_cached)``: ``build()`` trained on ``data`` with ``cfg``, cached by name and config."""
+def trained(
+    name: str, build: Any, data: DataBundle, cfg: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[nn.Module, bool]:
+    """Return ``(model, was_cached)``: ``build()`` trained on ``data`` with ``cfg`` (on ``device``), cached by name and config."""
     path = cache_dir() / "baselines" / f"{_key(name, cfg)}.safetensors"
-    torch.manual_seed(cfg.get("seed", 0))
-    model = build()
-    if path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model, True
-    finetune(model, data, cfg, description=f"baseline {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return model, False
+    torch.manual_seed(cfg.get("seed", 0))
+    model = build().to(device)
+    # one trainer at a time: a second benchmark asking for the same baseline waits, then loads it
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            model.load_state_dict(load_file(str(path), device=str(device)))
+            return model, True
+        finetune(model, data, cfg, description=f"baseline {name}")
+        model.cpu()
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+    return model.to(device), False
 
 
-def resnet20_fmnist(data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:
+def resnet20_fmnist(data: DataBundle | None = None, device: torch.device | str = "cpu") -> tuple[nn.Module, DataBundle]:
     """ResNet-20 (1 input channel, 10 classes) trained on Fashion-MNIST with :data:`RESNET20_FMNIST`."""
     data = data or load_data("fashion-mnist")
     model, _ = trained(
-        "resnet20_fmnist", lambda: create_model("resnet_cifar", depth=20, in_channels=1, num_classes=10), data, RESNET20_FMNIST
+        "resnet20_fmnist", lambda: create_model("resnet_cifar", depth=20, in_channels=1, num_classes=10), data, RESNET20_FMNIST, device
     )
     return model, data

@@ -4,32 +4,44 @@ Both start from the same trained baseline (benchmarks/_baselines.py), reach at
 most half its MACs (torch FLOP counter), use widths rounded to multiples of 8,
 and get the same fine-tune. Latency: eager PyTorch and ONNX Runtime, batch 64,
 2 threads, median of repeated runs, all models timed side by side in this process.
+
+Two phases, run together by default:
+  --phase train DIR    baseline, both prunings and both fine-tunes (on CUDA when
+                       available), checkpoints written to DIR;
+  --phase measure DIR  loads them on the CPU, measures accuracy and latency, writes the results.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _baselines import resnet20_fmnist  # noqa: E402
+from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
 from _common import Timer, write_result  # noqa: E402
 
+from torchslim.data import load_data  # noqa: E402
 from torchslim.measure import count_macs, evaluate_accuracy, measure_latency  # noqa: E402
 from torchslim.measure.latency import measure_ort_latency  # noqa: E402
 from torchslim.prune.structured import prune_structured_  # noqa: E402
-from torchslim.train import finetune  # noqa: E402
+from torchslim.train import finetune, load_checkpoint, save_checkpoint  # noqa: E402
+from torchslim.zoo import create_model  # noqa: E402
 
-FINETUNE = {"epochs": 3, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
+FINETUNE = {"epochs": 5, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
             "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}
 MACS_TARGET = 0.5
 THREADS, BATCH, RUNS = 2, 64, 50
 
 
-def torch_pruning_at(model: torch.nn.Module, x: torch.Tensor, macs0: int) -> tuple[torch.nn.Module, float]:
+def torch_pruning_at(model: torch.nn.Module, x: torch.Tensor, macs0: int, ratio: float | None = None) -> tuple[torch.nn.Module, float]:
     """Torch-Pruning's MetaPruner with GroupMagnitudeImportance (GroupNorm, p=2), ratio bisected to <= the MAC target."""
     import torch_pruning as tp
 
@@ -40,6 +52,8 @@ def torch_pruning_at(model: torch.nn.Module, x: torch.Tensor, macs0: int) -> tup
         pruner.step()
         return m
 
+    if ratio is not None:
+        return pruned(ratio), ratio
     lo, hi = 0.0, 0.9
     for _ in range(12):
         mid = (lo + hi) / 2
@@ -50,75 +64,77 @@ def torch_pruning_at(model: torch.nn.Module, x: torch.Tensor, macs0: int) -> tup
     return pruned(hi), hi
 
 
-def main() -> None:
-    timer = Timer()
-    base, data = resnet20_fmnist()
-    base.eval()
-    x = data.example_input()
-    test = data.loader("test", 1000)
-    macs0 = count_macs(base, x)
-    acc0 = evaluate_accuracy(base, test)
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
+def train_phase(out: Path) -> None:
+    """Baseline, both prunings, both fine-tunes; checkpoints into ``out``."""
+    dev = _device()
+    base, data = resnet20_fmnist(device=dev)
+    base.eval()
+    x = data.example_input().to(dev)
+    macs0 = count_macs(base, x)
     ours = copy.deepcopy(base)
     report = prune_structured_(ours, {"macs_target": MACS_TARGET, "keep_first_last": False, "criterion": "l2"}, example_input=x)
-    ours_oneshot = evaluate_accuracy(ours, test)
+    one_shot = {"torchslim": evaluate_accuracy(ours, data.loader("test", 1000))}
     finetune(ours, data, FINETUNE, description="ours fine-tune")
-
     tpm, tp_ratio = torch_pruning_at(base, x, macs0)
-    tp_oneshot = evaluate_accuracy(tpm, test)
+    one_shot["torch_pruning"] = evaluate_accuracy(tpm, data.loader("test", 1000))
     finetune(tpm, data, FINETUNE, description="torch-pruning fine-tune")
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(base.cpu(), out / "baseline")
+    save_checkpoint(ours.cpu(), out / "torchslim", {"widths": {l.name: l.details["width_after"] for l in report.layers}})
+    save_file({k: v.detach().cpu().contiguous() for k, v in tpm.state_dict().items()}, str(out / "torch_pruning.safetensors"))
+    (out / "train.json").write_text(json.dumps({"tp_ratio": tp_ratio, "one_shot": one_shot, "device": str(dev),
+                                                "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}))
 
-    rows = {}
-    for name, m in (("baseline", base), ("torchslim", ours), ("torch_pruning", tpm)):
-        m.eval()
-        rows[name] = {
-            "accuracy": evaluate_accuracy(m, test),
-            "macs": count_macs(m, x),
-            "params": sum(p.numel() for p in m.parameters()),
-        }
-    eager = {k: [] for k in rows}
-    ort = {k: [] for k in rows}
-    models = {"baseline": base, "torchslim": ours, "torch_pruning": tpm}
+
+def measure_phase(out: Path, wall_s: float) -> None:
+    """Load the three models on the CPU; accuracy, MACs, eager and ONNX Runtime latency side by side."""
+    torch.set_num_threads(THREADS)
+    info = json.loads((out / "train.json").read_text())
+    data = load_data("fashion-mnist")
+    x = data.example_input()
+    test = data.loader("test", 1000)
+    build = lambda: create_model("resnet_cifar", depth=20, in_channels=1, num_classes=10)  # noqa: E731
+    base = build()
+    load_checkpoint(base, out / "baseline")
+    ours = build()
+    widths = load_checkpoint(ours, out / "torchslim")["widths"]
+    macs0 = count_macs(base.eval(), x)
+    tpm, _ = torch_pruning_at(base, x, macs0, ratio=info["tp_ratio"])  # replay the same pruning, then its fine-tuned weights
+    tpm.load_state_dict(load_file(str(out / "torch_pruning.safetensors")))
+
+    models = {"baseline": base.eval(), "torchslim": ours.eval(), "torch_pruning": tpm.eval()}
+    rows = {k: {"accuracy": evaluate_accuracy(m, test), "macs": count_macs(m, x), "params": sum(p.numel() for p in m.parameters())}
+            for k, m in models.items()}
+    eager: dict[str, list[float]] = {k: [] for k in models}
+    ort: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(3):  # interleaved rounds: the same machine state for every model
         for k, m in models.items():
             eager[k].append(measure_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
             ort[k].append(measure_ort_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     for k in rows:
-        rows[k]["eager_ms"] = med(eager[k])
-        rows[k]["ort_ms"] = med(ort[k])
+        rows[k]["eager_ms"] = statistics.median(eager[k])
+        rows[k]["ort_ms"] = statistics.median(ort[k])
 
-    drop = 100 * (rows["baseline"]["accuracy"] - rows["torchslim"]["accuracy"])
-    tp_drop = 100 * (rows["baseline"]["accuracy"] - rows["torch_pruning"]["accuracy"])
-    eager_speedup = rows["baseline"]["eager_ms"] / rows["torchslim"]["eager_ms"]
-    ort_speedup = rows["baseline"]["ort_ms"] / rows["torchslim"]["ort_ms"]
+    b, o, t = rows["baseline"], rows["torchslim"], rows["torch_pruning"]
+    drop = 100 * (b["accuracy"] - o["accuracy"])
+    tp_drop = 100 * (b["accuracy"] - t["accuracy"])
+    eager_speedup, ort_speedup = b["eager_ms"] / o["eager_ms"], b["ort_ms"] / o["ort_ms"]
     metrics = {
-        "accuracy": rows["torchslim"]["accuracy"],
-        "accuracy_one_shot": ours_oneshot,
-        "drop_pt": round(drop, 3),
-        "macs": rows["torchslim"]["macs"],
-        "macs_ratio": macs0 / rows["torchslim"]["macs"],
-        "params": rows["torchslim"]["params"],
-        "eager_ms": rows["torchslim"]["eager_ms"],
-        "ort_ms": rows["torchslim"]["ort_ms"],
-        "eager_speedup": round(eager_speedup, 3),
-        "ort_speedup": round(ort_speedup, 3),
-        "widths": {l.name: l.details["width_after"] for l in report.layers if l.name.endswith("conv1") or l.name.endswith("conv2")},
+        "accuracy": o["accuracy"], "accuracy_one_shot": info["one_shot"]["torchslim"], "drop_pt": round(drop, 3),
+        "macs": o["macs"], "macs_ratio": round(macs0 / o["macs"], 3), "params": o["params"],
+        "eager_ms": o["eager_ms"], "ort_ms": o["ort_ms"],
+        "eager_speedup": round(eager_speedup, 3), "ort_speedup": round(ort_speedup, 3), "widths": widths,
     }
-    peers = {
-        "torch_pruning": {
-            "version": "1.6.1",
-            "importance": "GroupMagnitudeImportance(p=2), round_to=8, fc ignored",
-            "pruning_ratio": round(tp_ratio, 4),
-            "accuracy": rows["torch_pruning"]["accuracy"],
-            "accuracy_one_shot": tp_oneshot,
-            "drop_pt": round(tp_drop, 3),
-            "macs_ratio": macs0 / rows["torch_pruning"]["macs"],
-            "params": rows["torch_pruning"]["params"],
-            "eager_speedup": round(rows["baseline"]["eager_ms"] / rows["torch_pruning"]["eager_ms"], 3),
-            "ort_speedup": round(rows["baseline"]["ort_ms"] / rows["torch_pruning"]["ort_ms"], 3),
-        }
-    }
+    peers = {"torch_pruning": {
+        "version": "1.6.1", "importance": "GroupMagnitudeImportance(p=2), round_to=8, fc ignored",
+        "pruning_ratio": round(info["tp_ratio"], 4), "accuracy": t["accuracy"], "accuracy_one_shot": info["one_shot"]["torch_pruning"],
+        "drop_pt": round(tp_drop, 3), "macs_ratio": round(macs0 / t["macs"], 3), "params": t["params"],
+        "eager_speedup": round(b["eager_ms"] / t["eager_ms"], 3), "ort_speedup": round(b["ort_ms"] / t["ort_ms"], 3),
+    }}
     targets = {
         "drop_le_0.5pt": {"value": round(drop, 3), "bar": 0.5, "met": drop <= 0.5},
         "drop_le_torch_pruning_plus_0.1": {"value": round(drop, 3), "bar": round(tp_drop + 0.1, 3), "met": drop <= tp_drop + 0.1},
@@ -126,15 +142,25 @@ def main() -> None:
         "ort_speedup_ge_1.6": {"value": round(ort_speedup, 3), "bar": 1.6, "met": ort_speedup >= 1.6},
     }
     path = write_result(
-        "prune_structured_resnet",
-        metrics=metrics,
-        baseline=rows["baseline"],
-        peers=peers,
-        targets=targets,
-        wall_s=timer.seconds,
-        notes=f"fine-tune {FINETUNE['epochs']} epochs for both; latency batch {BATCH}, {THREADS} threads, median of 3x{RUNS} runs",
+        "prune_structured_resnet", metrics=metrics, baseline=b, peers=peers, targets=targets, wall_s=wall_s,
+        notes=(f"training (baseline {RESNET20_FMNIST['epochs']} epochs, fine-tune {FINETUNE['epochs']} epochs each) ran on "
+               f"{info['device_name']}; accuracy and latency measured on this machine's CPU: batch {BATCH}, {THREADS} threads, "
+               f"median of 3 interleaved rounds of {RUNS} runs"),
     )
     print(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("all", "train", "measure"), default="all")
+    parser.add_argument("dir", nargs="?", default=None, help="checkpoint folder shared by the phases")
+    args = parser.parse_args()
+    timer = Timer()
+    out = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="prune_structured_resnet-"))
+    if args.phase in ("all", "train"):
+        train_phase(out)
+    if args.phase in ("all", "measure"):
+        measure_phase(out, timer.seconds)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,60 @@ def test_failed_stage_leaves_no_finished_looking_output(tmp_path):
     state = json.loads((out / "state.json").read_text())
     assert state["status"] == "failed" and "fc9" in state["error"]
     assert not any(p.name.startswith("report.") for p in out.iterdir())
+
+
+STRUCTURED = {
+    "name": "structured",
+    "seed": 1,
+    "model": {"name": "zoo:lenet300", "args": {"in_features": 64}},
+    "data": "digits",
+    "measure": {"latency_batch": 8, "latency_runs": 3},
+    "stages": [
+        {"type": "train", "epochs": 4, "lr": 0.05, "batch_size": 32},
+        {"type": "prune", "granularity": "channel", "sparsity": 0.5, "keep_first_last": False},
+        {"type": "finetune", "epochs": 2, "lr": 0.01, "batch_size": 32},
+    ],
+}
+
+
+def test_structured_stage_shrinks_and_resumes_from_a_replayed_structure(tmp_path, monkeypatch):
+    reference = run_recipe(parse_recipe(STRUCTURED), output=tmp_path / "ref", progress=False)
+    assert reference.report.after.params < 0.6 * reference.report.before.params
+    assert reference.model.fc1.out_features == 152 and reference.model.fc2.out_features == 48  # rounded to 8
+
+    real = stages_mod.finetune
+
+    def spy(model, data, cfg, **kw):
+        if kw["description"].startswith("3/3"):
+            kw["callbacks"] = [_Interrupt()]
+        return real(model, data, cfg, **kw)
+
+    monkeypatch.setattr(stages_mod, "finetune", spy)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(parse_recipe(STRUCTURED), output=out, progress=False)
+    monkeypatch.setattr(stages_mod, "finetune", real)
+    result = run_recipe(parse_recipe(STRUCTURED), output=out, resume=True, progress=False)
+    assert stable(result.report.after) == stable(reference.report.after)
+    ref_sd, sd = reference.model.state_dict(), result.model.state_dict()
+    assert all(torch.equal(ref_sd[k], sd[k]) for k in ref_sd)
+
+
+def test_distill_stage_heals_from_the_model_before_compression(tmp_path):
+    recipe = {
+        "name": "heal",
+        "seed": 0,
+        "model": {"name": "zoo:lenet300", "args": {"in_features": 64}},
+        "data": "digits",
+        "measure": {"latency_batch": 8, "latency_runs": 3},
+        "stages": [
+            {"type": "train", "epochs": 6, "lr": 0.05, "batch_size": 32},
+            {"type": "prune", "sparsity": 0.95, "keep_first_last": False},
+            {"type": "distill", "teacher": "initial", "epochs": 3, "lr": 0.02, "batch_size": 32, "temperature": 4, "alpha": 0.9},
+        ],
+    }
+    result = run_recipe(parse_recipe(recipe), output=tmp_path / "run", progress=False)
+    stages = result.report.stages
+    assert stages[2].measurement.accuracy > stages[1].measurement.accuracy  # healed
+    assert stages[2].measurement.nonzeros == stages[1].measurement.nonzeros  # masks kept through distillation
+    assert result.report.after.accuracy > result.report.before.accuracy - 0.05

@@ -187,7 +187,8 @@ def run_recipe(
             console.log(f"stage {label} ({stage.type})")
             torch.manual_seed(_stage_seed(recipe.seed, index))
             t_stage = time.perf_counter()
-            stage_report = STAGES.get(stage.type).run(model, stage.config, StageContext(data, label, progress))
+            ctx = StageContext(data, label, progress, initial_model=lambda: _baseline_model(recipe, data, out, done))
+            stage_report = STAGES.get(stage.type).run(model, stage.config, ctx)
             seconds = time.perf_counter() - t_stage
             m = measure_model(model, data, recipe.measure)
             ckpt = f"stage-{index + 1:02d}-{stage.type}"
@@ -219,6 +220,17 @@ def run_recipe(
     state["status"] = "complete"
     _write_state(out, state)
     return RunResult(report, model, out)
+
+
+def _baseline_model(recipe: Recipe, data: DataBundle, out: Path, done: list[dict[str, Any]]) -> nn.Module:
+    """The model before compression: as built (same seed), then the checkpoint of the last completed train stage."""
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model, data)
+    trained = [d for d in done if STAGES.get(d["type"]).baseline]
+    if trained:
+        load_checkpoint(model, out / trained[-1]["checkpoint"])
+    return model
 
 
 def _final_report(recipe: Recipe, state: dict[str, Any], model: nn.Module, seconds: float) -> Report:
