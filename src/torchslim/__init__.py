@@ -11,10 +11,16 @@ Example:
 """
 
 from torchslim.data import load_data
+from torchslim.distill import DistillConfig, distill
 from torchslim.errors import CheckpointError, ConfigError, DataNotFoundError, TorchslimError, TransformRefusedError
+from torchslim.fold import DropLayersConfig, FoldConfig, drop_layers_, fold_
+from torchslim.lowrank import FactorizeConfig, factorize_
 from torchslim.measure import Measurement, measure
 from torchslim.pipeline import run_recipe
-from torchslim.prune import PruneConfig, prune_
+from torchslim.prune import PruneConfig, StructuredPruneConfig, load_sparse, prune_, save_sparse
+from torchslim.prune.regularize import SparseTrainConfig, sparse_train
+from torchslim.prune.schedule import ScheduledPruneConfig, prune_with_schedule
+from torchslim.quant import QuantizeConfig, quantize_
 from torchslim.recipe import load_recipe
 from torchslim.report import Report
 from torchslim.train import TrainConfig, finetune, load_checkpoint, load_weights, save_checkpoint
@@ -26,20 +32,37 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataNotFoundError",
+    "DistillConfig",
+    "DropLayersConfig",
+    "FactorizeConfig",
+    "FoldConfig",
     "Measurement",
     "PruneConfig",
+    "QuantizeConfig",
     "Report",
+    "ScheduledPruneConfig",
+    "SparseTrainConfig",
+    "StructuredPruneConfig",
     "TorchslimError",
     "TrainConfig",
     "TransformRefusedError",
     "create_model",
+    "distill",
+    "drop_layers_",
+    "factorize_",
     "finetune",
+    "fold_",
     "load_checkpoint",
     "load_data",
     "load_recipe",
+    "load_sparse",
     "load_weights",
     "measure",
     "prune_",
+    "prune_with_schedule",
+    "quantize_",
     "run_recipe",
     "save_checkpoint",
+    "save_sparse",
+    "sparse_train",
 ]
