@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +30,7 @@ from torchslim.config import Config, issues_from_validation
 from torchslim.data import DATASETS
 from torchslim.errors import ConfigError, ConfigIssue, UnknownNameError
 from torchslim.stages import STAGES
-from torchslim.zoo import MODELS
-
-ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class ModelSpec(Config):
-    """Where the model comes from: ``zoo:NAME`` or an entry point ``pkg.module:build_fn``."""
-
-    name: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    weights: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if v.startswith("zoo:"):
-            if v[4:] not in MODELS:
-                raise ValueError(f"unknown zoo model {v[4:]!r}; registered: {', '.join(MODELS.names())}")
-        elif not ENTRY_POINT.match(v):
-            raise ValueError("must be 'zoo:NAME' or an entry point 'package.module:function'")
-        return v
-
-    @field_validator("weights")
-    @classmethod
-    def _check_weights(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).exists():
-            raise ValueError(f"weights file {v!r} not found")
-        return v
-
+from torchslim.zoo.spec import ModelSpec
 
 class DataSpec(Config):
     """A registered data set and its split options."""

@@ -89,3 +89,38 @@ def resolve_targets(
             [ConfigIssue(f"{path}.{k}", f"matches no layer; candidate layers: {shown}", k) for k in unused]
         )
     return out
+
+
+def select_layers(
+    layers: list[tuple[str, Any]],
+    targets: Mapping[str, V | None] | None,
+    *,
+    filter_fn: Any = None,
+    keep_first_last: bool = False,
+    kept_note: str = "name it in targets to include it",
+) -> tuple[list[tuple[str, Any, Match[V] | None]], list[tuple[str, str]]]:
+    """The candidate ``(name, module)`` layers a technique acts on, and the skipped ones with why.
+
+    A layer is skipped when ``filter_fn(module, name)`` rejects it, when
+    ``targets`` is given and no key matches it, when its matching value is
+    ``None``, or (``keep_first_last``) when it is the first or last candidate and
+    no key names it exactly. Returns ``([(name, module, match)], [(name, reason)])``.
+    """
+    matches = resolve_targets([n for n, _ in layers], targets)
+    first, last = (layers[0][0], layers[-1][0]) if layers else (None, None)
+    chosen: list[tuple[str, Any, Match[V] | None]] = []
+    skipped: list[tuple[str, str]] = []
+    for name, module in layers:
+        match = matches.get(name)
+        if filter_fn is not None and not filter_fn(module, name):
+            skipped.append((name, "rejected by filter_fn"))
+        elif targets is not None and match is None:
+            skipped.append((name, "not matched by any targets key"))
+        elif match is not None and match.skip:
+            skipped.append((name, f"excluded by targets[{match.key!r}] = null"))
+        elif keep_first_last and name in (first, last) and not (match and match.key == name):
+            which = "first" if name == first else "last"
+            skipped.append((name, f"{which} layer kept (keep_first_last; {kept_note})"))
+        else:
+            chosen.append((name, module, match))
+    return chosen, skipped

@@ -15,12 +15,9 @@ loaded): what "healing after pruning" distils from — or a model spec
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
 from torch import nn
 
 from torchslim.config import Config
@@ -29,34 +26,10 @@ from torchslim.distill.trainer import distill
 from torchslim.errors import TorchslimError
 from torchslim.report import Report
 from torchslim.stages import STAGES, StageContext, StageSpec
-from torchslim.zoo import MODELS
+from torchslim.zoo.spec import ModelSpec
 
-_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class TeacherSpec(Config):
+class TeacherSpec(ModelSpec):
     """A teacher built from the zoo (``zoo:NAME``) or an entry point, with optional weights."""
-
-    name: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    weights: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if v.startswith("zoo:"):
-            if v[4:] not in MODELS:
-                raise ValueError(f"unknown zoo model {v[4:]!r}; registered: {', '.join(MODELS.names())}")
-        elif not _ENTRY_POINT.match(v):
-            raise ValueError("must be 'zoo:NAME' or an entry point 'package.module:function'")
-        return v
-
-    @field_validator("weights")
-    @classmethod
-    def _check_weights(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).exists():
-            raise ValueError(f"weights file {v!r} not found")
-        return v
 
 
 class DistillStage(DistillConfig):

@@ -32,7 +32,7 @@ from torchslim.errors import TransformRefusedError
 from torchslim.prune.mask import attach_mask, get_mask
 from torchslim.prune.unstructured import prunable_layers
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import check_target_keys, resolve_targets
+from torchslim.targets import check_target_keys, select_layers as _select
 from torchslim.train.loop import Callback, TrainConfig, TrainState, finetune
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -106,27 +106,15 @@ def select_layers(
     layers = prunable_layers(model)
     if not layers:
         raise TransformRefusedError("the model has no prunable layer (Linear or Conv weight)")
-    matches = resolve_targets([n for n, _ in layers], config.targets)
-    first, last = layers[0][0], layers[-1][0]
+    picked, skipped_pairs = _select(layers, config.targets, filter_fn=filter_fn, keep_first_last=config.keep_first_last)
     chosen: list[tuple[str, nn.Module, float]] = []
-    skipped: list[SkippedLayer] = []
-    for name, module in layers:
-        match = matches.get(name)
-        if filter_fn is not None and not filter_fn(module, name):
-            skipped.append(SkippedLayer(name, "rejected by filter_fn"))
-        elif config.targets is not None and match is None:
-            skipped.append(SkippedLayer(name, "not matched by any targets key"))
-        elif match is not None and match.skip:
-            skipped.append(SkippedLayer(name, f"excluded by targets[{match.key!r}] = null"))
-        elif config.keep_first_last and name in (first, last) and not (match and match.key == name):
-            which = "first" if name == first else "last"
-            skipped.append(SkippedLayer(name, f"{which} layer kept (keep_first_last; name it in targets to include it)"))
+    skipped = [SkippedLayer(n, r) for n, r in skipped_pairs]
+    for name, module, match in picked:
+        w = match.value.weight if match is not None and match.value is not None else 1.0
+        if w == 0:
+            skipped.append(SkippedLayer(name, "penalty weight 0"))
         else:
-            w = match.value.weight if match is not None and match.value is not None else 1.0
-            if w == 0:
-                skipped.append(SkippedLayer(name, "penalty weight 0"))
-            else:
-                chosen.append((name, module, w))
+            chosen.append((name, module, w))
     if not chosen:
         raise TransformRefusedError("no layer left to regularise: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
     return chosen, skipped

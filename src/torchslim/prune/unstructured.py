@@ -14,7 +14,7 @@ from torchslim.prune.importance import compute_scores
 from torchslim.prune.mask import attach_mask, get_mask
 from torchslim.prune.nm import nm_incompatibility, nm_mask
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import resolve_targets
+from torchslim.targets import select_layers
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -30,23 +30,11 @@ def _select(
     layers = prunable_layers(model)
     if not layers:
         raise TransformRefusedError("the model has no prunable layer (Linear or Conv weight)")
-    matches = resolve_targets([n for n, _ in layers], config.targets)
-    first, last = layers[0][0], layers[-1][0]
-    chosen, skipped = [], []
-    for name, module in layers:
-        match = matches.get(name)
-        if filter_fn is not None and not filter_fn(module, name):
-            skipped.append(SkippedLayer(name, "rejected by filter_fn"))
-        elif config.targets is not None and match is None:
-            skipped.append(SkippedLayer(name, "not matched by any targets key"))
-        elif match is not None and match.skip:
-            skipped.append(SkippedLayer(name, f"excluded by targets[{match.key!r}] = null"))
-        elif config.keep_first_last and name in (first, last) and not (match and match.key == name):
-            which = "first" if name == first else "last"
-            skipped.append(SkippedLayer(name, f"{which} layer kept (keep_first_last; name it in targets to prune it)"))
-        else:
-            chosen.append((name, module, match.value if match and match.value else LayerPruneConfig()))
-    return chosen, skipped
+    picked, skipped = select_layers(
+        layers, config.targets, filter_fn=filter_fn, keep_first_last=config.keep_first_last, kept_note="name it in targets to prune it"
+    )
+    chosen = [(n, m, match.value if match and match.value else LayerPruneConfig()) for n, m, match in picked]
+    return chosen, [SkippedLayer(n, r) for n, r in skipped]
 
 
 def _k_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
