@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from torchslim.measure.accuracy import evaluate_accuracy, evaluate_loss_and_accuracy, logits_of
-from torchslim.measure.latency import LatencyResult, measure_latency, num_threads
+from torchslim.measure.latency import (
+    LatencyResult,
+    measure_latency,
+    measure_ort_latency,
+    num_threads,
+    onnx_export_bytes,
+    ort_session,
+)
 from torchslim.measure.macs import ExampleInput, count_macs
 from torchslim.measure.memory import model_state_bytes, peak_inference_memory
 from torchslim.measure.record import FIELDS, Measurement, format_change, format_value
@@ -51,8 +58,11 @@ __all__ = [
     "logits_of",
     "measure",
     "measure_latency",
+    "measure_ort_latency",
     "model_state_bytes",
     "num_threads",
+    "onnx_export_bytes",
+    "ort_session",
     "peak_inference_memory",
     "sparse_bytes",
     "tensor_sparse_bytes",

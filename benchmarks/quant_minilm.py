@@ -1,0 +1,209 @@
+"""quant_minilm: all-MiniLM-L6-v2 int8 in ONNX Runtime, side by side with ORT quantize_dynamic and torch.ao.
+
+* Ours: ``quantize_`` static (per-channel int8 weights, per-tensor uint8 activations
+  calibrated on 32 batches of 16 training sentences, MSE-optimal clipping), exported as QDQ ONNX with our
+  scales; ONNX Runtime runs the linears as MatMulIntegerToFloat.
+* Peers: ONNX Runtime ``quantize_dynamic`` (int8 weights, dynamic uint8 activations) on the
+  same fp32 ONNX graph; ``torch.ao.quantization.quantize_dynamic`` (eager, qint8 Linear).
+* Quality: cosine similarity of L2-normalised mean-pooled sentence embeddings to fp32 (the
+  fp32 reference is the fp32 ONNX export, checked equal to torch eager), over every test
+  sentence; downstream accuracy of a logistic regression trained on each variant's own
+  embeddings (SMS spam, RT sentence polarity; fixed 80/20 splits of torchslim.data.text; the
+  RT training split is subsampled to 3,000 sentences to fit the time budget, test splits whole).
+* Latency: batch 32 x 128 tokens (real text, no padding), 2 threads, median, side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Timer, write_result  # noqa: E402
+
+from torchslim.data.text import load_text  # noqa: E402
+from torchslim.measure import measure_latency, measure_ort_latency, num_threads  # noqa: E402
+from torchslim.quant import OrtModel, export_fp32, export_qdq, quantize_  # noqa: E402
+from torchslim.zoo.minilm import load_minilm, mean_pool, tokenize  # noqa: E402
+
+SEED = 0
+THREADS, BATCH, SEQ, RUNS = 2, 32, 128, 10
+RT_TRAIN = 3000
+CALIB_BATCHES, CALIB_SIZE = 32, 16
+SMOKE = int(os.environ.get("QUANT_MINILM_SMOKE", "0"))
+
+
+class Pooled(nn.Module):
+    """BERT + attention-masked mean pooling + L2 normalisation (the sentence embedding)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(mean_pool(out, attention_mask), dim=-1)
+
+
+def batches(tokenizer: Any, texts: list[str], size: int = 64) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Length-sorted batches (padding to the longest in each batch), with their original indices."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = []
+    for start in range(0, len(texts), size):
+        idx = order[start : start + size]
+        out.append((idx, tokenize(tokenizer, [texts[i] for i in idx], SEQ)))
+    return out
+
+
+@torch.no_grad()
+def embed(fn: Any, prepared: list[tuple[np.ndarray, dict[str, torch.Tensor]]], n: int) -> np.ndarray:
+    out = np.zeros((n, 384), dtype=np.float32)
+    for idx, enc in prepared:
+        e = fn(enc)
+        out[idx] = (e[0] if isinstance(e, tuple) else e).detach().numpy()
+    return out
+
+
+def downstream(train_e: np.ndarray, train_y: list[int], test_e: np.ndarray, test_y: list[int]) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=2000, C=10.0)
+    clf.fit(train_e, np.asarray(train_y))
+    return float((clf.predict(test_e) == np.asarray(test_y)).mean())
+
+
+def ort_dynamic(fp32_path: Path, out: Path) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8)
+    return onnx.load(str(out))
+
+
+def main() -> None:
+    timer = Timer()
+    torch.manual_seed(SEED)
+    bert, tokenizer = load_minilm()
+    fp32 = Pooled(bert).eval()
+    sets = {"sms-spam": load_text("sms-spam"), "rt-polarity": load_text("rt-polarity")}
+    texts: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(SEED)
+    for name, s in sets.items():
+        tr_x, tr_y = list(s.train_texts), [int(v) for v in s.train_labels]
+        if name == "rt-polarity" and len(tr_x) > RT_TRAIN:
+            keep = np.sort(rng.choice(len(tr_x), RT_TRAIN, replace=False))
+            tr_x, tr_y = [tr_x[i] for i in keep], [tr_y[i] for i in keep]
+        te_x, te_y = list(s.test_texts), [int(v) for v in s.test_labels]
+        if SMOKE:  # a seconds-long dry run of the whole script (nothing is written)
+            tr_x, tr_y, te_x, te_y = tr_x[:SMOKE], tr_y[:SMOKE], te_x[:SMOKE], te_y[:SMOKE]
+        texts[name] = {"train": (tr_x, tr_y), "test": (te_x, te_y)}
+
+    # calibration: training sentences of both tasks, padded to the longest in each batch
+    pool = texts["sms-spam"]["train"][0] + texts["rt-polarity"]["train"][0]
+    pick = rng.choice(len(pool), min(len(pool), CALIB_BATCHES * CALIB_SIZE), replace=False)
+    calib = [tokenize(tokenizer, [pool[i] for i in pick[b : b + CALIB_SIZE]], SEQ) for b in range(0, len(pick), CALIB_SIZE)]
+
+    long_text = " ".join(pool[i] for i in range(60))
+    example = tokenize(tokenizer, [long_text] * BATCH, SEQ)  # 32 x 128 real tokens
+    assert int(example["attention_mask"].sum()) == BATCH * SEQ
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32_path = work / "fp32.onnx"
+        export_fp32(fp32, example, fp32_path)
+        with num_threads(1):
+            ours = Pooled(copy.deepcopy(bert)).eval()
+            t0 = time.perf_counter()
+            report = quantize_(ours, {"mode": "static", "activation": {"observer": "mse"}}, calibration=calib)
+            quant_s = time.perf_counter() - t0
+            ours_proto = export_qdq(ours, example, work / "ours.onnx")
+            dyn_proto = ort_dynamic(fp32_path, work / "ort_dynamic.onnx")
+            torch_ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
+        variants = {
+            "fp32": OrtModel(fp32_path, threads=1),
+            "ours_int8": OrtModel(ours_proto, threads=1),
+            "ort_quantize_dynamic": OrtModel(dyn_proto, threads=1),
+            "torch_ao_dynamic": lambda enc: torch_ao(**enc),
+        }
+        check = tokenize(tokenizer, texts["sms-spam"]["test"][0][:16], SEQ)
+        with torch.no_grad():
+            eager_vs_ort = float(F.cosine_similarity(fp32(**check), variants["fp32"](check)).min())
+
+        metrics: dict[str, Any] = {"fp32_ort_vs_torch_min_cosine": eager_vs_ort, "quantize_seconds": quant_s,
+                                   "layers_quantized": len(report.layers),
+                                   "activation_placement": report.meta["activation_placement"]["method"]}
+        emb: dict[str, dict[str, dict[str, np.ndarray]]] = {v: {} for v in variants}
+        with num_threads(1):
+            for name, t in texts.items():
+                for split in ("train", "test"):
+                    prepared = batches(tokenizer, t[split][0])
+                    for v, fn in variants.items():
+                        emb[v].setdefault(name, {})[split] = embed(fn, prepared, len(t[split][0]))
+                print("embedded", name, timer.seconds, flush=True)
+        for v in variants:
+            row: dict[str, Any] = {}
+            cos_all = []
+            for name, t in texts.items():
+                acc = downstream(emb[v][name]["train"], t["train"][1], emb[v][name]["test"], t["test"][1])
+                row[f"{name}_accuracy"] = acc
+                if v != "fp32":
+                    cos = np.sum(emb[v][name]["test"] * emb["fp32"][name]["test"], axis=1)
+                    cos_all.append(cos)
+                    row[f"{name}_mean_cosine"] = float(cos.mean())
+            if cos_all:
+                c = np.concatenate(cos_all)
+                row["mean_cosine"], row["min_cosine"], row["p1_cosine"] = float(c.mean()), float(c.min()), float(np.percentile(c, 1))
+            metrics[v] = row
+
+        lat = {
+            "torch_fp32_eager_ms": measure_latency(fp32, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
+            "ort_fp32_ms": measure_ort_latency(fp32_path, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
+            "ours_int8_ms": measure_ort_latency(ours_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
+            "ort_quantize_dynamic_ms": measure_ort_latency(dyn_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
+            "torch_ao_dynamic_ms": measure_latency(torch_ao, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
+        }
+        lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ours_int8_ms"]
+        lat["speedup_ort_dynamic_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_quantize_dynamic_ms"]
+        lat["speedup_torch_ao_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["torch_ao_dynamic_ms"]
+        metrics["latency"] = lat
+
+    if SMOKE:
+        print(metrics)
+        return
+    ours_row, base_row = metrics["ours_int8"], metrics["fp32"]
+    targets = {
+        "mean_cosine_to_fp32": {"value": round(ours_row["mean_cosine"], 5), "bar": 0.99},
+        "sms_spam_drop_pt": {"value": round(100 * (base_row["sms-spam_accuracy"] - ours_row["sms-spam_accuracy"]), 3), "bar": 0.5},
+        "rt_polarity_drop_pt": {"value": round(100 * (base_row["rt-polarity_accuracy"] - ours_row["rt-polarity_accuracy"]), 3), "bar": 0.5},
+        "speedup_vs_torch_fp32": {"value": round(lat["speedup_ours_vs_torch_fp32"], 2), "bar": 2.5},
+    }
+    for key, t in targets.items():
+        t["met"] = bool(t["value"] <= t["bar"]) if key.endswith("drop_pt") else bool(t["value"] >= t["bar"])
+    path = write_result(
+        "quant_minilm",
+        metrics=metrics,
+        baseline={"fp32": base_row, "torch_fp32_eager_ms": lat["torch_fp32_eager_ms"]},
+        peers={"ort_quantize_dynamic": metrics["ort_quantize_dynamic"], "torch_ao_dynamic": metrics["torch_ao_dynamic"]},
+        targets=targets,
+        seed=SEED,
+        wall_s=timer.seconds,
+        notes=(f"latency: batch {BATCH} x {SEQ} tokens, {THREADS} threads, median of {RUNS} runs, side by side; "
+               f"embeddings computed on 1 thread; RT train subsampled to {RT_TRAIN}; logistic regression C=10."),
+    )
+    print(path)
+    for key, t in targets.items():
+        print(f"{key}: {t['value']} (bar {t['bar']}) {'met' if t['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Quantization: affine math, observers, fake quantization, PTQ, QAT, mixed precision, ONNX export.
+
+Example:
+    >>> import torchslim as ts
+    >>> report = ts.quantize_(model, {"weight": {"bits": 8}}, calibration=data.loader("train"))  # doctest: +SKIP
+    >>> proto = export_qdq(model, data.example_input())  # doctest: +SKIP
+"""
+
+from torchslim.quant.affine import (
+    QParams,
+    QuantSpec,
+    dequantize,
+    fake_quantize,
+    qparams_from_range,
+    qparams_from_tensor,
+    quantize,
+)
+from torchslim.quant.config import ActQuantConfig, LayerQuantConfig, QuantizeConfig, WeightQuantConfig
+from torchslim.quant.fake import FakeQuantize, ste_fake_quantize
+from torchslim.quant.mixed import MixedPrecisionConfig, allocate_bits, layer_sensitivity, mixed_precision_
+from torchslim.quant.observers import OBSERVERS, Observer, make_observer
+from torchslim.quant.onnx import OrtModel, export_fp32, export_qdq
+from torchslim.quant.packed import load_packed, packed_bytes, save_packed
+from torchslim.quant.ptq import quantize_
+from torchslim.quant.qat import KDConfig, QATCallback, qat_finetune
+
+__all__ = [
+    "OBSERVERS",
+    "ActQuantConfig",
+    "FakeQuantize",
+    "KDConfig",
+    "LayerQuantConfig",
+    "MixedPrecisionConfig",
+    "Observer",
+    "OrtModel",
+    "QATCallback",
+    "QParams",
+    "QuantSpec",
+    "QuantizeConfig",
+    "WeightQuantConfig",
+    "allocate_bits",
+    "dequantize",
+    "export_fp32",
+    "export_qdq",
+    "fake_quantize",
+    "layer_sensitivity",
+    "load_packed",
+    "make_observer",
+    "mixed_precision_",
+    "packed_bytes",
+    "qat_finetune",
+    "qparams_from_range",
+    "qparams_from_tensor",
+    "quantize",
+    "quantize_",
+    "save_packed",
+    "ste_fake_quantize",
+]

@@ -1,0 +1,159 @@
+"""Configs of the ``quantize_`` verb and the ``quantize`` stage."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from torchslim.config import Config
+from torchslim.quant.affine import QuantSpec
+from torchslim.quant.observers import OBSERVERS
+from torchslim.targets import check_target_keys
+
+
+def _known_observer(name: str) -> str:
+    if name not in OBSERVERS:
+        raise ValueError(f"unknown observer {name!r}; registered: {', '.join(OBSERVERS.names())}")
+    return name
+
+
+class WeightQuantConfig(Config):
+    """How weights are quantized.
+
+    Attributes:
+        bits: 2 to 8.
+        symmetric: symmetric (zero point 0) or asymmetric range.
+        granularity: ``tensor``, ``channel`` (per output channel) or ``group`` (blocks of
+            ``group_size`` along the input dimension of each output channel).
+        group_size: block length for ``group`` (must divide the input dimension).
+        observer: ``minmax`` or ``mse`` (clipping search); ``percentile`` also works.
+        narrow: symmetric range without the most negative integer (2 bits: ternary
+            ``{-1, 0, 1}``; 8 bits: ``[-127, 127]``).
+    """
+
+    bits: int = Field(default=8, ge=2, le=8)
+    symmetric: bool = True
+    granularity: Literal["tensor", "channel", "group"] = "channel"
+    group_size: int | None = Field(default=None, ge=1)
+    observer: str = "minmax"
+    narrow: bool = False
+
+    @field_validator("observer")
+    @classmethod
+    def _check_observer(cls, v: str) -> str:
+        return _known_observer(v)
+
+    @model_validator(mode="after")
+    def _check_group(self) -> WeightQuantConfig:
+        if self.granularity == "group" and self.group_size is None:
+            raise ValueError("group_size is required when granularity is 'group'")
+        return self
+
+    def spec(self, axis: int = 0) -> QuantSpec:
+        """The :class:`QuantSpec` of a weight whose output channels are on ``axis`` 0.
+
+        Example:
+            >>> WeightQuantConfig(bits=4).spec().qmin
+            -8
+        """
+        group_axis = 1
+        return QuantSpec(
+            bits=self.bits,
+            signed=True,
+            symmetric=self.symmetric,
+            granularity=self.granularity,
+            axis=group_axis if self.granularity == "group" else axis,
+            group_size=self.group_size,
+            narrow=self.narrow,
+        )
+
+
+class ActQuantConfig(Config):
+    """How activations are quantized (static mode; per tensor).
+
+    Attributes:
+        bits: 2 to 8 (only 8 can be exported to ONNX Runtime int8).
+        signed: int8 (``True``) or uint8 (``False``, what ONNX Runtime's x86 kernels prefer).
+        symmetric: symmetric or asymmetric range.
+        observer: ``minmax``, ``moving_average``, ``percentile`` or ``mse``.
+        percentile: for the ``percentile`` observer.
+    """
+
+    bits: int = Field(default=8, ge=2, le=8)
+    signed: bool = False
+    symmetric: bool = False
+    observer: str = "minmax"
+    percentile: float = Field(default=99.99, gt=50.0, le=100.0)
+
+    @field_validator("observer")
+    @classmethod
+    def _check_observer(cls, v: str) -> str:
+        return _known_observer(v)
+
+    def spec(self) -> QuantSpec:
+        """The per-tensor :class:`QuantSpec`.
+
+        Example:
+            >>> ActQuantConfig().spec().qmax
+            255
+        """
+        return QuantSpec(bits=self.bits, signed=self.signed, symmetric=self.symmetric, granularity="tensor")
+
+    def observer_args(self) -> dict[str, Any]:
+        """Keyword arguments of the configured observer."""
+        return {"percentile": self.percentile} if self.observer == "percentile" else {}
+
+
+class LayerQuantConfig(Config):
+    """Per-layer override inside ``targets`` (fields left out inherit the stage's weight config)."""
+
+    bits: int | None = Field(default=None, ge=2, le=8)
+    granularity: Literal["tensor", "channel", "group"] | None = None
+    group_size: int | None = Field(default=None, ge=1)
+
+
+class QuantizeConfig(Config):
+    """Quantize a model: weight-only or static (weights + activations from calibration data).
+
+    Attributes:
+        mode: ``weight_only`` or ``static``.
+        weight: the weight quantization.
+        activation: the activation quantization (``static`` mode).
+        targets: ordered ``{name | "re:pattern": override | null}`` over Linear/Conv layers;
+            ``null`` skips a layer. When omitted every Linear/Conv layer is quantized.
+        keep_first_last: leave the first and last layers in float unless named exactly.
+        fold_batchnorm: fold BatchNorm into the preceding layer first.
+        calibration_batches: at most this many calibration batches are used.
+        learn_scale: make scales learnable (LSQ) for a following QAT stage.
+    """
+
+    mode: Literal["weight_only", "static"] = "static"
+    weight: WeightQuantConfig = Field(default_factory=WeightQuantConfig)
+    activation: ActQuantConfig = Field(default_factory=ActQuantConfig)
+    targets: dict[str, LayerQuantConfig | None] | None = None
+    keep_first_last: bool = False
+    fold_batchnorm: bool = True
+    calibration_batches: int = Field(default=16, ge=1)
+    learn_scale: bool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, v: dict[str, LayerQuantConfig | None] | None) -> dict[str, LayerQuantConfig | None] | None:
+        if v:
+            issues = check_target_keys(v)
+            if issues:
+                raise ValueError("; ".join(i.message + f" ({i.value!r})" for i in issues))
+        return v
+
+    def layer_weight(self, override: LayerQuantConfig | None) -> WeightQuantConfig:
+        """The weight config of one layer after its targets override.
+
+        Example:
+            >>> QuantizeConfig().layer_weight(LayerQuantConfig(bits=4)).bits
+            4
+        """
+        if override is None:
+            return self.weight
+        update = {k: v for k, v in override.model_dump(exclude={"version"}).items() if v is not None}
+        return WeightQuantConfig.model_validate({**self.weight.model_dump(), **update})

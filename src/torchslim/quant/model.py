@@ -1,0 +1,426 @@
+"""Turning a float model into its quantization simulation (weights and activation points).
+
+Layers are quantized by swapping their class for a quantized subclass
+(``Linear`` → :class:`QuantLinear`, ``Conv2d`` → :class:`QuantConv2d`...) that
+keeps the parameter names and adds a ``weight_fq`` :class:`FakeQuantize`.
+
+Activation quantization points (static mode) are placed on the ``torch.fx``
+graph so that the exported ONNX graph has the QuantizeLinear/DequantizeLinear
+pattern ONNX Runtime runs as integer kernels:
+
+* the output of every quantized layer and every residual ``add`` is quantized
+  (after the ReLU when a ReLU is its only consumer, so the ReLU folds into the
+  quantization's clamp);
+* every quantized layer's input is quantized: through grid-preserving ops
+  (max-pool, flatten, reshape, identity, ReLU) it reuses its producer's scale
+  (a numerical no-op), otherwise (model input, average pool...) it gets its own;
+* the model's final outputs stay float.
+
+A model ``torch.fx`` cannot trace falls back to quantizing each layer's input
+only (the layers' own modules carry the points).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.errors import TorchslimError
+from torchslim.quant.affine import QParams
+from torchslim.quant.config import ActQuantConfig, WeightQuantConfig
+from torchslim.quant.fake import FakeQuantize
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ACT_DICT = "quant_act"
+
+
+class _QuantMixin:
+    """Forward of a quantized layer: optional input fake-quant, fake-quantized weight."""
+
+    weight_fq: FakeQuantize
+    input_fq: nn.Module | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_fq is not None:
+            x = self.input_fq(x)
+        exported = getattr(self, "_export_weight", None)
+        if torch.onnx.is_in_onnx_export() and exported is not None:
+            if self.weight_fq.spec.granularity == "group":  # no int8 kernel: a float constant on the grid
+                return self._qforward(x, exported)  # type: ignore[attr-defined]
+            return self._qforward(x, self.weight_fq(exported))  # type: ignore[attr-defined]
+        return self._qforward(x, self.weight_fq(self.weight))  # type: ignore[attr-defined]
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` with a fake-quantized weight."""
+
+    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, self.bias)
+
+
+class QuantConv1d(_QuantMixin, nn.Conv1d):
+    """``nn.Conv1d`` with a fake-quantized weight."""
+
+    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` with a fake-quantized weight."""
+
+    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantConv3d(_QuantMixin, nn.Conv3d):
+    """``nn.Conv3d`` with a fake-quantized weight."""
+
+    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, w, self.bias)
+
+
+QUANT_CLASS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: QuantLinear,
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Conv3d: QuantConv3d,
+}
+QUANT_LAYERS = tuple(QUANT_CLASS.values())
+
+
+class SharedFakeQuantize(nn.Module):
+    """Applies another :class:`FakeQuantize`'s current scale without observing (holds no state)."""
+
+    def __init__(self, ref: FakeQuantize) -> None:
+        super().__init__()
+        self.__dict__["ref"] = ref
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ref: FakeQuantize = self.__dict__["ref"]
+        if not ref.enabled or not bool(ref.initialized):
+            return x
+        observing = ref.observing
+        ref.observing = False
+        try:
+            return ref(x)
+        finally:
+            ref.observing = observing
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` is a quantized layer.
+
+    Example:
+        >>> is_quantized(nn.Linear(2, 2))
+        False
+    """
+    return isinstance(module, QUANT_LAYERS)
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Float Linear/Conv layers (exact classes) in registration order.
+
+    Example:
+        >>> [n for n, _ in quantizable_layers(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))]
+        ['0']
+    """
+    return [(n, m) for n, m in model.named_modules() if n and type(m) in QUANT_CLASS]
+
+
+def swap_layer(module: nn.Module, weight: WeightQuantConfig, *, learn_scale: bool = False) -> None:
+    """Turn a float layer into its quantized subclass in place and fit its weight quantizer.
+
+    Example:
+        >>> lin = nn.Linear(4, 3); swap_layer(lin, WeightQuantConfig(bits=4))
+        >>> type(lin).__name__, lin.weight_fq.qparams().qmax
+        ('QuantLinear', 7)
+    """
+    cls = QUANT_CLASS.get(type(module))
+    if cls is None:
+        raise TorchslimError(f"cannot quantize a {type(module).__name__}")
+    fq = FakeQuantize(weight.spec(), observer=weight.observer, learn_scale=learn_scale, per_call=True)
+    module.__class__ = cls
+    module.add_module("weight_fq", fq)
+    module.add_module("input_fq", None)
+    module._export_weight = None  # type: ignore[attr-defined]
+    with torch.no_grad():
+        fq.observe(module.weight)
+    fq.observing = False  # weights are fixed until QAT switches per-call observation on
+
+
+# ----------------------------------------------------------------------------- activation placement
+
+_PASSTHROUGH_MODULES = (nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.ReLU)
+_PASSTHROUGH_FUNCS = {torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
+_PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (*QUANT_LAYERS, FakeQuantize)) or super().is_leaf_module(m, qualname)
+
+
+def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, QUANT_LAYERS):
+            return "layer"
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, _PASSTHROUGH_MODULES):
+            return "pass"
+        return "other"
+    if node.op == "call_function":
+        if node.target in _ADD_FUNCS:
+            return "add"
+        if node.target in (F.relu, torch.relu):
+            return "relu"
+        if node.target in _PASSTHROUGH_FUNCS:
+            return "pass"
+        return "other"
+    if node.op == "call_method":
+        if node.target == "add":
+            return "add"
+        if node.target == "relu":
+            return "relu"
+        if node.target in _PASSTHROUGH_METHODS:
+            return "pass"
+        return "other"
+    return node.op
+
+
+@dataclass
+class Placement:
+    """Where activation quantization points were put.
+
+    Attributes:
+        method: ``graph`` (torch.fx) or ``layer_inputs`` (fallback).
+        points: names of the activation quantizers (keys of ``model.quant_act`` or layer names).
+        shared: quantized-layer inputs that reuse an upstream quantizer.
+        note: why the fallback was used, if it was.
+    """
+
+    method: str
+    points: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def _make_act_fq(act: ActQuantConfig, learn_scale: bool) -> FakeQuantize:
+    return FakeQuantize(act.spec(), observer=act.observer, observer_args=act.observer_args(), learn_scale=learn_scale)
+
+
+def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale: bool = False) -> Placement:
+    """Insert activation quantization points into ``model`` (layers must already be swapped).
+
+    On success the model's ``forward`` runs the traced graph with the points in it
+    (the graph module shares every submodule with ``model``); the quantizers live
+    in ``model.quant_act``. If the model cannot be traced each quantized layer
+    quantizes its own input instead.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> for _, l in quantizable_layers(m): swap_layer(l, WeightQuantConfig())
+        >>> place_activation_quant(m, ActQuantConfig()).points
+        ['input_0', '1']
+    """
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # torch.fx raises many types on untraceable code
+        points = []
+        for name, module in model.named_modules():
+            if isinstance(module, QUANT_LAYERS):
+                module.input_fq = _make_act_fq(act, learn_scale)
+                points.append(name)
+        return Placement("layer_inputs", points, note=f"torch.fx could not trace the model ({type(exc).__name__})")
+    modules = dict(model.named_modules())
+    for node in list(graph.nodes):  # folded BatchNorms are Identity: drop them from the graph
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.Identity) and node.args:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    acts = nn.ModuleDict()
+    quantized: dict[torch.fx.Node, str] = {}  # node -> act key whose output is on that grid
+    placement = Placement("graph")
+
+    def insert_after(node: torch.fx.Node, key: str) -> torch.fx.Node:
+        acts[key] = _make_act_fq(act, learn_scale)
+        with graph.inserting_after(node):
+            new = graph.call_module(f"{ACT_DICT}.{key}", (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+        placement.points.append(key)
+        return new
+
+    def key_of(node: torch.fx.Node) -> str:
+        key = node.name
+        while key in acts:
+            key += "_"
+        return key
+
+    nodes = list(graph.nodes)
+    output_node = next(n for n in nodes if n.op == "output")
+    # 1. outputs of layers and adds (or of their sole ReLU consumer), except final outputs
+    for node in nodes:
+        kind = _kind(node, modules)
+        if kind not in ("layer", "add"):
+            continue
+        users = list(node.users)
+        if users and all(_kind(u, modules) == "relu" for u in users):
+            targets = users
+        else:
+            targets = [node]
+        for t in targets:
+            if t in quantized or output_node in t.users:
+                continue
+            key = key_of(t)
+            q = insert_after(t, key)
+            quantized[q] = key
+    # 2. inputs of quantized layers
+    own_inputs: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in nodes:
+        if _kind(node, modules) != "layer" or not node.args:
+            continue
+        src = node.args[0]
+        if not isinstance(src, torch.fx.Node):
+            continue
+        cur, hops = src, 0
+        while cur not in quantized and _kind(cur, modules) in ("pass", "relu"):
+            if not cur.args or not isinstance(cur.args[0], torch.fx.Node):
+                break
+            cur, hops = cur.args[0], hops + 1
+        if cur in quantized:
+            if hops == 0:
+                continue
+            ref = acts[quantized[cur]]
+            shared_key = key_of(src) + "_shared"
+            acts[shared_key] = SharedFakeQuantize(ref)
+            with graph.inserting_before(node):
+                new = graph.call_module(f"{ACT_DICT}.{shared_key}", (src,))
+            node.replace_input_with(src, new)
+            placement.shared.append(str(node.target))
+            continue
+        if src in own_inputs:
+            node.replace_input_with(src, own_inputs[src])
+            continue
+        key = "input_0" if src.op == "placeholder" and "input_0" not in acts else key_of(src)
+        acts[key] = _make_act_fq(act, learn_scale)
+        with graph.inserting_before(node):
+            new = graph.call_module(f"{ACT_DICT}.{key}", (src,))
+        node.replace_input_with(src, new)
+        own_inputs[src] = new
+        placement.points.append(key)
+    model.add_module(ACT_DICT, acts)
+    graph.lint()
+    gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__ + "Quantized")
+    model.__dict__["_torchslim_quant_graph"] = gm
+    model.__dict__["forward"] = gm.forward
+    return placement
+
+
+def activation_quantizers(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
+    """Every activation :class:`FakeQuantize` in ``model`` (graph points and layer inputs).
+
+    Example:
+        >>> activation_quantizers(nn.Linear(2, 2))
+        []
+    """
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, FakeQuantize) and not name.endswith("weight_fq"):
+            out.append((name, module))
+    return out
+
+
+def weight_quantizers(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
+    """``(layer_name, weight_fq)`` of every quantized layer.
+
+    Example:
+        >>> weight_quantizers(nn.Linear(2, 2))
+        []
+    """
+    return [(n, m.weight_fq) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+
+
+def set_observing(model: nn.Module, *, weights: bool | None = None, activations: bool | None = None) -> None:
+    """Switch observers of weight and/or activation quantizers on or off.
+
+    Example:
+        >>> set_observing(nn.Linear(2, 2), activations=False)
+    """
+    if weights is not None:
+        for _, fq in weight_quantizers(model):
+            fq.observing = weights
+    if activations is not None:
+        for _, fq in activation_quantizers(model):
+            fq.observing = activations
+
+
+def set_enabled(model: nn.Module, *, weights: bool | None = None, activations: bool | None = None) -> None:
+    """Switch weight and/or activation fake quantization on or off (off = float).
+
+    Example:
+        >>> set_enabled(nn.Linear(2, 2), weights=False)
+    """
+    if weights is not None:
+        for _, fq in weight_quantizers(model):
+            fq.enabled = weights
+    if activations is not None:
+        for _, fq in activation_quantizers(model):
+            fq.enabled = activations
+
+
+def _inputs_of(batch: Any) -> Any:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0]
+    return batch
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
+    """Run calibration batches (``(x, y)`` pairs, tensors or dicts) through ``model`` observing activations.
+
+    Activation fake quantization is off while observing (statistics of the float
+    network with quantized weights); afterwards observers are frozen and
+    quantization is on. Returns the number of batches used.
+
+    Raises:
+        TransformRefusedError: ``batches`` is empty.
+
+    Example:
+        >>> calibrate(nn.Linear(2, 2), [torch.randn(4, 2)])
+        1
+    """
+    from torchslim.errors import TransformRefusedError
+    from torchslim.measure.macs import call_model, eval_mode
+
+    set_enabled(model, activations=False)
+    set_observing(model, activations=True)
+    n = 0
+    with eval_mode(model):
+        for batch in batches:
+            call_model(model, _inputs_of(batch))
+            n += 1
+    set_observing(model, activations=False)
+    set_enabled(model, activations=True)
+    if n == 0:
+        raise TransformRefusedError("the calibration loader is empty: static quantization needs at least one batch")
+    return n
+
+
+def scale_range(qp: QParams) -> tuple[float, float]:
+    """Smallest and largest scale of a quantizer.
+
+    Example:
+        >>> from torchslim.quant.affine import QuantSpec, qparams_from_tensor
+        >>> scale_range(qparams_from_tensor(torch.tensor([1.0, -2.0]), QuantSpec()))[0] > 0
+        True
+    """
+    s = qp.scale.detach().float()
+    return float(s.min()), float(s.max())

@@ -1,0 +1,279 @@
+"""ONNX export (fp32 and QDQ int8 with torchslim's own scales) and an ONNX Runtime session wrapper.
+
+The QDQ export runs the quantized simulation through torch's ONNX exporter,
+where every :class:`~torchslim.quant.fake.FakeQuantize` emits a
+QuantizeLinear/DequantizeLinear pair carrying its own scale and zero point.
+Weights are then rewritten as integer initializers computed with
+:func:`torchslim.quant.affine.quantize` (bit-exact with ONNX), feeding a
+DequantizeLinear, which is the pattern ONNX Runtime turns into integer kernels
+(QLinearConv, QLinearMatMul, QLinearAdd...). Bias stays float.
+
+Example:
+    >>> proto = export_qdq(model, example_input)  # doctest: +SKIP
+    >>> OrtModel(proto, threads=2)(x)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchslim._io import atomic_write_bytes
+from torchslim.errors import TorchslimError
+from torchslim.measure.latency import ort_feed, ort_session, onnx_export_bytes
+from torchslim.measure.macs import ExampleInput
+from torchslim.quant.affine import QParams, fake_quantize, quantize
+from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.model import QUANT_LAYERS, activation_quantizers
+
+__all__ = ["OrtModel", "export_fp32", "export_qdq", "qdq_summary"]
+
+
+def export_fp32(
+    model: nn.Module, example_input: ExampleInput, path: str | os.PathLike[str] | None = None, *, opset: int = 17
+) -> Any:
+    """Export a float model to ONNX (dynamic batch) and optionally write it atomically.
+
+    Returns:
+        The ``onnx.ModelProto``.
+
+    Example:
+        >>> proto = export_fp32(nn.Linear(4, 2), torch.randn(1, 4))
+        >>> proto.graph.input[0].name
+        'input'
+    """
+    import onnx
+
+    proto = onnx.load_from_string(onnx_export_bytes(model, example_input, opset=opset))
+    if path is not None:
+        atomic_write_bytes(Path(path), proto.SerializeToString())
+    return proto
+
+
+def _check_exportable(model: nn.Module) -> None:
+    for name, fq in activation_quantizers(model):
+        if fq.enabled and fq.spec.bits != 8:
+            raise TorchslimError(
+                f"activation quantizer {name!r} has {fq.spec.bits} bits: ONNX QDQ export needs 8-bit activations"
+            )
+        if fq.enabled and not bool(fq.initialized):
+            raise TorchslimError(f"activation quantizer {name!r} was never calibrated")
+
+
+def _const_values(graph: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _fold_casts(graph: Any) -> None:
+    """Turn Constant nodes, and Cast/Identity nodes of constants, into initializers."""
+    from onnx import helper, numpy_helper
+
+    consts = _const_values(graph)
+    for node in list(graph.node):
+        if node.op_type == "Constant":
+            graph.initializer.append(numpy_helper.from_array(np.asarray(consts[node.output[0]]), node.output[0]))
+            graph.node.remove(node)
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph.node):
+            if node.op_type in ("Cast", "Identity") and node.input[0] in consts:
+                value = np.asarray(consts[node.input[0]])
+                if node.op_type == "Cast":
+                    to = next(a.i for a in node.attribute if a.name == "to")
+                    value = value.astype(helper.tensor_dtype_to_np_dtype(to))
+                consts[node.output[0]] = value
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                graph.node.remove(node)
+                changed = True
+
+
+def _fold_weight_quantizers(proto: Any) -> int:
+    """Replace QuantizeLinear(constant) by an integer initializer computed with our affine math."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    _fold_casts(graph)
+    consts = _const_values(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    new_inits = []
+    remove = []
+    folded = 0
+    from onnx import helper as _h
+
+    def resolve(name: str) -> np.ndarray | None:
+        if name in consts:
+            return np.array(consts[name])
+        src = producers.get(name)
+        if src is not None and src.op_type == "Cast":
+            inner = resolve(src.input[0])
+            if inner is not None:
+                to = next(a.i for a in src.attribute if a.name == "to")
+                return inner.astype(_h.tensor_dtype_to_np_dtype(to))
+        return None
+
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or resolve(node.input[0]) is None:
+            continue
+        x = torch.from_numpy(np.array(resolve(node.input[0]), dtype=np.float32))
+        scale = torch.from_numpy(np.array(resolve(node.input[1]), dtype=np.float32))
+        zp_raw = resolve(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zp_np = np.zeros((), np.uint8) if zp_raw is None else zp_raw
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        signed = zp_np.dtype == np.int8
+        qmin, qmax = (-128, 127) if signed else (0, 255)
+        per_axis = scale.dim() == 1 and x.dim() > 0 and (scale.numel() > 1 or x.shape[axis % x.dim()] == 1)
+        qp = QParams(scale, torch.from_numpy(zp_np.astype(np.int32)), qmin, qmax, axis % x.dim() if per_axis else None)
+        q = quantize(x, qp).numpy().astype(np.int8 if signed else np.uint8)
+        name = node.output[0] + "_int"
+        new_inits.append(numpy_helper.from_array(q, name))
+        for other in graph.node:
+            for i, inp in enumerate(other.input):
+                if inp == node.output[0]:
+                    other.input[i] = name
+        remove.append(node)
+        folded += 1
+    for node in remove:
+        graph.node.remove(node)
+    _prune_dead_nodes(graph)
+    graph.initializer.extend(new_inits)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return folded
+
+
+def _prune_dead_nodes(graph: Any) -> None:
+    """Remove nodes whose outputs nobody uses (repeat until stable)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
+def export_qdq(
+    model: nn.Module,
+    example_input: ExampleInput,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    opset: int = 17,
+) -> Any:
+    """Export a quantized model (after :func:`~torchslim.quant.ptq.quantize_`) as QDQ ONNX.
+
+    Activation points become QuantizeLinear/DequantizeLinear pairs with their
+    calibrated scale and zero point; weights become int8 initializers (values on
+    the layer's own grid, 2 to 8 bits) followed by DequantizeLinear with the
+    layer's per-tensor or per-channel scales. Per-group weights are written as
+    float constants already on their grid (ONNX Runtime has no int8 kernel for
+    them). The model is not modified.
+
+    Args:
+        model: a quantized model.
+        example_input: an example batch.
+        path: where to write the ``.onnx`` file (atomically); ``None`` writes nothing.
+        opset: ONNX opset (13 or newer).
+
+    Returns:
+        The ``onnx.ModelProto``.
+
+    Raises:
+        TorchslimError: the model is not quantized, has non-8-bit or uncalibrated activations.
+
+    Example:
+        >>> proto = export_qdq(qmodel, x[:1], "model.int8.onnx")  # doctest: +SKIP
+    """
+    import onnx
+
+    layers = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
+    if not layers:
+        raise TorchslimError("export_qdq needs a quantized model (run quantize_ first); use export_fp32 for float")
+    _check_exportable(model)
+    for module in model.modules():
+        if isinstance(module, FakeQuantize):
+            module.freeze_learned_scale()
+    try:
+        for layer in layers:
+            qp = layer.weight_fq.qparams()
+            layer._export_weight = fake_quantize(layer.weight.detach(), qp)
+        data = onnx_export_bytes(model, example_input, opset=opset, constant_folding=False)
+    finally:
+        for layer in layers:
+            layer._export_weight = None
+    proto = onnx.load_from_string(data)
+    _fold_weight_quantizers(proto)
+    onnx.checker.check_model(proto)
+    if path is not None:
+        atomic_write_bytes(Path(path), proto.SerializeToString())
+    return proto
+
+
+def qdq_summary(proto: Any) -> dict[str, int]:
+    """Count of each operator type in an ONNX model.
+
+    Example:
+        >>> qdq_summary(export_fp32(nn.Linear(4, 2), torch.randn(1, 4)))
+        {'Gemm': 1}
+    """
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+class OrtModel:
+    """A callable ONNX Runtime session: tensors in, tensors out (like the torch model).
+
+    Args:
+        source: an ``onnx.ModelProto``, ONNX bytes or a path.
+        threads: intra-op threads (``None``: ``torch.get_num_threads()``).
+
+    Example:
+        >>> ort_model = OrtModel(export_fp32(nn.Linear(4, 2), torch.randn(1, 4)), threads=1)
+        >>> ort_model(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, source: Any, *, threads: int | None = None) -> None:
+        if hasattr(source, "SerializeToString"):
+            source = source.SerializeToString()
+        self.session = ort_session(source, threads=threads)
+
+    def __call__(self, inputs: ExampleInput) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outs = self.session.run(None, ort_feed(self.session, inputs))
+        tensors = tuple(torch.from_numpy(np.asarray(o)) for o in outs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    @torch.no_grad()
+    def accuracy(self, loader: Any) -> float:
+        """Top-1 accuracy over ``(inputs, labels)`` batches.
+
+        Example:
+            >>> ort_model = OrtModel(export_fp32(nn.Linear(4, 2), torch.randn(1, 4)))
+            >>> ort_model.accuracy([(torch.zeros(2, 4), torch.tensor([0, 1]))])  # doctest: +SKIP
+        """
+        correct = total = 0
+        for x, y in loader:
+            out = self(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            correct += int((logits.argmax(-1) == y).sum())
+            total += int(y.numel())
+        if total == 0:
+            raise TorchslimError("the loader is empty")
+        return correct / total

@@ -1,0 +1,223 @@
+"""Quantized weights stored packed at their bit width: safetensors + JSON sidecar, no pickle.
+
+``<stem>.safetensors`` holds, per quantized layer, ``<layer>.weight.packed`` (uint8
+bytes carrying ``bits`` bits per value, little-endian bit order, values offset by
+``-qmin``), ``<layer>.weight.scale`` (float32) and ``<layer>.weight.zero_point``
+(int16), plus every other state-dict tensor as is (biases, activation scales...).
+``<stem>.json`` holds the format, the SHA-256 of the tensors file, the quantize
+config and each layer's shape, bits and layout. :func:`load_packed` rebuilds the
+quantized structure on a fresh float model of the same architecture and loads the
+integers back: the model's outputs are bit-identical to the saved model's.
+
+Example:
+    >>> save_packed(qmodel, "runs/lenet5-w4")  # doctest: +SKIP
+    >>> load_packed(create_model("lenet5"), "runs/lenet5-w4")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from torchslim._io import atomic_write_bytes, atomic_write_text
+from torchslim.errors import CheckpointError, TorchslimError
+from torchslim.quant.affine import QParams, dequantize, quantize
+from torchslim.quant.config import QuantizeConfig, WeightQuantConfig
+from torchslim.quant.model import QUANT_LAYERS
+
+FORMAT = "torchslim-packed-quant"
+FORMAT_VERSION = 1
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned integers ``< 2**bits`` into bytes, ``bits`` bits each (little-endian bit order).
+
+    Example:
+        >>> pack_bits(torch.tensor([1, 2, 3, 0]), 2).tolist()
+        [57]
+    """
+    v = values.reshape(-1).to(torch.int64).numpy()
+    if v.size and (v.min() < 0 or v.max() >= 2**bits):
+        raise TorchslimError(f"values do not fit in {bits} bits")
+    bit_matrix = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return torch.from_numpy(np.packbits(bit_matrix.reshape(-1), bitorder="little").copy())
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``count`` unsigned integers (int32).
+
+    Example:
+        >>> unpack_bits(torch.tensor([57], dtype=torch.uint8), 2, 4).tolist()
+        [1, 2, 3, 0]
+    """
+    flat = np.unpackbits(packed.numpy().astype(np.uint8), bitorder="little")[: count * bits]
+    weights = (1 << np.arange(bits)).astype(np.int64)
+    return torch.from_numpy((flat.reshape(count, bits).astype(np.int64) * weights).sum(1).astype(np.int32))
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a quantized model with its weights packed at their bit width (atomic; sidecar last).
+
+    Returns:
+        The path of the tensors file.
+
+    Raises:
+        TorchslimError: the model was not quantized by ``quantize_``.
+
+    Example:
+        >>> save_packed(qmodel, "out/model")  # doctest: +SKIP
+        PosixPath('out/model.safetensors')
+    """
+    info = model.__dict__.get("_torchslim_quant")
+    if info is None:
+        raise TorchslimError("save_packed needs a model quantized by quantize_")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    skip: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, QUANT_LAYERS):
+            continue
+        fq = module.weight_fq
+        qp = fq.qparams()
+        q = quantize(module.weight.detach(), qp)
+        bits = int(fq.spec.bits)
+        tensors[f"{name}.weight.packed"] = pack_bits(q - qp.qmin, bits)
+        tensors[f"{name}.weight.scale"] = qp.scale.detach().float().contiguous()
+        tensors[f"{name}.weight.zero_point"] = qp.zero_point.to(torch.int16).contiguous()
+        layers[name] = {
+            "shape": list(module.weight.shape),
+            "bits": bits,
+            "qmin": qp.qmin,
+            "qmax": qp.qmax,
+            "axis": qp.axis,
+            "group_size": qp.group_size,
+        }
+        prefix = f"{name}." if name else ""
+        skip.add(prefix + "weight")
+        skip.update(prefix + "weight_fq." + k for k, _ in fq.state_dict().items())
+    for key, value in model.state_dict().items():
+        if key not in skip:
+            tensors[key] = value.detach().cpu().contiguous()
+    blob = st_save(tensors, metadata={"format": FORMAT})
+    tensors_path, sidecar = _paths(path)
+    atomic_write_bytes(tensors_path, blob)
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tensors": tensors_path.name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "quantize": info,
+        "layers": layers,
+        "meta": meta or {},
+    }
+    atomic_write_text(sidecar, json.dumps(record, indent=2, sort_keys=True))
+    return tensors_path
+
+
+def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a packed checkpoint into a fresh FLOAT model of the same architecture (in place).
+
+    The quantized structure (BatchNorm folds, layer swaps, activation points) is
+    rebuilt from the sidecar, then the integers are unpacked and every tensor is
+    loaded. Everything is read and checked before the model is touched.
+
+    Returns:
+        ``model`` (now quantized).
+
+    Raises:
+        CheckpointError: missing or corrupt files, or tensors that do not fit the model.
+
+    Example:
+        >>> load_packed(create_model("lenet5"), "out/model")  # doctest: +SKIP
+    """
+    import copy
+
+    from torchslim.quant.ptq import _transplant, build_structure
+
+    tensors_path, sidecar = _paths(path)
+    if not tensors_path.exists() or not sidecar.exists():
+        raise CheckpointError(f"packed checkpoint {tensors_path} / {sidecar} not found")
+    record = json.loads(sidecar.read_text())
+    if record.get("format") != FORMAT or int(record.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{sidecar} is not a torchslim packed checkpoint this version can read")
+    blob = tensors_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != record["sha256"]:
+        raise CheckpointError(f"{tensors_path} does not match its checksum (corrupt or replaced)")
+    tensors = st_load(blob)
+    config = QuantizeConfig.parse(record["quantize"]["config"])
+    wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
+    work = copy.deepcopy(model)
+    try:
+        build_structure(work, config, wcfg_of)
+        state = work.state_dict()
+        new_state: dict[str, torch.Tensor] = {}
+        for name, lay in record["layers"].items():
+            count = int(np.prod(lay["shape"]))
+            raw = unpack_bits(tensors.pop(f"{name}.weight.packed"), lay["bits"], count)
+            q = raw.reshape(lay["shape"]) + lay["qmin"]
+            scale = tensors.pop(f"{name}.weight.scale")
+            zp = tensors.pop(f"{name}.weight.zero_point").to(torch.int32)
+            qp = QParams(scale, zp, lay["qmin"], lay["qmax"], lay["axis"], lay["group_size"])
+            prefix = f"{name}." if name else ""
+            new_state[prefix + "weight"] = dequantize(q, qp)
+            module = work.get_submodule(name)
+            module.weight_fq.set_qparams(qp)
+            module.weight_fq.observing = False
+            for k, v in module.weight_fq.state_dict().items():
+                new_state[prefix + "weight_fq." + k] = v
+        new_state.update(tensors)
+        missing = sorted(set(state) - set(new_state))
+        unexpected = sorted(set(new_state) - set(state))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"packed checkpoint does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}"
+            )
+        for key, value in new_state.items():
+            if key in state and state[key].shape != value.shape:
+                _resize_buffer(work, key, value)
+        work.load_state_dict(new_state, strict=True)
+        for module in work.modules():
+            if hasattr(module, "initialized") and isinstance(getattr(module, "initialized"), torch.Tensor):
+                module.observing = False  # type: ignore[assignment]
+    except (TorchslimError, KeyError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot load {tensors_path}: {exc}") from exc
+    work.__dict__["_torchslim_quant"] = record["quantize"]
+    _transplant(model, work)
+    return model
+
+
+def _resize_buffer(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    """Scale/zero-point buffers are created as scalars; give them the stored shape first."""
+    mod_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(mod_name) if mod_name else model
+    if attr in module._buffers:
+        module._buffers[attr] = torch.empty_like(value)
+    else:
+        raise CheckpointError(f"tensor {key} has shape {tuple(value.shape)}, the model expects another")
+
+
+def packed_bytes(path: str | Path) -> int:
+    """Bytes on disk of a packed checkpoint (tensors file + sidecar).
+
+    Example:
+        >>> packed_bytes("out/model")  # doctest: +SKIP
+    """
+    tensors_path, sidecar = _paths(path)
+    return tensors_path.stat().st_size + sidecar.stat().st_size

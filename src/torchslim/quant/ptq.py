@@ -1,0 +1,243 @@
+"""Post-training quantization: the ``quantize_`` verb (weight-only or static with calibration).
+
+Everything is computed on a copy of the model (BatchNorm folding, layer swaps,
+activation placement, calibration); only when all of it succeeded does the copy's
+state replace the model's, so a refusal leaves the model bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, TransformRefusedError
+from torchslim.measure.accuracy import logits_of
+from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
+from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
+from torchslim.quant.model import (
+    ACT_DICT,
+    QUANT_LAYERS,
+    activation_quantizers,
+    calibrate,
+    place_activation_quant,
+    quantizable_layers,
+    scale_range,
+    swap_layer,
+)
+from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.targets import resolve_targets
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _select(
+    model: nn.Module, config: QuantizeConfig, filter_fn: FilterFn | None
+) -> tuple[list[tuple[str, nn.Module, WeightQuantConfig]], list[SkippedLayer]]:
+    if any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
+        raise TransformRefusedError("the model is already quantized (it has quantized layers)")
+    layers = quantizable_layers(model)
+    if not layers:
+        raise TransformRefusedError("the model has no quantizable layer (Linear or Conv)")
+    matches = resolve_targets([n for n, _ in layers], config.targets)
+    first, last = layers[0][0], layers[-1][0]
+    chosen: list[tuple[str, nn.Module, WeightQuantConfig]] = []
+    skipped: list[SkippedLayer] = []
+    issues: list[ConfigIssue] = []
+    for name, module in layers:
+        match = matches.get(name)
+        if filter_fn is not None and not filter_fn(module, name):
+            skipped.append(SkippedLayer(name, "rejected by filter_fn"))
+        elif config.targets is not None and match is None:
+            skipped.append(SkippedLayer(name, "not matched by any targets key"))
+        elif match is not None and match.skip:
+            skipped.append(SkippedLayer(name, f"excluded by targets[{match.key!r}] = null"))
+        elif config.keep_first_last and name in (first, last) and not (match and match.key == name):
+            which = "first" if name == first else "last"
+            skipped.append(SkippedLayer(name, f"{which} layer kept in float (keep_first_last)"))
+        else:
+            override = match.value if match is not None and isinstance(match.value, LayerQuantConfig) else None
+            try:
+                wcfg = config.layer_weight(override)
+            except Exception as exc:
+                issues.append(ConfigIssue(f"targets.{match.key if match else name}", str(exc)))
+                continue
+            spec = wcfg.spec()
+            try:
+                check_spec_fits(spec, tuple(module.weight.shape), name)
+            except TorchslimError as exc:
+                path = f"targets.{match.key}.group_size" if override and override.group_size else "weight.group_size"
+                issues.append(ConfigIssue(path, str(exc), wcfg.group_size))
+                continue
+            chosen.append((name, module, wcfg))
+    if issues:
+        raise ConfigError(issues)
+    if not chosen:
+        raise TransformRefusedError("no layer left to quantize: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
+    return chosen, skipped
+
+
+def _take(calibration: Iterable[Any] | None, n: int) -> list[Any]:
+    if calibration is None:
+        raise TransformRefusedError("static quantization needs calibration data (pass calibration=loader)")
+    return list(itertools.islice(iter(calibration), n))
+
+
+def _first_inputs(batch: Any) -> Any:
+    return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+
+
+def _transplant(dst: nn.Module, src: nn.Module) -> None:
+    """Make ``dst`` become ``src`` (same object identity for callers)."""
+    dst.__dict__.clear()
+    dst.__dict__.update(src.__dict__)
+    if type(dst) is not type(src):
+        dst.__class__ = type(src)
+
+
+def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, WeightQuantConfig]) -> dict[str, Any]:
+    """Fold BatchNorm, swap the named layers and place activation points on ``work`` (no data needed).
+
+    Returns facts for the report's ``meta`` (folds, placement). Shared by
+    :func:`quantize_` and :func:`torchslim.quant.packed.load_packed`.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(4, 2))
+        >>> build_structure(m, QuantizeConfig(mode="weight_only"), {"0": WeightQuantConfig()})["batchnorm_folded"]
+        []
+    """
+    meta: dict[str, Any] = {}
+    folded: list[tuple[str, str]] = []
+    if config.fold_batchnorm:
+        from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_
+
+        was_training = work.training
+        work.eval()
+        try:
+            pairs = find_conv_bn_pairs(work)
+        except TorchslimError as exc:
+            pairs = []
+            meta["batchnorm_note"] = str(exc)
+        folded = fold_batchnorms_(work, pairs)
+        work.train(was_training)
+    meta["batchnorm_folded"] = [{"layer": a, "batchnorm": b} for a, b in folded]
+    for name, module in work.named_modules():
+        if name in wcfg_of:
+            swap_layer(module, wcfg_of[name], learn_scale=config.learn_scale)
+    if config.mode == "static":
+        placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale)
+        meta["activation_placement"] = {
+            "method": placement.method,
+            "points": placement.points,
+            "shared_inputs": placement.shared,
+        }
+        if placement.note:
+            meta["activation_placement"]["note"] = placement.note
+    return meta
+
+
+def quantize_(
+    model: nn.Module,
+    config: QuantizeConfig | dict[str, Any] | None = None,
+    *,
+    calibration: Iterable[Any] | None = None,
+    filter_fn: FilterFn | None = None,
+) -> Report:
+    """Quantize ``model`` in place (fake-quant simulation) and report every layer.
+
+    BatchNorm is folded first (when the model can be traced), weights are
+    quantized per the config, and in ``static`` mode activation quantization
+    points are placed and calibrated on up to ``calibration_batches`` batches.
+    Export with :func:`torchslim.quant.onnx.export_qdq` for real int8 execution
+    in ONNX Runtime and store with :func:`torchslim.quant.packed.save_packed`.
+
+    Args:
+        model: the model (modified in place; eval-mode statistics are used).
+        config: a :class:`QuantizeConfig` or a mapping validated into one.
+        calibration: ``(inputs, targets)`` batches (or bare inputs) for ``static`` mode.
+        filter_fn: optional ``(module, name) -> bool``; layers it rejects stay float.
+
+    Returns:
+        A :class:`Report`: per layer the bits, granularity, scale range and weight
+        SQNR; ``meta`` has activation points, scale ranges and BatchNorm folds.
+
+    Raises:
+        ConfigError: a bad config (names the field, the value, the allowed values).
+        TransformRefusedError: nothing to quantize, already quantized, or no calibration data.
+
+    Example:
+        >>> report = quantize_(model, {"mode": "static", "weight": {"bits": 8}}, calibration=loader)  # doctest: +SKIP
+        >>> report.layers[0].details["bits"]  # doctest: +SKIP
+        8
+    """
+    config = QuantizeConfig.parse(config)
+    chosen, skipped = _select(model, config, filter_fn)
+    batches = _take(calibration, config.calibration_batches) if config.mode == "static" else []
+    if config.mode == "static" and not batches:
+        raise TransformRefusedError("the calibration loader is empty: static quantization needs at least one batch")
+    work = copy.deepcopy(model)
+    wcfg_of = {n: c for n, _, c in chosen}
+    meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
+    meta.update(build_structure(work, config, wcfg_of))
+    names = set(wcfg_of)
+    if config.mode == "static":
+        meta["calibration_batches"] = calibrate(work, batches)
+        acts = {}
+        for aname, fq in activation_quantizers(work):
+            qp = fq.qparams()
+            acts[aname.removeprefix(ACT_DICT + ".")] = {"scale": float(qp.scale), "zero_point": int(qp.zero_point)}
+        meta["activations"] = acts
+        scales = [a["scale"] for a in acts.values()]
+        meta["activation_scale_range"] = [min(scales), max(scales)] if scales else None
+    layers: list[LayerReport] = []
+    for name, module in work.named_modules():
+        if name not in names:
+            continue
+        qp = module.weight_fq.qparams()
+        w_ref = module.weight.detach()  # float weight after BatchNorm folding
+        w_q = dequantize(quantize(module.weight.detach(), qp), qp)
+        lo, hi = scale_range(qp)
+        cfg = wcfg_of[name]
+        layers.append(
+            LayerReport(
+                name=name,
+                kind=type(module).__name__.removeprefix("Quant"),
+                shape=tuple(module.weight.shape),
+                params=module.weight.numel(),
+                nonzeros=int(torch.count_nonzero(w_q)),
+                action="quantized",
+                details={
+                    "bits": cfg.bits,
+                    "granularity": cfg.granularity,
+                    **({"group_size": cfg.group_size} if cfg.granularity == "group" else {}),
+                    "symmetric": cfg.symmetric,
+                    "observer": cfg.observer,
+                    "scale_min": lo,
+                    "scale_max": hi,
+                    "weight_sqnr_db": sqnr_db(w_ref, w_q),
+                    "weight_rel_error": float(
+                        torch.linalg.vector_norm(w_q - w_ref) / torch.linalg.vector_norm(w_ref).clamp_min(1e-12)
+                    ),
+                    "act_bits": config.activation.bits if config.mode == "static" else None,
+                },
+            )
+        )
+    if batches:
+        from torchslim.measure.macs import call_model, eval_mode
+
+        sample = _first_inputs(batches[0])
+        with torch.no_grad(), eval_mode(model), eval_mode(work):
+            ref_out = logits_of(call_model(model, sample))
+            q_out = logits_of(call_model(work, sample))
+        meta["output_sqnr_db"] = sqnr_db(ref_out, q_out)
+        meta["output_top1_agreement"] = float((ref_out.argmax(-1) == q_out.argmax(-1)).float().mean())
+    work.__dict__["_torchslim_quant"] = {
+        "config": config.model_dump(),
+        "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
+    }
+    _transplant(model, work)
+    return Report(title="quantize", technique="quantize", layers=layers, skipped=skipped, meta=meta)

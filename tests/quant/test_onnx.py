@@ -1,0 +1,81 @@
+"""QDQ export: runs in ONNX Runtime as integer kernels and agrees with our fake-quant simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from torchslim.errors import TorchslimError
+from torchslim.measure import evaluate_accuracy
+from torchslim.quant import OrtModel, export_fp32, export_qdq, quantize_
+from torchslim.quant.affine import quantize
+from torchslim.quant.onnx import qdq_summary
+
+
+def _optimized_ops(proto: onnx.ModelProto, tmp_path) -> dict[str, int]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return qdq_summary(onnx.load(str(tmp_path / "opt.onnx")))
+
+
+def test_qdq_runs_as_int8_and_agrees_with_simulation(trained, digits, tmp_path) -> None:
+    quantize_(trained, {"mode": "static"}, calibration=digits.loader("train", 128))
+    path = tmp_path / "m.int8.onnx"
+    proto = export_qdq(trained, digits.example_input(), path)
+    assert path.exists()
+    ops = qdq_summary(proto)
+    assert ops["QuantizeLinear"] >= 5 and ops["DequantizeLinear"] >= 9
+    # ONNX Runtime turns every conv and the residual add into integer kernels
+    fused = _optimized_ops(proto, tmp_path)
+    assert fused.get("QLinearConv") == 3 and fused.get("QLinearAdd") == 1 and "Conv" not in fused
+    ort_model = OrtModel(proto, threads=1)
+    x = digits.test.x
+    with torch.no_grad():
+        sim = trained(x)
+    got = ort_model(x)
+    agreement = float((sim.argmax(1) == got.argmax(1)).float().mean())
+    assert agreement >= 0.99
+    assert abs(ort_model.accuracy(digits.loader("test", 512)) - evaluate_accuracy(trained, digits.loader("test", 512))) <= 0.01
+
+
+def test_weights_are_our_integers_with_our_scales(trained, digits) -> None:
+    quantize_(trained, {"mode": "static", "weight": {"bits": 4}}, calibration=digits.loader("train", 128))
+    proto = export_qdq(trained, digits.example_input())
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    int_weights = [v for k, v in inits.items() if v.dtype == np.int8 and v.ndim == 4]
+    assert len(int_weights) == 3
+    qp = trained.conv2.weight_fq.qparams()
+    ours = quantize(trained.conv2.weight.detach(), qp).numpy().astype(np.int8)
+    assert any(w.shape == ours.shape and np.array_equal(w, ours) for w in int_weights)
+    assert all(w.min() >= -8 and w.max() <= 7 for w in int_weights)  # 4-bit values in int8 containers
+    scales = [v for v in inits.values() if v.dtype == np.float32 and v.shape == qp.scale.shape]
+    assert any(np.array_equal(s, qp.scale.numpy()) for s in scales)
+
+
+def test_fp32_export_and_errors(trained, digits) -> None:
+    proto = export_fp32(trained, digits.example_input())
+    with torch.no_grad():
+        want = trained(digits.test.x[:16])
+    np.testing.assert_allclose(OrtModel(proto, threads=1)(digits.test.x[:16]).numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(TorchslimError, match="needs a quantized model"):
+        export_qdq(trained, digits.example_input())
+    quantize_(trained, {"mode": "static", "activation": {"bits": 4}}, calibration=digits.loader("train", 128))
+    with pytest.raises(TorchslimError, match="4 bits: ONNX QDQ export needs 8-bit activations"):
+        export_qdq(trained, digits.example_input())
+
+
+def test_learned_scales_export_as_constants(trained, digits) -> None:
+    quantize_(trained, {"mode": "static", "weight": {"bits": 4}, "learn_scale": True}, calibration=digits.loader("train", 128))
+    with torch.no_grad():
+        trained.conv2.weight_fq.log_scale.add_(0.05)  # as if QAT had moved it
+    proto = export_qdq(trained, digits.example_input())
+    assert "Exp" not in qdq_summary(proto)
+    x = digits.test.x
+    with torch.no_grad():
+        sim = trained(x)
+    assert float((OrtModel(proto, threads=1)(x).argmax(1) == sim.argmax(1)).float().mean()) >= 0.99

@@ -1,0 +1,43 @@
+"""QAT: fake-quant fine-tuning recovers low-bit accuracy; distillation from the float model works."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from torchslim.errors import TransformRefusedError
+from torchslim.measure import evaluate_accuracy
+from torchslim.quant import qat_finetune, quantize_
+
+TRAIN = {"epochs": 3, "lr": 0.01, "batch_size": 64}
+
+
+def test_qat_recovers_2bit_accuracy(trained, digits, float_accuracy) -> None:
+    quantize_(trained, {"mode": "static", "weight": {"bits": 2}}, calibration=digits.loader("train", 128))
+    ptq = evaluate_accuracy(trained, digits.loader("test", 512))
+    w_before = trained.conv2.weight.detach().clone()
+    qat_finetune(trained, digits, TRAIN, progress=False)
+    qat = evaluate_accuracy(trained, digits.loader("test", 512))
+    assert not torch.equal(trained.conv2.weight, w_before)
+    assert qat > ptq + 0.05 and qat > float_accuracy - 0.08
+    # after training the weight quantizer was refit to the final weights
+    q = trained.conv2.weight_fq.qparams()
+    assert torch.allclose(q.scale * 1.5, trained.conv2.weight.detach().abs().amax(dim=(1, 2, 3)))
+
+
+def test_qat_with_distillation_and_lsq(trained, digits, float_accuracy) -> None:
+    teacher = copy.deepcopy(trained)
+    quantize_(trained, {"mode": "static", "weight": {"bits": 3}, "learn_scale": True}, calibration=digits.loader("train", 128))
+    scale0 = float(trained.conv2.weight_fq.log_scale.detach().exp().mean())
+    report = qat_finetune(trained, digits, TRAIN, teacher=teacher, kd={"temperature": 4.0, "alpha": 0.7}, progress=False)
+    assert report.meta["kd"]["alpha"] == 0.7
+    assert float(trained.conv2.weight_fq.scale.mean()) != pytest.approx(scale0, rel=1e-6)  # learned, then frozen in
+    assert evaluate_accuracy(trained, digits.loader("test", 512)) > float_accuracy - 0.05
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_qat_needs_a_quantized_model(trained, digits) -> None:
+    with pytest.raises(TransformRefusedError, match="run quantize_ first"):
+        qat_finetune(trained, digits, TRAIN, progress=False)
