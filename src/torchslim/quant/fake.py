@@ -171,7 +171,8 @@ class FakeQuantize(nn.Module):
         return ste_fake_quantize(x, self.qparams())
 
     def _lsq(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.log_scale is not None
+        if self.log_scale is None:
+            raise TorchslimError("LSQ step size used before initialisation (run a calibration forward first)")
         qmin, qmax = self.spec.qmin, self.spec.qmax
         n = x.numel() if self.axis is None else max(1, x.numel() // max(1, self.log_scale.numel()))
         g = 1.0 / math.sqrt(n * max(1, qmax))

@@ -136,7 +136,8 @@ class _SampleObserver(Observer):
         axis = self.spec.axis % x.dim()
         if self.spec.granularity == "channel":
             return x.movedim(axis, 0).reshape(x.shape[axis], -1)
-        assert self.spec.group_size is not None
+        if self.spec.group_size is None:
+            raise TorchslimError("granularity 'group' needs group_size")
         b = _blocks(x, axis, self.spec.group_size)  # (..., nb, g, ...)
         b = b.movedim(axis + 1, -1)  # group values last
         return b.reshape(-1, self.spec.group_size)
