@@ -30,7 +30,7 @@ from torchslim.quant.model import (
     swap_layer,
 )
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import resolve_targets
+from torchslim.targets import select_layers
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -43,37 +43,27 @@ def _select(
     layers = quantizable_layers(model)
     if not layers:
         raise TransformRefusedError("the model has no quantizable layer (Linear or Conv)")
-    matches = resolve_targets([n for n, _ in layers], config.targets)
-    first, last = layers[0][0], layers[-1][0]
+    picked, skipped_pairs = select_layers(
+        layers, config.targets, filter_fn=filter_fn, keep_first_last=config.keep_first_last, kept_note="kept in float"
+    )
     chosen: list[tuple[str, nn.Module, WeightQuantConfig]] = []
-    skipped: list[SkippedLayer] = []
+    skipped = [SkippedLayer(n, r) for n, r in skipped_pairs]
     issues: list[ConfigIssue] = []
-    for name, module in layers:
-        match = matches.get(name)
-        if filter_fn is not None and not filter_fn(module, name):
-            skipped.append(SkippedLayer(name, "rejected by filter_fn"))
-        elif config.targets is not None and match is None:
-            skipped.append(SkippedLayer(name, "not matched by any targets key"))
-        elif match is not None and match.skip:
-            skipped.append(SkippedLayer(name, f"excluded by targets[{match.key!r}] = null"))
-        elif config.keep_first_last and name in (first, last) and not (match and match.key == name):
-            which = "first" if name == first else "last"
-            skipped.append(SkippedLayer(name, f"{which} layer kept in float (keep_first_last)"))
-        else:
-            override = match.value if match is not None and isinstance(match.value, LayerQuantConfig) else None
-            try:
-                wcfg = config.layer_weight(override)
-            except Exception as exc:
-                issues.append(ConfigIssue(f"targets.{match.key if match else name}", str(exc)))
-                continue
-            spec = wcfg.spec()
-            try:
-                check_spec_fits(spec, tuple(module.weight.shape), name)
-            except TorchslimError as exc:
-                path = f"targets.{match.key}.group_size" if override and override.group_size else "weight.group_size"
-                issues.append(ConfigIssue(path, str(exc), wcfg.group_size))
-                continue
-            chosen.append((name, module, wcfg))
+    for name, module, match in picked:
+        override = match.value if match is not None and isinstance(match.value, LayerQuantConfig) else None
+        try:
+            wcfg = config.layer_weight(override)
+        except Exception as exc:
+            issues.append(ConfigIssue(f"targets.{match.key if match else name}", str(exc)))
+            continue
+        spec = wcfg.spec()
+        try:
+            check_spec_fits(spec, tuple(module.weight.shape), name)
+        except TorchslimError as exc:
+            path = f"targets.{match.key}.group_size" if override and override.group_size else "weight.group_size"
+            issues.append(ConfigIssue(path, str(exc), wcfg.group_size))
+            continue
+        chosen.append((name, module, wcfg))
     if issues:
         raise ConfigError(issues)
     if not chosen:
