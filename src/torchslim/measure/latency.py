@@ -74,6 +74,19 @@ def num_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+def _result(times: list[float], batch: int, threads: int) -> LatencyResult:
+    """Median and 10th/90th percentiles of per-run times (ms)."""
+    ordered = sorted(times)
+    return LatencyResult(
+        median_ms=float(statistics.median(ordered)),
+        p10_ms=_percentile(ordered, 0.10),
+        p90_ms=_percentile(ordered, 0.90),
+        runs=len(ordered),
+        batch=batch,
+        threads=threads,
+    )
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated percentile ``q`` in [0, 1] of already sorted values."""
     if len(sorted_values) == 1:
@@ -136,15 +149,7 @@ def measure_latency(
             if sync:
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1000.0)
-    ordered = sorted(times)
-    return LatencyResult(
-        median_ms=float(statistics.median(ordered)),
-        p10_ms=_percentile(ordered, 0.10),
-        p90_ms=_percentile(ordered, 0.90),
-        runs=runs,
-        batch=batch_size,
-        threads=used,
-    )
+    return _result(times, batch_size, used)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -356,12 +361,4 @@ def measure_ort_latency(
         start = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - start) * 1000.0)
-    ordered = sorted(times)
-    return LatencyResult(
-        median_ms=float(statistics.median(ordered)),
-        p10_ms=_percentile(ordered, 0.10),
-        p90_ms=_percentile(ordered, 0.90),
-        runs=runs,
-        batch=batch_size,
-        threads=used,
-    )
+    return _result(times, batch_size, used)

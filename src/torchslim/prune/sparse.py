@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -191,27 +190,10 @@ def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
     Example:
         >>> state = read_sparse_state("runs/lenet300-sparse")
     """
+    from torchslim.train.checkpoint import read_verified  # late: torchslim.train imports torchslim.prune
+
     tensors_path, sidecar = _paths(path)
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"sparse sidecar {sidecar} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"sparse sidecar {sidecar} is corrupt: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{sidecar} is not a torchslim sparse sidecar")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{sidecar}: unsupported format_version {info.get('format_version')!r} (this torchslim reads {FORMAT_VERSION})")
-    try:
-        blob = tensors_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"sparse tensors {tensors_path} not found") from None
-    if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
-        raise CheckpointError(f"sparse file {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
-    try:
-        raw = st_load(blob)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
-        raise CheckpointError(f"sparse file {tensors_path} is corrupt: {exc}") from None
+    info, raw = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "sparse")
     state: dict[str, torch.Tensor] = {}
     deferred: list[tuple[str, dict[str, Any]]] = []
     for key, entry in info["entries"].items():

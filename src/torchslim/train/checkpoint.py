@@ -59,38 +59,49 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
     return tensors_path
 
 
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint's sidecar JSON."""
-    _, sidecar = _paths(path)
+def read_sidecar_file(sidecar: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """Read a JSON sidecar and check its ``format`` and ``format_version`` (``what`` names the file kind in errors)."""
     try:
         info = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} not found") from None
+        raise CheckpointError(f"{what} sidecar {sidecar} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} is corrupt: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{sidecar} is not a torchslim checkpoint sidecar")
-    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{what} sidecar {sidecar} is corrupt: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise CheckpointError(f"{sidecar} is not a torchslim {what} sidecar")
+    if info.get("format_version") != version:
         raise CheckpointError(
-            f"{sidecar}: unsupported checkpoint format_version {info.get('format_version')!r} (this torchslim reads {FORMAT_VERSION})"
+            f"{sidecar}: unsupported {what} format_version {info.get('format_version')!r} (this torchslim reads {version})"
         )
     return info
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
-    tensors_path, _ = _paths(path)
-    info = read_sidecar(path)
+def read_verified(
+    tensors_path: Path, sidecar: Path, fmt: str, version: int, what: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked sidecar and the safetensors tensors, verified against the sidecar's SHA-256 (nothing unpickled)."""
+    info = read_sidecar_file(sidecar, fmt, version, what)
     try:
         blob = tensors_path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint tensors {tensors_path} not found") from None
+        raise CheckpointError(f"{what} tensors {tensors_path} not found") from None
     if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
-        raise CheckpointError(f"checkpoint {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
     try:
-        state = st_load(blob)
+        return info, st_load(blob)
     except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
-        raise CheckpointError(f"checkpoint {tensors_path} is corrupt: {exc}") from None
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: {exc}") from None
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint's sidecar JSON."""
+    return read_sidecar_file(_paths(path)[1], FORMAT, FORMAT_VERSION, "checkpoint")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
+    tensors_path, sidecar = _paths(path)
+    info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
     steps = info.get("structure") or []
     if steps:
         # structured pruning changed shapes: replay it on a copy first so a mismatch leaves the model untouched
