@@ -22,6 +22,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from torchslim._io import atomic_write_bytes, atomic_write_text
+from torchslim.encode.kmeans import CODES_SUFFIX, attach_codes, validate_codes
 from torchslim.errors import CheckpointError, TorchslimError
 from torchslim.graph.slicing import recorded_structure, replay_structure
 from torchslim.prune.mask import MASK_SUFFIX, attach_mask
@@ -102,19 +103,28 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
     tensors_path, sidecar = _paths(path)
     info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
-    steps = info.get("structure") or []
+    load_structured_state(model, info.get("structure") or [], state, source=str(tensors_path))
+    return dict(info.get("meta", {}))
+
+
+def load_structured_state(
+    model: nn.Module, steps: list[dict[str, Any]], state: dict[str, torch.Tensor], *, source: str
+) -> None:
+    """Replay recorded structure ``steps`` onto ``model``, then load ``state``; untouched on any mismatch.
+
+    Raises:
+        CheckpointError: the structure cannot be replayed, or the state does not fit.
+    """
     if steps:
         # structured pruning changed shapes: replay it on a copy first so a mismatch leaves the model untouched
-
         trial = copy.deepcopy(model)
         try:
             replay_structure(trial, steps)
         except TorchslimError as exc:
-            raise CheckpointError(f"{tensors_path}: cannot replay the recorded structure onto this model: {exc}") from None
-        load_state(trial, state, source=str(tensors_path))
+            raise CheckpointError(f"{source}: cannot replay the recorded structure onto this model: {exc}") from None
+        load_state(trial, state, source=source)
         replay_structure(model, steps)
-    load_state(model, state, source=str(tensors_path))
-    return dict(info.get("meta", {}))
+    load_state(model, state, source=source)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
@@ -125,20 +135,28 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str 
     """
     own = model.state_dict()
     modules = dict(model.named_modules())
-    masks: list[tuple[nn.Module, str, torch.Tensor]] = []
+    # constraint buffers a fresh model lacks: pruning masks (<param>_mask) and sharing codes (<param>_codes)
+    extras: list[tuple[str, nn.Module, str, torch.Tensor]] = []
     problems: list[str] = []
     for key, value in state.items():
-        if key in own or not key.endswith(MASK_SUFFIX):
+        suffix = next((s for s in (MASK_SUFFIX, CODES_SUFFIX) if key.endswith(s)), None)
+        if key in own or suffix is None:
             continue
         mod_name, _, buf = key.rpartition(".")
-        module, pname = modules.get(mod_name), buf[: -len(MASK_SUFFIX)]
+        module, pname = modules.get(mod_name), buf[: -len(suffix)]
         param = getattr(module, pname, None) if module is not None else None
         if not isinstance(param, torch.Tensor) or param.shape != value.shape:
-            problems.append(f"mask {key} fits no parameter of the model")
+            problems.append(f"{'mask' if suffix == MASK_SUFFIX else 'sharing codes'} {key} fit no parameter of the model")
         else:
-            masks.append((module, pname, value))
+            if suffix == CODES_SUFFIX:
+                try:
+                    validate_codes(value, param, key)
+                except ValueError as exc:
+                    problems.append(str(exc))
+                    continue
+            extras.append((suffix, module, pname, value))
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not k.endswith(MASK_SUFFIX)]
+    unexpected = [k for k in state if k not in own and not k.endswith((MASK_SUFFIX, CODES_SUFFIX))]
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
@@ -150,8 +168,12 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str 
     if problems:
         raise CheckpointError(f"{source} does not match the model architecture: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
-    for module, pname, mask in masks:
-        attach_mask(module, pname, mask)
+    for suffix, module, pname, value in extras:
+        if suffix == MASK_SUFFIX:
+            attach_mask(module, pname, value)
+    for suffix, module, pname, value in extras:
+        if suffix == CODES_SUFFIX:  # after the weights are loaded: snapping a shared weight is then a no-op
+            attach_codes(module, pname, value)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.data import DataBundle
+from torchslim.encode.kmeans import iter_shared, reapply_sharing, sum_cluster_gradients_
 from torchslim.measure import evaluate_accuracy
 from torchslim.prune.mask import iter_masks, reapply_masks
 from torchslim.report import Report
@@ -86,6 +87,9 @@ class Callback:
     def on_loss(self, state: TrainState, loss: torch.Tensor) -> torch.Tensor:
         return loss
 
+    def on_before_step(self, state: TrainState) -> None:
+        """After ``backward``, before gradient clipping and ``optimizer.step()``: may edit gradients."""
+
     def on_step(self, state: TrainState) -> None: ...
 
     def on_epoch_end(self, state: TrainState) -> None: ...
@@ -98,6 +102,21 @@ class KeepMasks(Callback):
 
     def on_step(self, state: TrainState) -> None:
         reapply_masks(state.model)
+
+
+class KeepShared(Callback):
+    """Weight sharing during training (added automatically when shared weights exist).
+
+    Before each step every member of a cluster gets the cluster's summed
+    gradient (the paper's centroid update); after it, members are snapped back
+    onto one shared value and pruned weights to zero.
+    """
+
+    def on_before_step(self, state: TrainState) -> None:
+        sum_cluster_gradients_(state.model)
+
+    def on_step(self, state: TrainState) -> None:
+        reapply_sharing(state.model)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -179,6 +198,8 @@ def finetune(
     all_callbacks = list(callbacks)
     if any(True for _ in iter_masks(model)) and not any(isinstance(c, KeepMasks) for c in all_callbacks):
         all_callbacks.append(KeepMasks())
+    if any(True for _ in iter_shared(model)) and not any(isinstance(c, KeepShared) for c in all_callbacks):
+        all_callbacks.append(KeepShared())  # after KeepMasks: snapping also zeroes pruned weights
     state = TrainState(model, optimizer, cfg, total_steps=total)
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for cb in all_callbacks:
@@ -207,6 +228,8 @@ def finetune(
                     loss = cb.on_loss(state, loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for cb in all_callbacks:
+                    cb.on_before_step(state)
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()

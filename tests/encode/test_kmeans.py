@@ -1,0 +1,157 @@
+"""Weight sharing: 1-D k-means, the share_weights_ verb, centroid fine-tuning, checkpoints."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchslim as ts
+from torchslim.encode.kmeans import (
+    codebook_of,
+    get_codes,
+    init_centroids,
+    iter_shared,
+    kmeans_1d,
+    share_weights_,
+    sum_cluster_gradients_,
+)
+from torchslim.errors import ConfigError, TransformRefusedError
+from torchslim.measure import evaluate_accuracy
+from torchslim.prune.mask import get_mask
+from torchslim.train import finetune, load_checkpoint, save_checkpoint
+
+
+def _sse(values, centroids, labels):
+    return float(((values - centroids[labels].astype(np.float64)) ** 2).sum())
+
+
+def test_kmeans_is_exact_when_there_are_few_distinct_values():
+    values = np.array([0.5, -1.0, 0.5, 2.0, -1.0])
+    c, labels = kmeans_1d(values, 4)
+    assert c.tolist() == [-1.0, 0.5, 2.0]
+    assert np.array_equal(c[labels], values.astype(np.float32))
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "random"])
+def test_kmeans_improves_on_its_initialisation_and_is_deterministic(init):
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(-0.1, 0.02, 3000), rng.normal(0.1, 0.03, 3000), rng.normal(0, 0.3, 50)])
+    c0 = np.sort(init_centroids(values, 16, init, np.random.default_rng(0)))
+    labels0 = np.searchsorted((c0[1:] + c0[:-1]) / 2, values)
+    c, labels = kmeans_1d(values, 16, init=init, seed=0)
+    assert np.all(np.diff(c) > 0) and labels.min() == 0 and labels.max() == c.size - 1
+    assert _sse(values, c, labels) < 0.9 * _sse(values, c0.astype(np.float32), labels0)
+    c2, labels2 = kmeans_1d(values, 16, init=init, seed=0)
+    assert np.array_equal(c, c2) and np.array_equal(labels, labels2)
+
+
+def test_empty_clusters_are_relocated_on_pruned_weights():
+    """Linear init puts most centroids in the gap pruning leaves around zero; relocation uses them all."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.05, 20000)
+    live = w[np.abs(w) > 0.1]  # what survives magnitude pruning: two tails
+    plain, plain_labels = kmeans_1d(live, 32, relocate_empty=False)
+    used, used_labels = kmeans_1d(live, 32)
+    assert used.size == 32 and plain.size < 32
+    assert _sse(live, used, used_labels) < _sse(live, plain, plain_labels)
+
+
+def _pruned_lenet300(sparsity=0.9):
+    torch.manual_seed(0)
+    model = ts.create_model("lenet300")
+    ts.prune_(model, {"sparsity": sparsity, "keep_first_last": False})
+    return model
+
+
+def test_share_weights_uses_at_most_2_to_the_bits_values_and_keeps_pruned_zeros():
+    model = _pruned_lenet300()
+    zeros_before = {n: (m.weight == 0).clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    report = share_weights_(model, {"bits": 4, "targets": {"fc3": {"bits": 2}, "re:fc[12]": {}}})
+    assert {r.name: r.details["clusters"] for r in report.layers} == {"fc1": 16, "fc2": 16, "fc3": 4}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        w = module.weight.detach()
+        assert torch.equal(w == 0, zeros_before[name])
+        codes = get_codes(module)
+        assert torch.equal(codes >= 0, get_mask(module, "weight"))
+        assert torch.unique(w[codes >= 0]).numel() == report.layers[["fc1", "fc2", "fc3"].index(name)].details["clusters"]
+        assert torch.equal(codebook_of(module)[codes[codes >= 0].long()], w[codes >= 0])
+
+
+def test_a_refused_share_leaves_the_model_bit_identical():
+    model = _pruned_lenet300()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TransformRefusedError, match="min_weights"):
+        share_weights_(model, {"min_weights": 10**7})
+    with pytest.raises(ConfigError, match="fc9"):
+        share_weights_(model, {"targets": {"fc9": {}}})
+    with pytest.raises(ConfigError, match="bits"):
+        share_weights_(model, {"bits": 0})
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(iter_shared(model))
+
+
+def test_each_cluster_receives_the_sum_of_its_members_gradients():
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 8)
+    share_weights_(nn.Sequential(layer), {"bits": 2})
+    codes = get_codes(layer).long()
+    x = torch.randn(5, 20)
+    layer(x).pow(2).sum().backward()
+    raw = layer.weight.grad.clone()
+    sum_cluster_gradients_(nn.Sequential(layer))
+    for k in range(4):
+        members = codes == k
+        assert torch.allclose(layer.weight.grad[members], raw[members].sum().expand(int(members.sum())), rtol=1e-5)
+
+
+def test_fine_tuning_moves_centroids_but_keeps_sharing_and_pruning_exact():
+    data = ts.load_data("digits")
+    torch.manual_seed(0)
+    model = ts.create_model("mlp", in_features=64, hidden=(64,), num_classes=10)
+    finetune(model, data, {"epochs": 8, "lr": 0.1, "batch_size": 64}, progress=False)
+    dense_acc = evaluate_accuracy(model, data.loader("test", 512))
+    ts.prune_(model, {"sparsity": 0.5, "keep_first_last": False})
+    share_weights_(model, {"bits": 3})
+    shared = [(m, get_codes(m).clone(), codebook_of(m)) for _, m, _, _ in iter_shared(model)]
+    finetune(model, data, {"epochs": 3, "lr": 0.01, "batch_size": 64, "weight_decay": 1e-4}, progress=False)
+    acc = evaluate_accuracy(model, data.loader("test", 512))
+    assert acc >= dense_acc - 0.03, (dense_acc, acc)
+    moved = 0
+    for module, codes, codebook in shared:
+        w = module.weight.detach()
+        assert torch.equal(get_codes(module), codes)
+        assert torch.equal(w[codes < 0], torch.zeros(int((codes < 0).sum())))
+        new_book = codebook_of(module)
+        assert torch.equal(new_book[codes[codes >= 0].long()], w[codes >= 0])  # every member on its centroid
+        moved += int((new_book != codebook).sum())
+    assert moved > 0
+
+
+def test_sharing_survives_a_checkpoint_and_keeps_working(tmp_path):
+    model = _pruned_lenet300()
+    share_weights_(model, {"bits": 5})
+    save_checkpoint(model, tmp_path / "ckpt")
+    fresh = ts.create_model("lenet300")
+    load_checkpoint(fresh, tmp_path / "ckpt")
+    x = torch.randn(4, 784)
+    assert torch.equal(model(x), fresh(x))
+    for (_, a, _, ca), (_, b, _, cb) in zip(iter_shared(model), iter_shared(fresh)):
+        assert torch.equal(ca, cb) and torch.equal(a.weight, b.weight)
+
+
+def test_inconsistent_codes_in_a_checkpoint_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    model = ts.create_model("lenet300")
+    state = dict(model.state_dict())
+    codes = torch.zeros(300, 784, dtype=torch.int16)
+    codes[0, 0] = 5  # ids 1..4 unused
+    state["fc1.weight_codes"] = codes
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ts.CheckpointError, match="not contiguous"):
+        ts.load_weights(ts.create_model("lenet300"), tmp_path / "w.safetensors")
