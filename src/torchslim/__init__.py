@@ -12,6 +12,7 @@ Example:
 
 from torchslim.data import load_data
 from torchslim.distill import DistillConfig, distill
+from torchslim.encode import ShareConfig, TslimFormatError, load, save, share_weights_
 from torchslim.errors import CheckpointError, ConfigError, DataNotFoundError, TorchslimError, TransformRefusedError
 from torchslim.fold import DropLayersConfig, FoldConfig, drop_layers_, fold_
 from torchslim.lowrank import FactorizeConfig, factorize_
@@ -41,17 +42,20 @@ __all__ = [
     "QuantizeConfig",
     "Report",
     "ScheduledPruneConfig",
+    "ShareConfig",
     "SparseTrainConfig",
     "StructuredPruneConfig",
     "TorchslimError",
     "TrainConfig",
     "TransformRefusedError",
+    "TslimFormatError",
     "create_model",
     "distill",
     "drop_layers_",
     "factorize_",
     "finetune",
     "fold_",
+    "load",
     "load_checkpoint",
     "load_data",
     "load_recipe",
@@ -62,7 +66,9 @@ __all__ = [
     "prune_with_schedule",
     "quantize_",
     "run_recipe",
+    "save",
     "save_checkpoint",
     "save_sparse",
+    "share_weights_",
     "sparse_train",
 ]
