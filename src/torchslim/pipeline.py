@@ -14,6 +14,7 @@ resumed run ends with the same figures as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib
 import inspect
@@ -30,7 +31,7 @@ from rich.console import Console
 from torch import nn
 
 from torchslim._io import atomic_write_text
-from torchslim.data import DataBundle, load_data
+from torchslim.data import DataBundle, Jitter, load_data
 from torchslim.errors import CheckpointError, TorchslimError
 from torchslim.measure import Measurement, layer_stats, measure
 from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
@@ -53,18 +54,9 @@ class RunResult:
 
 def build_model(spec: ModelSpec, data: DataBundle | None = None) -> nn.Module:
     """Build the model a recipe names; zoo models get ``in_channels``/``num_classes`` from the data when they take them."""
-    if spec.name.startswith("zoo:"):
-        from torchslim.zoo import MODELS
-
-        name = spec.name[4:]
-        args = dict(spec.args)
-        params = inspect.signature(MODELS.get(name)).parameters
-        if data is not None:
-            if "in_channels" in params and "in_channels" not in args:
-                args["in_channels"] = data.input_shape[0]
-            if "num_classes" in params and "num_classes" not in args:
-                args["num_classes"] = data.num_classes
-        model = create_model(name, **args)
+    arch = model_arch(spec, data)
+    if arch is not None:
+        model = create_model(arch["model"][4:], **arch["args"])
     else:
         module_name, fn_name = spec.name.split(":")
         try:
@@ -77,6 +69,23 @@ def build_model(spec: ModelSpec, data: DataBundle | None = None) -> nn.Module:
     if spec.weights:
         load_weights(model, spec.weights)
     return model
+
+
+def model_arch(spec: ModelSpec, data: DataBundle | None = None) -> dict[str, Any] | None:
+    """``{"model": "zoo:<name>", "args": {...}}`` with the arguments :func:`build_model` uses; ``None`` for entry points."""
+    if not spec.name.startswith("zoo:"):
+        return None
+    from torchslim.zoo import MODELS
+
+    name = spec.name[4:]
+    args = dict(spec.args)
+    params = inspect.signature(MODELS.get(name)).parameters
+    if data is not None:
+        if "in_channels" in params and "in_channels" not in args:
+            args["in_channels"] = data.input_shape[0]
+        if "num_classes" in params and "num_classes" not in args:
+            args["num_classes"] = data.num_classes
+    return {"model": spec.name, "args": args}
 
 
 def measure_model(model: nn.Module, data: DataBundle, spec: MeasureSpec) -> Measurement:
@@ -169,6 +178,8 @@ def run_recipe(
     state = _prepare_output(recipe, out, resume, overwrite)
     t0 = time.perf_counter()
     data = load_data(recipe.data.name, val_size=recipe.data.val_size, seed=recipe.seed)
+    if recipe.data.jitter:
+        data.train_transform = Jitter(recipe.data.jitter)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, data)
     done = state["completed"]
@@ -187,10 +198,19 @@ def run_recipe(
             console.log(f"stage {label} ({stage.type})")
             torch.manual_seed(_stage_seed(recipe.seed, index))
             t_stage = time.perf_counter()
-            ctx = StageContext(data, label, progress, initial_model=lambda: _baseline_model(recipe, data, out, done))
+            ctx = StageContext(
+                data,
+                label,
+                progress,
+                initial_model=lambda: _baseline_model(recipe, data, out, done),
+                output=out,
+                arch=model_arch(recipe.model, data),
+            )
             stage_report = STAGES.get(stage.type).run(model, stage.config, ctx)
             seconds = time.perf_counter() - t_stage
             m = measure_model(model, data, recipe.measure)
+            if isinstance(stage_report.meta.get("file_bytes"), int):  # the stage wrote the model file (encode)
+                m = dataclasses.replace(m, bytes_file=stage_report.meta["file_bytes"])
             ckpt = f"stage-{index + 1:02d}-{stage.type}"
             save_checkpoint(model, out / ckpt, {"recipe": recipe.name, "stage": index, "type": stage.type})
             done.append(

@@ -33,10 +33,11 @@ from torchslim.stages import STAGES
 from torchslim.zoo.spec import ModelSpec
 
 class DataSpec(Config):
-    """A registered data set and its split options."""
+    """A registered data set, its split options and training augmentation (``jitter``: ±pixels shifts)."""
 
     name: str
     val_size: int | None = Field(default=None, ge=0)
+    jitter: int = Field(default=0, ge=0, le=8)  # training-time random shifts of images, in pixels (0: none)
 
     @field_validator("name")
     @classmethod

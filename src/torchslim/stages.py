@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -33,6 +34,9 @@ class StageContext:
     progress: bool = True
     # the model as it was before compression (after the last completed train stage), built on demand
     initial_model: Callable[[], nn.Module] | None = None
+    # the run directory (files a stage writes go there) and the architecture reference of the model
+    output: Path | None = None
+    arch: dict[str, Any] | None = None
 
 
 StageRunner = Callable[[nn.Module, Config, StageContext], Report]
@@ -113,6 +117,7 @@ STAGES.register("prune")(
 # imports them so every stage exists once ``torchslim.stages`` is imported.
 # One line per package, kept sorted.
 from torchslim.distill import stage as _distill_stage  # noqa: E402,F401
+from torchslim.encode import stage as _encode_stage  # noqa: E402,F401
 from torchslim.fold import stage as _fold_stage  # noqa: E402,F401
 from torchslim.lowrank import stage as _lowrank_stage  # noqa: E402,F401
 from torchslim.prune import stage as _prune_stage  # noqa: E402,F401

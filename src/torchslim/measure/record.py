@@ -15,6 +15,8 @@ from torchslim.errors import TorchslimError
 
 #: Keys of :meth:`Measurement.to_dict` that are derived from other fields.
 DERIVED_KEYS: tuple[str, ...] = ("sparsity",)
+#: Fields added after the first release: absent in older records, read as ``None``.
+_OPTIONAL_KEYS: tuple[str, ...] = ("bytes_file",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Measurement:
     latency_threads: int
     latency_runs: int
     peak_memory_bytes: int | None
+    bytes_file: int | None = None
 
     @property
     def sparsity(self) -> float:
@@ -102,7 +105,7 @@ class Measurement:
         if not isinstance(d, dict):
             raise TorchslimError(f"a measurement must be a mapping, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n not in _OPTIONAL_KEYS]
         unknown = sorted(set(d) - set(names) - set(DERIVED_KEYS))
         if missing or unknown:
             parts = []
@@ -113,8 +116,8 @@ class Measurement:
             raise TorchslimError(f"invalid measurement: {'; '.join(parts)}")
         values: dict[str, Any] = {}
         for name in names:
-            value = d[name]
-            optional = name in ("accuracy", "latency_ms", "peak_memory_bytes")
+            value = d.get(name)
+            optional = name in ("accuracy", "latency_ms", "peak_memory_bytes", *_OPTIONAL_KEYS)
             as_float = name in ("accuracy", "latency_ms")
             if value is None:
                 if not optional:
@@ -142,6 +145,7 @@ FIELDS: list[tuple[str, str, str]] = [
     ("macs", "MACs", "int"),
     ("bytes_dense", "Bytes (dense fp32)", "bytes"),
     ("bytes_sparse", "Bytes (sparse)", "bytes"),
+    ("bytes_file", "Bytes on disk (.tslim)", "bytes"),
     ("latency_ms", "Latency (ms/batch)", "ms"),
     ("peak_memory_bytes", "Peak memory", "bytes"),
     ("latency_batch", "Latency batch size", "setting"),
