@@ -13,11 +13,12 @@ Targets: drop ≤ 1 pt on each.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import torch
 
-from _common import Timer, write_result
+from _common import RESULTS, Timer, write_result
 from torchslim.lowrank import factorize_
 from torchslim.measure import count_macs, count_params, evaluate_accuracy
 from torchslim.train import finetune
@@ -94,8 +95,30 @@ def main() -> None:
         metrics["minilm_ffn_svd"], baseline["minilm"] = m, b
         targets.update(t)
         print("minilm", m, t, flush=True)
-    write_result("lowrank", metrics=metrics, baseline=baseline, targets=targets, wall_s=timer.seconds,
-                 notes=None if len(parts) == 2 else f"partial run: {', '.join(parts)}")
+    notes = None
+    previous = RESULTS / "lowrank.json"
+    if len(parts) < 2 and previous.exists():
+        # a partial run keeps the other part's figures from the earlier file, saying where they come from
+        old = json.loads(previous.read_text())
+        kept = [p for p in ("resnet", "minilm") if p not in parts and _PART_KEYS[p][0] in old.get("metrics", {})]
+        for part in kept:
+            metric_key, baseline_key, target_prefix = _PART_KEYS[part]
+            metrics[metric_key] = old["metrics"][metric_key]
+            baseline[baseline_key] = old["baseline"].get(baseline_key)
+            targets.update({k: v for k, v in old.get("targets", {}).items() if k.startswith(target_prefix)})
+            metrics[metric_key]["measured"] = old["metrics"][metric_key].get("measured") or f"{old['date']}, {old['machine']}"
+        for part in parts:
+            metrics[_PART_KEYS[part][0]]["measured"] = "this run (see date, machine)"
+        notes = f"parts run now: {', '.join(parts)}; kept from the earlier file: {', '.join(kept) or 'none'}"
+    elif len(parts) < 2:
+        notes = f"partial run: {', '.join(parts)}"
+    write_result("lowrank", metrics=metrics, baseline=baseline, targets=targets, wall_s=timer.seconds, notes=notes)
+
+
+_PART_KEYS = {
+    "resnet": ("resnet20_fmnist_tucker2", "resnet20_fmnist", "resnet20_"),
+    "minilm": ("minilm_ffn_svd", "minilm", "minilm_"),
+}
 
 
 if __name__ == "__main__":

@@ -158,3 +158,26 @@ def test_distill_stage_heals_from_the_model_before_compression(tmp_path):
     assert stages[2].measurement.accuracy > stages[1].measurement.accuracy  # healed
     assert stages[2].measurement.nonzeros == stages[1].measurement.nonzeros  # masks kept through distillation
     assert result.report.after.accuracy > result.report.before.accuracy - 0.05
+
+
+def test_resume_after_a_quantize_stage_rebuilds_the_quantized_model(tmp_path):
+    """A checkpoint taken after quantization loads into the fresh float model a resumed run starts from."""
+    recipe = {
+        **RECIPE,
+        "stages": [
+            RECIPE["stages"][0],
+            {"type": "quantize", "mode": "static", "weight": {"bits": 4}, "calibration_batches": 2},
+            {"type": "finetune", "epochs": 1, "lr": 0.001},
+        ],
+    }
+    reference = run_recipe(parse_recipe(recipe), output=tmp_path / "ref", progress=False)
+    out = tmp_path / "run"
+    run_recipe(parse_recipe({**recipe, "stages": recipe["stages"][:2]}), output=out, progress=False)
+    state = read_state(out)
+    state["fingerprint"] = parse_recipe(recipe).fingerprint()  # as if the full run had stopped after stage 2
+    state["status"] = "interrupted"
+    (out / "state.json").write_text(json.dumps(state))
+    result = run_recipe(parse_recipe(recipe), output=out, resume=True, progress=False)
+    assert stable(result.report.after) == stable(reference.report.after)
+    ref_sd, sd = reference.model.state_dict(), result.model.state_dict()
+    assert ref_sd.keys() == sd.keys() and all(torch.equal(ref_sd[k], sd[k]) for k in ref_sd)

@@ -76,6 +76,7 @@ _MAX_HEADER = 64 << 20
 _MAX_ELEMENTS = 1 << 34
 MASK_SUFFIX = "_mask"
 CODINGS = ("huffman", "fixed")
+_DERIVED = ("support_of", "codes_of", "quantized")
 
 # dtype name -> (torch dtype, numpy dtype holding its bit pattern)
 _DTYPES: dict[str, tuple[torch.dtype, np.dtype[Any]]] = {
@@ -194,6 +195,70 @@ def _shared(name: str, t: torch.Tensor, codes: torch.Tensor, coding: str) -> _Re
     )
 
 
+def _quantized(name: str, t: torch.Tensor, q: torch.Tensor, qp: Any, fq: str, coding: str) -> _Record:
+    """Integers of a quantized weight (``qmin``-offset symbols), only where they differ from the zero point when sparse."""
+    from torchslim.quant.affine import _expand
+
+    flat_q = q.detach().cpu().flatten().long().numpy()
+    zp = _expand(qp.zero_point, q, qp.axis, qp.group_size).expand(q.shape).detach().cpu().flatten().long().numpy()
+    live = flat_q != zp
+    info: dict[str, Any] = {
+        "of": fq,
+        "qmin": int(qp.qmin),
+        "qmax": int(qp.qmax),
+        "axis": qp.axis,
+        "group_size": qp.group_size,
+        "coding": coding,
+        "sparse": bool(live.mean() < 0.5),
+    }
+    parts: list[tuple[str, bytes]] = []
+    if info["sparse"]:
+        positions = np.flatnonzero(live)
+        gap_info, parts = _positions_parts(positions, coding)
+        info.update(gap_info, nnz=int(positions.size))
+        symbols = flat_q[positions] - qp.qmin
+    else:
+        symbols = flat_q - qp.qmin
+    stream = encode_stream(symbols, int(qp.qmax - qp.qmin + 1), coding)
+    return _Record(name, list(t.shape), _dtype_name(t.dtype), "quantized", [*[(f"q_{n}", v) for n, v in stream.items()], *parts], info)
+
+
+def _decode_quantized(record: _Record, payload: dict[str, bytes], done: dict[str, tuple[_Record, torch.Tensor]]) -> torch.Tensor:
+    from torchslim.quant.affine import QParams, _expand, dequantize
+
+    name, info, shape = record.name, record.info, record.shape
+    numel = math.prod(shape)
+    of = info.get("of")
+    if not isinstance(of, str) or f"{of}.zero_point" not in done or record.dtype != "float32":
+        raise TslimFormatError(f"record {name}: a quantized float32 weight needs the scale and zero point of {of!r}")
+    qmin, qmax = _int(info, "qmin", -(1 << 16), 1 << 16, name), _int(info, "qmax", -(1 << 16), 1 << 16, name)
+    axis, group = info.get("axis"), info.get("group_size")
+    if qmax <= qmin or not (axis is None or (isinstance(axis, int) and 0 <= axis < len(shape))):
+        raise TslimFormatError(f"record {name}: bad integer range or axis")
+    if not (group is None or (isinstance(group, int) and group >= 1 and axis is not None and shape[axis] % group == 0)):
+        raise TslimFormatError(f"record {name}: bad group size {group!r}")
+    zero_point = done[f"{of}.zero_point"][1]
+    if f"{of}.log_scale" in done:
+        scale = torch.exp(done[f"{of}.log_scale"][1]).detach()
+    elif f"{of}.scale" in done:
+        scale = done[f"{of}.scale"][1]
+    else:
+        raise TslimFormatError(f"record {name}: no scale for {of}")
+    qp = QParams(scale, zero_point, qmin, qmax, axis, group)
+    try:
+        zp = _expand(zero_point, torch.empty(shape), axis, group).expand(shape).flatten().long().numpy()
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise TslimFormatError(f"record {name}: scale/zero point do not fit the weight: {exc}") from None
+    symbols_of = {n[2:]: v for n, v in payload.items() if n.startswith("q_")}
+    if info.get("sparse"):
+        positions = _positions(record, payload, numel)
+        q = zp.copy()
+        q[positions] = decode_stream(symbols_of, qmax - qmin + 1, positions.size, _coding(info, name)) + qmin
+    else:
+        q = decode_stream(symbols_of, qmax - qmin + 1, numel, _coding(info, name)) + qmin
+    return dequantize(torch.from_numpy(q).reshape(shape), qp)
+
+
 def _support(record: _Record, payload: dict[str, bytes]) -> np.ndarray:
     """Flat boolean support (stored positions) of a sparse or shared record."""
     numel = math.prod(record.shape)
@@ -250,12 +315,14 @@ def _decode(record: _Record, payload: dict[str, bytes], done: dict[str, tuple[_R
             )
             out[positions] = np.frombuffer(codebook, dtype=np_dtype)[symbols]
         return _from_pattern(out, record.dtype, shape)
+    if record.enc == "quantized":
+        return _decode_quantized(record, payload, done)
     if record.enc in ("support_of", "codes_of"):
         of = record.info.get("of")
         if not isinstance(of, str) or of not in done:
             raise TslimFormatError(f"record {name} refers to {of!r}, which is not an earlier record")
         source, _ = done[of]
-        if source.enc not in ("sparse", "shared") or source.shape != shape:
+        if not _has_support(source) or source.shape != shape:
             raise TslimFormatError(f"record {name} cannot be derived from {of} ({source.enc}, shape {source.shape})")
         src_payload = source.info["_payload"]
         if record.enc == "support_of":
@@ -273,6 +340,11 @@ def _decode(record: _Record, payload: dict[str, bytes], done: dict[str, tuple[_R
         codes[positions] = symbols
         return _from_pattern(codes, record.dtype, shape)
     raise TslimFormatError(f"record {name}: unknown encoding {record.enc!r}")
+
+
+def _has_support(record: _Record) -> bool:
+    """Whether ``record`` stores positions (so a mask can be derived from it)."""
+    return record.enc in ("sparse", "shared") or (record.enc == "quantized" and bool(record.info.get("sparse")))
 
 
 def _int(info: dict[str, Any], key: str, lo: int, hi: int, name: str) -> int:
@@ -293,22 +365,36 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and np.array_equal(_pattern(a), _pattern(b))
 
 
-def _encode_state(state: dict[str, torch.Tensor], coding: str) -> list[_Record]:
-    """One verified record per state entry, in state order (sources before derived records)."""
+def _encode_state(
+    state: dict[str, torch.Tensor], coding: str, quantized: dict[str, tuple[torch.Tensor, Any, str, torch.Tensor]] | None = None
+) -> list[_Record]:
+    """One verified record per state entry, in state order.
+
+    ``quantized`` maps a weight's key to ``(integers, qparams, fake-quant module key,
+    the fake-quantized weight)``: such a weight is stored as its integers when they
+    decode to exactly the weight its forward uses (else raw).
+    """
+    quantized = quantized or {}
     records: dict[str, _Record] = {}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    derived: list[str] = []
+    later: list[str] = []
     for key, t in tensors.items():
-        if key.endswith((MASK_SUFFIX, CODES_SUFFIX)) and key.rsplit("_", 1)[0] in tensors:
-            derived.append(key)
+        if key in quantized or (key.endswith((MASK_SUFFIX, CODES_SUFFIX)) and key.rsplit("_", 1)[0] in tensors):
+            later.append(key)
             continue
         records[key] = _best_record(key, t, tensors, coding)
-    for key in derived:
+    for key in sorted(later, key=lambda k: k.endswith((MASK_SUFFIX, CODES_SUFFIX))):  # quantized weights first
         t = tensors[key]
+        if key in quantized:
+            q, qp, fq, target = quantized[key]
+            candidate = _quantized(key, t, q, qp, fq, coding)
+            ok = candidate.nbytes < _raw(key, t).nbytes and _roundtrips(candidate, target.detach().cpu(), records, tensors)
+            records[key] = candidate if ok else _best_record(key, t, tensors, coding)
+            continue
         of = key.rsplit("_", 1)[0]
         source = records.get(of)
-        candidate: _Record | None = None
-        if source is not None and source.enc in ("sparse", "shared") and list(t.shape) == source.shape:
+        candidate = None
+        if source is not None and _has_support(source) and list(t.shape) == source.shape:
             if key.endswith(MASK_SUFFIX) and t.dtype == torch.bool:
                 candidate = _Record(key, list(t.shape), "bool", "support_of", [], {"of": of})
             elif key.endswith(CODES_SUFFIX) and source.enc == "shared" and t.dtype in (torch.int16, torch.int32, torch.int64):
@@ -317,10 +403,31 @@ def _encode_state(state: dict[str, torch.Tensor], coding: str) -> list[_Record]:
     return [records[k] for k in state]
 
 
+def _quantized_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, Any, str, torch.Tensor]]:
+    """For every quantized layer of ``model``: its weight's integers, qparams and fake-quantized value."""
+    if model.__dict__.get("_torchslim_quant") is None:
+        return {}
+    from torchslim.quant.affine import quantize
+    from torchslim.quant.fake import ste_fake_quantize
+    from torchslim.quant.model import QUANT_LAYERS
+
+    out = {}
+    for name, module in model.named_modules():
+        fq = getattr(module, "weight_fq", None)
+        if not isinstance(module, QUANT_LAYERS) or fq is None or not bool(fq.initialized) or not fq.enabled:
+            continue
+        qp = fq.qparams()
+        with torch.no_grad():
+            weight = module.weight.detach()
+            prefix = f"{name}." if name else ""
+            out[prefix + "weight"] = (quantize(weight, qp), qp, prefix + "weight_fq", ste_fake_quantize(weight, qp))
+    return out
+
+
 def _best_record(key: str, t: torch.Tensor, tensors: dict[str, torch.Tensor], coding: str) -> _Record:
     """The smallest encoding of ``t`` that decodes back to it bit for bit."""
     raw = _raw(key, t)
-    if not t.is_floating_point() or t.numel() < 16:
+    if t.dtype == torch.bool or t.numel() < 16:
         return raw
     candidates = []
     codes = tensors.get(key + CODES_SUFFIX)
@@ -342,8 +449,12 @@ def _best_record(key: str, t: torch.Tensor, tensors: dict[str, torch.Tensor], co
     return raw
 
 
-def _roundtrips(record: _Record, t: torch.Tensor, records: dict[str, _Record]) -> bool:
-    done = {k: (r, torch.empty(0)) for k, r in records.items()}
+def _roundtrips(
+    record: _Record, t: torch.Tensor, records: dict[str, _Record], tensors: dict[str, torch.Tensor] | None = None
+) -> bool:
+    """Whether ``record`` decodes to ``t`` bit for bit (``records``/``tensors``: what it may derive from)."""
+    tensors = tensors or {}
+    done = {k: (r, tensors.get(k, torch.empty(0))) for k, r in records.items()}
     for r, _ in done.values():
         r.info["_payload"] = dict(r.parts)
     try:
@@ -370,7 +481,7 @@ def encode_model(
 
     if coding not in CODINGS:
         raise ValueError(f"unknown coding {coding!r}; allowed: {', '.join(CODINGS)}")
-    records = _encode_state(model.state_dict(), coding)
+    records = _encode_state(model.state_dict(), coding, _quantized_weights(model))
     offset = 0
     entries = []
     for r in records:
@@ -394,6 +505,7 @@ def encode_model(
         "format": "tslim",
         "arch": arch or {},
         "structure": recorded_structure(model),
+        "quant": model.__dict__.get("_torchslim_quant"),
         "meta": meta or {},
         "records": entries,
     }
@@ -443,6 +555,7 @@ class TslimFile:
     state: dict[str, torch.Tensor]
     header_bytes: int
     file_bytes: int
+    quant: dict[str, Any] | None = None
 
 
 def parse(data: bytes, source: str = "<bytes>") -> TslimFile:
@@ -479,29 +592,34 @@ def parse(data: bytes, source: str = "<bytes>") -> TslimFile:
     payload = memoryview(body)[start:]
     done: dict[str, tuple[_Record, torch.Tensor]] = {}
     try:
-        for entry in header["records"]:
-            record = _record_from(entry, payload, source)
-            tensor = _decode(record, record.info["_payload"], done)
-            if record.name in done:
-                raise TslimFormatError(f"record {record.name} appears twice")
-            done[record.name] = (record, tensor)
+        parsed = [_record_from(entry, payload, source) for entry in header["records"]]
+        if len({r.name for r in parsed}) != len(parsed):
+            raise TslimFormatError("a record name appears twice")
+        # records that derive from others (masks, codes, quantized weights) are decoded last
+        for record in sorted(parsed, key=lambda r: r.enc in _DERIVED):
+            done[record.name] = (record, _decode(record, record.info["_payload"], done))
+        done = {r.name: done[r.name] for r in parsed}
     except StreamError as exc:
         raise TslimFormatError(f"{source}: {exc}") from None
     except TslimFormatError as exc:
         raise TslimFormatError(f"{source}: {exc}") from None
     arch, structure, meta = header.get("arch", {}), header.get("structure", []), header.get("meta", {})
+    quant = header.get("quant")
     if not isinstance(arch, dict) or not isinstance(structure, list) or not isinstance(meta, dict):
         raise TslimFormatError(f"{source}: header fields arch/structure/meta have the wrong types")
+    if quant is not None and not isinstance(quant, dict):
+        raise TslimFormatError(f"{source}: header field quant has the wrong type")
     return TslimFile(
         source,
         version,
         arch,
         structure,
         meta,
-        [e for e in header["records"]],
+        list(header["records"]),
         {k: t for k, (_, t) in done.items()},
         header_len,
         len(data),
+        quant,
     )
 
 
@@ -600,7 +718,7 @@ def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = N
         if not isinstance(target, nn.Module):
             raise TslimFormatError(f"the model builder returned {type(target).__name__}, not an nn.Module")
     try:
-        load_structured_state(target, f.structure, f.state, source=f.path)
+        load_structured_state(target, f.structure, f.state, source=f.path, quant=f.quant)
     except TslimFormatError:
         raise
     except CheckpointError as exc:
@@ -641,6 +759,8 @@ def layer_table(f: TslimFile) -> list[LayerRow]:
     for entry in f.records:
         name = entry["name"]
         module, _, tensor = name.rpartition(".")
+        for fq in (".weight_fq", ".input_fq"):  # a quantized layer's scales count towards the layer
+            module = module.removesuffix(fq)
         row = rows.setdefault(module or "<model>", {"bytes": 0, "dense": 0, "weight": None})
         parts = {p: n for p, n in entry["parts"]}
         row["bytes"] += sum(parts.values())
@@ -655,7 +775,10 @@ def layer_table(f: TslimFile) -> list[LayerRow]:
             entry, parts = row["weight"]
             weights = math.prod(entry["shape"])
             enc = entry["enc"]
-            if enc in ("sparse", "shared"):
+            if enc == "quantized" and not entry.get("sparse"):
+                kept = float(f.state[f"{module}.weight"].count_nonzero()) / max(1, weights)
+                wbits = 8 * sum(parts.values()) / max(1, weights)
+            elif enc in ("sparse", "shared", "quantized"):
                 nnz = max(1, entry["nnz"])
                 kept = entry["nnz"] / max(1, weights)
                 index = sum(n for p, n in parts.items() if p.startswith("gap_"))

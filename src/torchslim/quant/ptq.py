@@ -19,6 +19,7 @@ from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, Transform
 from torchslim.measure.accuracy import logits_of
 from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
+from torchslim.quant.fake import FakeQuantize
 from torchslim.quant.model import (
     ACT_DICT,
     QUANT_LAYERS,
@@ -231,3 +232,45 @@ def quantize_(
     }
     _transplant(model, work)
     return Report(title="quantize", technique="quantize", layers=layers, skipped=skipped, meta=meta)
+
+
+def quant_info(model: nn.Module) -> dict[str, Any] | None:
+    """What :func:`quantize_` did to ``model`` (its config and per-layer weight configs), or ``None``."""
+    info = model.__dict__.get("_torchslim_quant")
+    return copy.deepcopy(info) if info is not None else None
+
+
+def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Give a fresh float ``model`` the quantized structure ``info`` describes, shaped to hold ``state``.
+
+    BatchNorm folds, layer swaps and activation points are rebuilt (no data
+    needed); scale/zero-point buffers take the shapes stored in ``state`` and
+    learned (LSQ) scales get their parameters, so ``load_state_dict(state)``
+    then fits exactly. Observers are switched off: the loaded scales are final.
+
+    Raises:
+        TorchslimError: ``info`` is not a quantization record.
+
+    Example:
+        >>> rebuild_quantized(create_model("lenet5"), quant_info(qmodel), qmodel.state_dict())  # doctest: +SKIP
+    """
+    if not isinstance(info, dict) or "config" not in info or not isinstance(info.get("layers"), dict):
+        raise TorchslimError("the quantization record lacks its config or layers")
+    config = QuantizeConfig.parse(info["config"])
+    wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in info["layers"].items()}
+    build_structure(model, config, wcfg_of)
+    own = model.state_dict()
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        mod_name, _, attr = key.rpartition(".")
+        module = modules.get(mod_name)
+        if not isinstance(module, FakeQuantize):
+            continue
+        if attr == "log_scale" and key not in own:
+            module.log_scale = nn.Parameter(torch.empty_like(value))
+        elif key in own and own[key].shape != value.shape and attr in module._buffers:
+            module._buffers[attr] = torch.empty_like(value)
+    for module in model.modules():
+        if isinstance(module, FakeQuantize):
+            module.observing = False
+    model.__dict__["_torchslim_quant"] = copy.deepcopy(info)

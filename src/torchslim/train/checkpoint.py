@@ -54,6 +54,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
         "structure": recorded_structure(model),
+        "quant": model.__dict__.get("_torchslim_quant"),
         "meta": meta or {},
     }
     atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
@@ -103,28 +104,43 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
     tensors_path, sidecar = _paths(path)
     info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
-    load_structured_state(model, info.get("structure") or [], state, source=str(tensors_path))
+    load_structured_state(model, info.get("structure") or [], state, source=str(tensors_path), quant=info.get("quant"))
     return dict(info.get("meta", {}))
 
 
 def load_structured_state(
-    model: nn.Module, steps: list[dict[str, Any]], state: dict[str, torch.Tensor], *, source: str
+    model: nn.Module,
+    steps: list[dict[str, Any]],
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    quant: dict[str, Any] | None = None,
 ) -> None:
-    """Replay recorded structure ``steps`` onto ``model``, then load ``state``; untouched on any mismatch.
+    """Replay recorded structure ``steps`` (and quantization ``quant``) onto ``model``, then load ``state``.
+
+    The model is untouched on any mismatch: a changed structure is rebuilt and
+    loaded on a copy first.
 
     Raises:
         CheckpointError: the structure cannot be replayed, or the state does not fit.
     """
-    if steps:
-        # structured pruning changed shapes: replay it on a copy first so a mismatch leaves the model untouched
-        trial = copy.deepcopy(model)
-        try:
-            replay_structure(trial, steps)
-        except TorchslimError as exc:
-            raise CheckpointError(f"{source}: cannot replay the recorded structure onto this model: {exc}") from None
-        load_state(trial, state, source=source)
-        replay_structure(model, steps)
-    load_state(model, state, source=source)
+    if quant is not None and model.__dict__.get("_torchslim_quant") is not None:
+        quant = None  # already quantized (e.g. loading into the model that was saved)
+    if not steps and quant is None:
+        load_state(model, state, source=source)
+        return
+    from torchslim.quant.ptq import _transplant, rebuild_quantized  # late: torchslim.quant imports training
+
+    work = copy.deepcopy(model)
+    try:
+        if steps:
+            replay_structure(work, steps)
+        if quant is not None:
+            rebuild_quantized(work, quant, state)
+    except TorchslimError as exc:
+        raise CheckpointError(f"{source}: cannot rebuild the recorded structure on this model: {exc}") from None
+    load_state(work, state, source=source)
+    _transplant(model, work)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
