@@ -231,7 +231,11 @@ def comparison_rows(before: Measurement | None, after: Measurement | None) -> li
     for name, label, kind in FIELDS:
         b = None if before is None else getattr(before, name)
         a = None if after is None else getattr(after, name)
-        rows.append((label, format_value(b, kind), format_value(a, kind), format_change(b, a, kind)))
+        change = format_change(b, a, kind)
+        if name == "bytes_file" and b is None and a is not None and before is not None:
+            # the model had no file before: its size is set against the dense fp32 bytes
+            change = format_change(before.bytes_dense, a, kind) + " than dense fp32"
+        rows.append((label, format_value(b, kind), format_value(a, kind), change))
     return rows
 
 
