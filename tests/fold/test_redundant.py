@@ -51,6 +51,22 @@ def test_block_influence_ranks_an_identity_block_most_redundant():
     assert float((model(x) - ref).abs().max().detach()) < 0.5  # removing near-identities changes little
 
 
+def test_output_similarity_skips_the_blocks_the_output_notices_least():
+    """Greedy output similarity finds the identity block, then the weakest one; the result matches the scores."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Scaled(3.0), Scaled(0.0), Scaled(1.0), Scaled(0.1), nn.Linear(8, 4))
+    x = torch.randn(64, 8)
+    ref = model(x).detach()
+    report = drop_layers_(model, {"k": 2, "criterion": "output_similarity", "blocks": "[0-3]"}, calibration=[x])
+    assert report.meta["removed"] == ["1", "3"]
+    assert report.meta["scores"]["1"] == pytest.approx(1.0)  # an identity block: skipping it changes nothing
+    out = model(x).detach()
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=1).mean()
+    assert float(cos) == pytest.approx(report.meta["scores"]["3"], abs=1e-6)  # the greedy score is the real outcome
+    with pytest.raises(TransformRefusedError, match="output_similarity needs calibration"):
+        drop_layers_(model, {"k": 1, "criterion": "output_similarity", "blocks": "[01]"})
+
+
 def test_candidates_criteria_and_refusals():
     m = create_model("transformer_encoder", image_size=8, patch_size=4, dim=16, depth=4, num_heads=2)
     assert candidate_blocks(m) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]

@@ -7,6 +7,10 @@ Criteria (a registry; higher score = more redundant):
   spatial position); a block whose output points where its input did adds little.
 * ``weight_similarity``: cosine similarity of a block's flattened weights with the
   previous block's (same structure only); near-duplicates are redundant.
+* ``output_similarity``: cosine similarity between the model's final output with
+  the block skipped and the full model's output on calibration data; for ``k > 1``
+  blocks are chosen greedily (each next block scored with the earlier ones
+  already skipped), so the pair removed is the one the output notices least.
 * ``random`` (seeded) and ``last`` (the last k blocks): the baselines.
 
 Blocks are the children of ``nn.Sequential``/``nn.ModuleList`` containers whose
@@ -48,15 +52,15 @@ class DropLayersConfig(Config):
 
     Attributes:
         k: blocks to remove.
-        criterion: ``block_influence``, ``weight_similarity``, ``random`` or ``last``.
+        criterion: ``block_influence``, ``output_similarity``, ``weight_similarity``, ``random`` or ``last``.
         blocks: regex (``re.fullmatch``) over qualified names of candidate blocks;
             default: every item of the model's longest Sequential/ModuleList of same-class modules.
-        calibration_batches: calibration batches used by ``block_influence``.
+        calibration_batches: calibration batches used by ``block_influence`` and ``output_similarity``.
         seed: seed of ``random``.
     """
 
     k: int = Field(default=1, ge=1)
-    criterion: Literal["block_influence", "weight_similarity", "random", "last"] = "block_influence"
+    criterion: Literal["block_influence", "output_similarity", "weight_similarity", "random", "last"] = "block_influence"
     blocks: str | None = None
     calibration_batches: int = Field(default=8, ge=1)
     seed: int = 0
@@ -130,6 +134,57 @@ def block_influence(model: nn.Module, blocks: list[str], batches: list[Any], gen
     return {b: (sums[b] / counts[b] if shape_ok[b] and counts[b] else float("nan")) for b in blocks}
 
 
+def _skip_hook(_m: nn.Module, args: Any, kwargs: Any, out: Any) -> Any:
+    """Forward hook making a block the identity on its hidden state (other outputs kept)."""
+    x = _hidden(args) if args else _hidden(list(kwargs.values()))
+    if isinstance(out, torch.Tensor):
+        return x
+    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        return (x, *out[1:])
+    raise TransformRefusedError(f"cannot skip a block returning {type(out).__name__}")
+
+
+def _output_cosine(model: nn.Module, batches: list[Any], skipped: list[str], reference: list[torch.Tensor]) -> float:
+    """Mean cosine between the model's outputs with ``skipped`` blocks bypassed and ``reference``; NaN if not skippable."""
+    hooks = [get_module(model, b).register_forward_hook(_skip_hook, with_kwargs=True) for b in skipped]
+    try:
+        sims = []
+        for batch, ref in zip(batches, reference):
+            y = _hidden(call_model(model, batch))
+            if y is None or y.shape != ref.shape:
+                return float("nan")
+            sims.append(F.cosine_similarity(y.double().flatten(1), ref.double().flatten(1), dim=1))
+        return float(torch.cat(sims).mean())
+    except TransformRefusedError:
+        return float("nan")
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def output_similarity_choice(model: nn.Module, blocks: list[str], batches: list[Any], k: int) -> tuple[list[str], dict[str, float]]:
+    """Greedily the ``k`` blocks whose skipping keeps the final output closest (cosine) to the full model's.
+
+    Returns ``(chosen in order, score of every block when it was last scored)``.
+
+    Example:
+        >>> chosen, scores = output_similarity_choice(model, ["blocks.0", "blocks.1", "blocks.2"], [x], 1)
+    """
+    with eval_mode(model), torch.no_grad():
+        reference = [_hidden(call_model(model, b)) for b in batches]
+        chosen: list[str] = []
+        scores: dict[str, float] = {}
+        for _ in range(k):
+            for b in blocks:
+                if b not in chosen:
+                    scores[b] = _output_cosine(model, batches, [*chosen, b], reference)
+            left = [b for b in blocks if b not in chosen and scores[b] == scores[b]]
+            if not left:
+                break
+            chosen.append(max(left, key=lambda b: (scores[b], -blocks.index(b))))
+    return chosen, scores
+
+
 @REDUNDANCY.register("weight_similarity")
 def weight_similarity(model: nn.Module, blocks: list[str], batches: list[Any], gen: torch.Generator) -> dict[str, float]:
     """Cosine similarity of each block's flattened weights with the previous block's (first block: −1).
@@ -197,21 +252,24 @@ def drop_layers_(
         skipped += [SkippedLayer(b, "rejected by filter_fn") for b in blocks if b not in kept]
         blocks = kept
     batches: list[Any] = []
-    if cfg.criterion == "block_influence":
+    if cfg.criterion in ("block_influence", "output_similarity"):
         if calibration is None:
-            raise TransformRefusedError("block_influence needs calibration batches")
+            raise TransformRefusedError(f"{cfg.criterion} needs calibration batches")
         for i, batch in enumerate(calibration):
             if i >= cfg.calibration_batches:
                 break
             batches.append(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
     gen = torch.Generator().manual_seed(cfg.seed)
-    scores = REDUNDANCY.get(cfg.criterion)(model, blocks, batches, gen)
+    if cfg.criterion == "output_similarity":
+        chosen, scores = output_similarity_choice(model, blocks, batches, cfg.k)
+    else:
+        scores = REDUNDANCY.get(cfg.criterion)(model, blocks, batches, gen)
     valid = [b for b in blocks if scores[b] == scores[b]]  # not NaN
     skipped += [SkippedLayer(b, "cannot be removed: its output shape differs from its input's") for b in blocks if b not in valid]
     if len(valid) < cfg.k:
         raise TransformRefusedError(f"only {len(valid)} removable block(s) for k={cfg.k}: {', '.join(valid)}")
-    order = sorted(valid, key=lambda b: (-scores[b], blocks.index(b)))
-    chosen = order[: cfg.k]
+    if cfg.criterion != "output_similarity":
+        chosen = sorted(valid, key=lambda b: (-scores[b], blocks.index(b)))[: cfg.k]
     layers = []
     for rank, b in enumerate(chosen):
         mod = get_module(model, b)
