@@ -15,7 +15,7 @@ bare encoders (batch 32 × 128 tokens, 2 threads, median of repeated runs,
 teacher and student timed alternately in the same run); MACs from
 ``torchslim.measure.count_macs``.
 
-Caps (shared 2-core CPU, ~25 minutes): texts truncated to ``MAX_LEN`` = 64
+Caps (2-core CPU, about 4 minutes per distillation epoch): texts truncated to ``MAX_LEN`` = 64
 tokens for distillation and embeddings; at most ``DISTILL_PER_TASK`` training
 sentences per task for distillation and ``LR_TRAIN_PER_TASK`` for the logistic
 regression; every test sentence is used.
