@@ -29,7 +29,7 @@ import torchslim as ts  # noqa: E402
 from torchslim.data.transforms import Jitter  # noqa: E402
 from torchslim.measure import evaluate_accuracy  # noqa: E402
 
-TEACHER_EPOCHS = int(os.environ.get("KD_TEACHER_EPOCHS", 40))
+TEACHER_EPOCHS = int(os.environ.get("KD_TEACHER_EPOCHS", 100))
 STUDENT_EPOCHS = int(os.environ.get("KD_STUDENT_EPOCHS", 30))
 TEMPERATURE = 20.0
 ALPHA = 0.9
