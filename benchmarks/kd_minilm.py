@@ -48,7 +48,7 @@ from torchslim.zoo.minilm import SentenceEncoder, embed, load_minilm, pack_token
 MAX_LEN = int(os.environ.get("KD_MINILM_MAX_LEN", 64))
 DISTILL_PER_TASK = int(os.environ.get("KD_MINILM_DISTILL_PER_TASK", 4000))
 LR_TRAIN_PER_TASK = int(os.environ.get("KD_MINILM_LR_TRAIN_PER_TASK", 1000))
-EPOCHS = int(os.environ.get("KD_MINILM_EPOCHS", 6))
+EPOCHS = int(os.environ.get("KD_MINILM_EPOCHS", 8))
 TEST_PER_TASK = int(os.environ.get("KD_MINILM_TEST_PER_TASK", 1_000_000))  # all by default; smaller only for smoke runs
 TASKS = ("sms-spam", "rt-polarity")
 
