@@ -307,12 +307,7 @@ def _decode(record: _Record, payload: dict[str, bytes], done: dict[str, tuple[_R
             codebook = payload.get("codebook", b"")
             if len(codebook) != k * np_dtype.itemsize:
                 raise TslimFormatError(f"record {name}: codebook has {len(codebook)} bytes for {k} entries")
-            symbols = decode_stream(
-                {n[5:]: v for n, v in payload.items() if n.startswith("code_")},
-                max(k, 1),
-                positions.size,
-                _coding(record.info, name),
-            )
+            symbols = _cluster_codes(record, payload, positions.size)
             out[positions] = np.frombuffer(codebook, dtype=np_dtype)[symbols]
         return _from_pattern(out, record.dtype, shape)
     if record.enc == "quantized":
@@ -332,14 +327,18 @@ def _decode(record: _Record, payload: dict[str, bytes], done: dict[str, tuple[_R
         if source.enc != "shared" or record.dtype not in ("int16", "int32", "int64"):
             raise TslimFormatError(f"record {name}: codes derive only from a shared record, as integers")
         positions = _positions(source, src_payload, numel)
-        k = _int(source.info, "k", 0, 1 << 24, of)
-        symbols = decode_stream(
-            {n[5:]: v for n, v in src_payload.items() if n.startswith("code_")}, max(k, 1), positions.size, source.info["coding"]
-        )
+        symbols = _cluster_codes(source, src_payload, positions.size)
         codes = np.full(numel, -1, dtype=np.int64)
         codes[positions] = symbols
         return _from_pattern(codes, record.dtype, shape)
     raise TslimFormatError(f"record {name}: unknown encoding {record.enc!r}")
+
+
+def _cluster_codes(record: _Record, payload: dict[str, bytes], count: int) -> np.ndarray:
+    """The cluster index of each of the ``count`` stored entries of a shared record."""
+    k = _int(record.info, "k", 0, 1 << 24, record.name)
+    parts = {n[5:]: v for n, v in payload.items() if n.startswith("code_")}
+    return decode_stream(parts, max(k, 1), count, _coding(record.info, record.name))
 
 
 def _has_support(record: _Record) -> bool:
