@@ -113,6 +113,32 @@ def test_block_removal_picks_the_least_influential_residual_block():
     assert isinstance(m.layer2[2], nn.Identity)
 
 
+def test_blocks_then_channels_meet_the_macs_target_and_replay(tmp_path):
+    torch.manual_seed(0)
+    m = create_model("resnet_cifar", depth=20, in_channels=1).eval()
+    with torch.no_grad():  # one near-identity block: it must be among the removed ones
+        m.layer3[1].bn2.weight.zero_()
+        m.layer3[1].bn2.bias.zero_()
+    x = torch.randn(4, 1, 28, 28)
+    macs0 = count_macs(m, x[:1])
+    r = prune_structured_(m, {"macs_target": 0.5, "remove_blocks": 3 / 7, "keep_first_last": False}, example_input=x)
+    removed = [l.name for l in r.layers if l.details.get("influence") is not None]
+    assert len(removed) == 3 and "layer3.1" in removed
+    assert all(isinstance(m.get_submodule(n), nn.Identity) for n in removed)
+    assert count_macs(m, x[:1]) <= 0.5 * macs0
+    assert r.meta["macs_ratio"] >= 2.0 and "block_step" in r.meta
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d) and mod.in_channels > 1:
+            assert mod.out_channels % 8 == 0 and mod.in_channels % 8 == 0
+    save_checkpoint(m, tmp_path / "ck")
+    fresh = create_model("resnet_cifar", depth=20, in_channels=1).eval()
+    load_checkpoint(fresh, tmp_path / "ck")
+    xb = torch.randn(3, 1, 28, 28)
+    assert torch.equal(m(xb), fresh(xb))
+    with pytest.raises(ConfigError, match="remove_blocks"):
+        StructuredPruneConfig.parse({"granularity": "block", "sparsity": 0.2, "remove_blocks": 0.2})
+
+
 def test_l2_beats_random_on_real_data():
     data = load_data("digits")
     torch.manual_seed(0)

@@ -51,6 +51,11 @@ class StructuredPruneConfig(Config):
         sparsity: fraction of channels (heads, blocks) removed in each group.
         macs_target: instead of ``sparsity``, keep at most this fraction of the
             model's MACs (e.g. 0.5 = 2x fewer); the sparsity is found by bisection.
+        remove_blocks: with ``channel``: first remove this fraction of the
+            shape-preserving residual blocks / layers (lowest block influence on the
+            calibration data), then prune channels of what is left; ``macs_target``
+            then counts both. On CPUs fewer layers run faster than thinner layers
+            at equal MACs (``benchmarks/prune_latency_shapes.py``).
         criterion: ``l2`` (group L2 norm, default), ``l1``, ``random``, or any
             registered element criterion (scores summed over the coupled slices).
         scope: ``layer`` (the same fraction in every group) or ``global``
@@ -66,6 +71,7 @@ class StructuredPruneConfig(Config):
     granularity: Literal["channel", "head", "block"] = "channel"
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
     macs_target: float | None = Field(default=None, gt=0.0, lt=1.0)
+    remove_blocks: float | None = Field(default=None, gt=0.0, lt=1.0)
     criterion: str = "l2"
     scope: Literal["layer", "global"] = "layer"
     round_to: int = Field(default=8, ge=1)
@@ -81,6 +87,8 @@ class StructuredPruneConfig(Config):
             raise ValueError("give exactly one of sparsity or macs_target")
         if self.macs_target is not None and self.granularity != "channel":
             raise ValueError("macs_target is supported for granularity 'channel'")
+        if self.remove_blocks is not None and self.granularity != "channel":
+            raise ValueError("remove_blocks combines block removal with granularity 'channel'; for blocks alone use granularity 'block'")
         return self
 
     @field_validator("targets")
@@ -277,25 +285,37 @@ def prune_structured_(
     cfg = StructuredPruneConfig.parse(config)
     x = _example(example_input, loader)
     macs_before = count_macs(model, x)
+    block_step: dict[str, Any] | None = None
     if cfg.granularity == "block":
         step, layers, skipped = _block_step(model, cfg, x, loader, filter_fn)
     elif cfg.granularity == "head":
         step, layers, skipped = _head_step(model, cfg, x, loader, filter_fn)
     else:
-        deps = dependency_groups(model, x)
-        chosen, skipped = _select_groups(model, deps, cfg, filter_fn)
+        work, layers, skipped = model, [], []
+        if cfg.remove_blocks is not None:
+            # decide on a copy: blocks first, then channels of the thinner-in-depth copy
+            block_cfg = StructuredPruneConfig(granularity="block", sparsity=cfg.remove_blocks,
+                                              calibration_batches=cfg.calibration_batches)
+            block_step, layers, skipped = _block_step(model, block_cfg, x, loader, filter_fn)
+            work = copy.deepcopy(model)
+            apply_structure(work, block_step, record=False)
+        deps = dependency_groups(work, x)
+        chosen, more_skipped = _select_groups(work, deps, cfg, filter_fn)
+        skipped = skipped + more_skipped
         if not chosen:
             raise TransformRefusedError("no prunable channel group: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
         member_modules = sorted({m.module for g, _ in chosen for m in g.members})
-        elem = _weight_scores(model, member_modules, cfg, loader)
-        scores = {g.id: _group_scores(model, g, elem, cfg) for g, _ in chosen}
+        elem = _weight_scores(work, member_modules, cfg, loader)
+        scores = {g.id: _group_scores(work, g, elem, cfg) for g, _ in chosen}
         if cfg.macs_target is not None:
-            sparsity = _bisect_sparsity(model, chosen, scores, cfg, x, macs_before)
+            sparsity = _bisect_sparsity(work, chosen, scores, cfg, x, macs_before)
         else:
             sparsity = float(cfg.sparsity or 0.0)
-        step, _ = _channel_step(model, chosen, scores, cfg, sparsity)
-        layers = []
+        step, _ = _channel_step(work, chosen, scores, cfg, sparsity)
+        del work
     before = {n: _widths(m) for n, m in model.named_modules()}
+    if block_step is not None:
+        apply_structure(model, block_step)
     apply_structure(model, step)
     for name, dims in step.get("modules", {}).items():
         mod = get_module(model, name)
@@ -313,7 +333,8 @@ def prune_structured_(
         technique=f"prune_structured:{cfg.granularity}",
         layers=layers,
         skipped=skipped,
-        meta={"macs_before": macs_before, "macs_after": macs_after, "macs_ratio": macs_before / max(1, macs_after), "structure_step": step},
+        meta={"macs_before": macs_before, "macs_after": macs_after, "macs_ratio": macs_before / max(1, macs_after), "structure_step": step,
+              **({"block_step": block_step} if block_step is not None else {})},
     )
 
 
