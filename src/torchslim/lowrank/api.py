@@ -9,6 +9,12 @@ whole-model MAC budget ``macs_ratio`` (the per-layer ratio is found by bisection
 the layers' measured output sizes). Layers whose factorisation would not be
 smaller are skipped and reported.
 
+With ``data_aware`` the SVD layers are truncated against their inputs on
+calibration batches (SVD-LLM's truncation-aware data whitening): the second moment
+``C = Σ x xᵀ`` of each layer's inputs is collected with forward pre-hooks, and the
+truncated SVD of ``W L`` (``C = L Lᵀ``) minimises ``‖(W − W')X‖_F`` instead of
+``‖W − W'‖_F``.
+
 Example:
     >>> report = ts.factorize_(model, {"macs_ratio": 0.5}, example_input=x[:1])
     >>> report.meta["macs_after"] / report.meta["macs_before"] <= 0.5
@@ -17,18 +23,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.surgery import replace_module
-from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_linear, svd_rank_for_ratio
+from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_linear, svd_rank_for_ratio, whitening_factor
 from torchslim.lowrank.tucker import tucker2_conv, tucker2_ranks_for_ratio
 from torchslim.measure import count_macs
 from torchslim.measure.macs import ExampleInput, call_model, eval_mode
@@ -69,6 +77,18 @@ class FactorizeConfig(Config):
         hooi_iters: HOOI refinement sweeps of Tucker-2.
         targets: ordered map (exact name or ``re:`` pattern → per-layer overrides or ``null``);
             when given, unmatched layers are skipped.
+        data_aware: truncate each SVD layer (Linear, 1×1 Conv2d) against its inputs on
+            calibration data instead of its weights alone: with the inputs' second moment
+            ``C = Σ x xᵀ = L Lᵀ`` (float64, Cholesky), the truncated SVD of ``W L`` gives the
+            rank-r ``W'`` minimising ``‖(W − W')X‖_F`` on the calibration inputs ("truncation-aware
+            data whitening", SVD-LLM, Wang et al. 2024, arXiv:2403.07378). Needs
+            ``factorize_(..., calibration=batches)``. Ranks are still chosen by the rule above
+            (``energy`` on the plain singular values of ``W``). Tucker-2 layers ignore it
+            (their report says ``data_aware: False``); layers the calibration batches never
+            reach are skipped.
+        calibration_batches: at most this many calibration batches are used (``data_aware``).
+        whitening_eps: ``C`` is regularised as ``C + eps·mean(diag C)·I`` before its Cholesky
+            factorisation; ``eps`` is multiplied by 10 (up to 8 times) while it fails.
     """
 
     rank: int | None = Field(default=None, ge=1)
@@ -79,6 +99,9 @@ class FactorizeConfig(Config):
     keep_first_last: bool = True
     hooi_iters: int = Field(default=5, ge=0, le=50)
     targets: dict[str, LayerFactorizeConfig | None] | None = None
+    data_aware: bool = False
+    calibration_batches: int = Field(default=8, ge=1)
+    whitening_eps: float = Field(default=1e-6, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_rule(self) -> FactorizeConfig:
@@ -167,6 +190,60 @@ def _measure_pixels(model: nn.Module, layers: list[_Layer], example_input: Examp
             h.remove()
 
 
+def _inputs_of(batch: Any) -> Any:
+    """The model input of a calibration batch: a tensor, a dict of keyword tensors, or a tuple/list's first item."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows ``(n, in)``: tokens of a Linear, the strided (padded) pixels a 1×1 conv sees."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, module.in_features)
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"expected a Linear or 1×1 Conv2d, got {type(module).__name__}")
+    padding: Any = 0 if isinstance(module.padding, str) else module.padding  # 'same'/'valid' pad nothing at 1×1
+    if module.padding_mode != "zeros" and any(padding):
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    cols = F.unfold(x, 1, padding=padding, stride=module.stride)  # (N, C, L); zero padding adds nothing to C
+    return cols.transpose(1, 2).reshape(-1, module.in_channels)
+
+
+def _input_grams(
+    model: nn.Module, layers: list[_Layer], calibration: Iterable[Any], batches: int
+) -> tuple[dict[str, tuple[torch.Tensor, int]], int]:
+    """``{name: (Σ x xᵀ in float64, rows)}`` of each layer's inputs over the calibration batches, and the batches run.
+
+    The model is only run (eval mode, no grad); its hooks are removed and modes restored afterwards.
+    """
+    grams: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def make(layer: _Layer) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            rows = _input_rows(module, args[0].detach())
+            dev = rows.device if rows.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
+            rows = rows.to(device=dev, dtype=torch.float64)
+            empty = (torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=dev), 0)
+            gram, n = grams.get(layer.name, empty)
+            grams[layer.name] = (gram.addmm_(rows.T, rows), n + rows.shape[0])
+
+        return hook
+
+    hooks = [l.module.register_forward_pre_hook(make(l)) for l in layers]
+    used = 0
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in itertools.islice(iter(calibration), batches):
+                call_model(model, _inputs_of(batch))
+                used += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if used == 0:
+        raise TransformRefusedError("the calibration batches are empty: data_aware factorisation needs at least one")
+    return grams, used
+
+
 def _select(model: nn.Module, cfg: FactorizeConfig, filter_fn: FilterFn | None) -> tuple[list[_Layer], list[SkippedLayer]]:
     cands = [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
     if not cands:
@@ -208,6 +285,7 @@ def factorize_(
     *,
     filter_fn: FilterFn | None = None,
     example_input: ExampleInput | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> Report:
     """Factorise the model's Linear/Conv2d layers into low-rank products, in place.
 
@@ -220,17 +298,31 @@ def factorize_(
         config: a :class:`FactorizeConfig` or a mapping validated into one.
         filter_fn: optional ``(module, name) -> bool``; layers it rejects are skipped.
         example_input: one batch; needed for ``macs_ratio`` (and gives ``meta`` MAC counts).
+        calibration: batches for ``data_aware`` (each a tensor, a dict of keyword tensors,
+            or a tuple/list whose first item is the model input, e.g. ``(x, y)``); at most
+            ``calibration_batches`` of them are run through the model.
 
     Returns:
         A :class:`Report` with one ``factorized`` layer per swap (method, ranks, params
-        before/after) and every skipped layer with its reason.
+        before/after, ``data_aware``; whitened layers also ``whitening_eps`` and
+        ``calibration_rows``) and every skipped layer with its reason.
+
+    Raises:
+        TransformRefusedError: nothing to factorise, ``macs_ratio`` without ``example_input``,
+            ``data_aware`` without (or with empty) ``calibration``. The model is then unchanged.
 
     Example:
         >>> report = ts.factorize_(model, {"energy": 0.9})
         >>> report.layers[0].details["method"]
         'svd'
+        >>> report = ts.factorize_(model, {"ratio": 0.5, "data_aware": True}, calibration=data.loader("train"))
     """
     cfg = FactorizeConfig.parse(config if config is not None else {})
+    if cfg.data_aware and calibration is None:
+        raise TransformRefusedError(
+            "data_aware factorisation needs calibration batches: pass factorize_(..., calibration=loader) "
+            "(batches of x or (x, y)), or set data_aware: false"
+        )
     chosen, skipped = _select(model, cfg, filter_fn)
     if cfg.macs_ratio is not None and example_input is None:
         raise TransformRefusedError("macs_ratio needs example_input (one batch) to count MACs")
@@ -262,25 +354,43 @@ def factorize_(
         for l in chosen:
             l.rule = LayerFactorizeConfig(ratio=lo)
 
-    plans: list[tuple[_Layer, tuple[int, ...], nn.Module]] = []
+    todo: list[tuple[_Layer, tuple[int, ...]]] = []
     for l in chosen:
         ranks = _ranks(l, l.rule)
         p_dense, p_fact = _cost(l, None)[0], _cost(l, ranks)[0]
         if p_fact >= p_dense:
             skipped.append(SkippedLayer(l.name, f"rank {ranks} would not shrink the layer ({p_fact} >= {p_dense} weights)"))
             continue
+        todo.append((l, ranks))
+    grams: dict[str, tuple[torch.Tensor, int]] = {}
+    calibration_used = 0
+    if cfg.data_aware and calibration is not None:
+        svd_layers = [l for l, _ in todo if l.method == "svd"]
+        if svd_layers:
+            grams, calibration_used = _input_grams(model, svd_layers, calibration, cfg.calibration_batches)
+    plans: list[tuple[_Layer, tuple[int, ...], nn.Module, dict[str, Any]]] = []
+    for l, ranks in todo:
+        whitening: dict[str, Any] = {"data_aware": False}
         if l.method == "svd":
-            new: nn.Module = svd_linear(l.module, ranks[0])
+            whitener = None
+            if cfg.data_aware:
+                if l.name not in grams:
+                    skipped.append(SkippedLayer(l.name, "data_aware: the calibration batches never reached this layer"))
+                    continue
+                gram, rows = grams[l.name]
+                whitener, eps = whitening_factor(gram, cfg.whitening_eps)
+                whitening = {"data_aware": True, "whitening_eps": eps, "calibration_rows": rows}
+            new: nn.Module = svd_linear(l.module, ranks[0], whitener=whitener)
         else:
             new = tucker2_conv(l.module, ranks[0], ranks[1], cfg.hooi_iters)
         new.train(l.module.training)
-        plans.append((l, ranks, new))
+        plans.append((l, ranks, new, whitening))
     if not plans:
         raise TransformRefusedError(
             "no layer to factorise: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
         )
     layers = []
-    for l, ranks, new in plans:
+    for l, ranks, new, whitening in plans:
         w = l.module.weight
         replace_module(model, l.name, new)
         p_after = sum(m.weight.numel() for m in new)
@@ -298,10 +408,13 @@ def factorize_(
                     "params_before": w.numel(),
                     "params_after": p_after,
                     "rule": {k: v for k, v in l.rule.model_dump(exclude={"version"}).items() if v is not None},
+                    **whitening,
                 },
             )
         )
     meta: dict[str, Any] = {"factorized": len(layers)}
+    if cfg.data_aware:
+        meta["calibration_batches"] = calibration_used
     if example_input is not None and macs_before is not None:
         meta["macs_before"] = macs_before
         meta["macs_after"] = count_macs(model, example_input)

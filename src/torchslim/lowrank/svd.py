@@ -1,5 +1,11 @@
 """Truncated SVD of a Linear (or 1×1 conv): two thinner layers ``W ≈ U_r (Σ_r V_rᵀ)``.
 
+With a *whitener* ``L`` (the Cholesky factor of the layer's input second moment
+``C = Σ x xᵀ = L Lᵀ``, :func:`whitening_factor`) the truncation is the SVD of
+``W L`` instead of ``W``, which minimises the output error ``‖(W − W')X‖_F`` on the
+calibration inputs rather than the weight error ``‖W − W'‖_F`` (SVD-LLM's
+truncation-aware data whitening, Wang et al. 2024, arXiv:2403.07378).
+
 Example:
     >>> low = svd_linear(nn.Linear(512, 256), rank=64)
     >>> [m.weight.shape for m in low]
@@ -47,10 +53,54 @@ def svd_rank_for_ratio(in_features: int, out_features: int, ratio: float) -> int
     return max(1, math.floor(ratio * in_features * out_features / (in_features + out_features)))
 
 
-def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def whitening_factor(gram: torch.Tensor, eps: float = 1e-6, max_tries: int = 8) -> tuple[torch.Tensor, float]:
+    """Lower Cholesky factor ``L`` (float64) of ``gram + eps·mean(diag(gram))·I``, and the ``eps`` used.
+
+    ``gram`` is an input second-moment matrix ``Σ x xᵀ`` (in, in). When the
+    factorisation fails (a numerically singular ``gram``), ``eps`` is multiplied
+    by 10 and the factorisation retried, at most ``max_tries`` times.
+
+    Raises:
+        TransformRefusedError: ``gram`` is not square or holds NaN/inf, or no ``eps``
+            made it positive definite.
+
+    Example:
+        >>> l, used = whitening_factor(torch.diag(torch.tensor([4.0, 1.0])), eps=0.0)
+        >>> l.diagonal().tolist(), used
+        ([2.0, 1.0], 0.0)
+    """
+    c = gram.detach().double()
+    if c.dim() != 2 or c.shape[0] != c.shape[1]:
+        raise TransformRefusedError(f"the input second-moment matrix must be square, got shape {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()):
+        raise TransformRefusedError("the input second-moment matrix holds NaN or inf (non-finite activations)")
+    c = (c + c.T) / 2
+    scale = float(c.diagonal().mean())
+    scale = scale if scale > 0 else 1.0  # all-zero inputs: regularise with the identity
+    eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    tried = eps
+    for _ in range(max_tries):
+        l, info = torch.linalg.cholesky_ex(c + tried * scale * eye)
+        if int(info) == 0:
+            return l, tried
+        tried = tried * 10 if tried > 0 else 1e-12
+    raise TransformRefusedError(
+        f"the input second-moment matrix stayed singular after regularising up to eps={tried / 10:g} "
+        "(relative to its mean diagonal)"
+    )
+
+
+def svd_factors(
+    weight: torch.Tensor, rank: int, *, whitener: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(first, second)`` with ``second @ first`` the best rank-``rank`` approximation of ``weight`` (out, in).
 
     The singular values are split evenly (√Σ on each side) so both factors are well scaled.
+    Without ``whitener`` "best" is in the weight's Frobenius norm (Eckart–Young). With a
+    lower-triangular ``whitener`` ``L`` (:func:`whitening_factor` of the inputs'
+    ``C = X Xᵀ``) it is in the output error ``‖(W − second·first) X‖_F``: with
+    ``W L ≈ U_r Σ_r V_rᵀ``, ``first = √Σ_r V_rᵀ L⁻¹`` (a triangular solve) and
+    ``second = U_r √Σ_r``.
 
     Example:
         >>> a, b = svd_factors(torch.randn(8, 6), 2)
@@ -58,16 +108,24 @@ def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
         torch.Size([8, 6])
     """
     w = weight.detach().double()
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    l = None if whitener is None else whitener.detach().to(device=w.device, dtype=torch.float64)
+    if l is not None and l.shape != (w.shape[1], w.shape[1]):
+        raise TransformRefusedError(f"whitener shape {tuple(l.shape)} does not match the weight's {w.shape[1]} inputs")
+    u, s, vh = torch.linalg.svd(w if l is None else w @ l, full_matrices=False)
     r = min(rank, s.numel())
     root = s[:r].sqrt()
     first = root[:, None] * vh[:r]  # (r, in)
+    if l is not None:
+        first = torch.linalg.solve_triangular(l, first, upper=False, left=False)  # first · L = √Σ_r V_rᵀ
     second = u[:, :r] * root[None, :]  # (out, r)
     return first.to(weight.dtype), second.to(weight.dtype)
 
 
-def svd_linear(layer: nn.Module, rank: int) -> nn.Sequential:
+def svd_linear(layer: nn.Module, rank: int, *, whitener: torch.Tensor | None = None) -> nn.Sequential:
     """Replace-ready ``Sequential(first, second)`` approximating a Linear or 1×1 Conv2d at ``rank``.
+
+    ``whitener`` (optional): the Cholesky factor of the layer's input second moment
+    (:func:`whitening_factor`), making the truncation data-aware (see :func:`svd_factors`).
 
     Raises:
         TransformRefusedError: the layer is neither a Linear nor an ungrouped 1×1 Conv2d.
@@ -79,14 +137,17 @@ def svd_linear(layer: nn.Module, rank: int) -> nn.Sequential:
     if rank < 1:
         raise TransformRefusedError(f"rank must be >= 1, got {rank}")
     if isinstance(layer, nn.Linear):
-        first_w, second_w = svd_factors(layer.weight, rank)
+        first_w, second_w = svd_factors(layer.weight, rank, whitener=whitener)
         r = first_w.shape[0]
         first: nn.Module = nn.Linear(layer.in_features, r, bias=False)
         second: nn.Module = nn.Linear(r, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1:
-        first_w, second_w = svd_factors(layer.weight.flatten(1), rank)
+        first_w, second_w = svd_factors(layer.weight.flatten(1), rank, whitener=whitener)
         r = first_w.shape[0]
-        first = nn.Conv2d(layer.in_channels, r, 1, stride=layer.stride, padding=layer.padding, bias=False)
+        first = nn.Conv2d(
+            layer.in_channels, r, 1, stride=layer.stride, padding=layer.padding, padding_mode=layer.padding_mode,
+            bias=False,
+        )
         second = nn.Conv2d(r, layer.out_channels, 1, bias=layer.bias is not None)
         first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
     else:
