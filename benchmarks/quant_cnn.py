@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -109,6 +110,33 @@ def qat_variant(base: nn.Module, data: DataBundle, calib: list[Any], bits: int, 
     return model, {"ptq_sim_accuracy": ptq_acc, "qat_steps": report.meta["steps"], "qat_seconds": report.meta["seconds"]}
 
 
+def latencies(base: nn.Module, w8_proto: Any, ort_static: Any, example: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+    """torch fp32 eager, ORT fp32, ORT int8 (ours and quantize_static): medians of ``rounds`` interleaved rounds.
+
+    Interleaving gives every variant the same machine state; the 1-thread pair checks
+    that the 2-thread ratio is not an artefact of a busy machine (a contended second
+    core slows 2-thread torch far more than anything else).
+    """
+    runs: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for key, value in (
+            ("torch_fp32_eager_ms", lambda: measure_latency(base, example, batch_size=BATCH, threads=THREADS, runs=RUNS)),
+            ("ort_fp32_ms", lambda: measure_ort_latency(base, example, batch_size=BATCH, threads=THREADS, runs=RUNS)),
+            ("ort_int8_ours_ms", lambda: measure_ort_latency(w8_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS)),
+            ("ort_int8_quantize_static_ms",
+             lambda: measure_ort_latency(ort_static, example, batch_size=BATCH, threads=THREADS, runs=RUNS)),
+            ("torch_fp32_eager_1thread_ms", lambda: measure_latency(base, example, batch_size=BATCH, threads=1, runs=RUNS)),
+            ("ort_int8_ours_1thread_ms", lambda: measure_ort_latency(w8_proto, example, batch_size=BATCH, threads=1, runs=RUNS)),
+        ):
+            runs.setdefault(key, []).append(value().median_ms)
+    lat = {k: statistics.median(v) for k, v in runs.items()}
+    lat["speedup_ours_vs_torch_fp32_1thread"] = lat["torch_fp32_eager_1thread_ms"] / lat["ort_int8_ours_1thread_ms"]
+    lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_int8_ours_ms"]
+    lat["speedup_ours_vs_ort_fp32"] = lat["ort_fp32_ms"] / lat["ort_int8_ours_ms"]
+    lat["speedup_quantize_static_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_int8_quantize_static_ms"]
+    return lat
+
+
 def run_model(name: str, base: nn.Module, data: DataBundle, workdir: Path) -> dict[str, Any]:
     base.eval()
     test = data.loader("test", 1000)
@@ -131,21 +159,7 @@ def run_model(name: str, base: nn.Module, data: DataBundle, workdir: Path) -> di
     ort_static = ort_quantize_static(base, example, calib, workdir)
     out["ort_quantize_static"] = {"ort_accuracy": OrtModel(ort_static, threads=THREADS).accuracy(test)}
 
-    # --- latency, side by side in this process: batch 32, 2 threads, median
-    lat = {
-        "torch_fp32_eager_ms": measure_latency(base, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
-        "ort_fp32_ms": measure_ort_latency(base, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
-        "ort_int8_ours_ms": measure_ort_latency(w8_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
-        "ort_int8_quantize_static_ms": measure_ort_latency(ort_static, example, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms,
-    }
-    # the same pair on 1 thread: a check that the 2-thread ratio is not an artefact of a busy machine
-    lat["torch_fp32_eager_1thread_ms"] = measure_latency(base, example, batch_size=BATCH, threads=1, runs=RUNS).median_ms
-    lat["ort_int8_ours_1thread_ms"] = measure_ort_latency(w8_proto, example, batch_size=BATCH, threads=1, runs=RUNS).median_ms
-    lat["speedup_ours_vs_torch_fp32_1thread"] = lat["torch_fp32_eager_1thread_ms"] / lat["ort_int8_ours_1thread_ms"]
-    lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_int8_ours_ms"]
-    lat["speedup_ours_vs_ort_fp32"] = lat["ort_fp32_ms"] / lat["ort_int8_ours_ms"]
-    lat["speedup_quantize_static_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_int8_quantize_static_ms"]
-    out["latency"] = lat
+    out["latency"] = latencies(base, w8_proto, ort_static, example)
 
     # --- W4A8 QAT and W2A8 QAT + KD
     for bits, kd in ((4, False), (2, True)):
@@ -158,11 +172,28 @@ def run_model(name: str, base: nn.Module, data: DataBundle, workdir: Path) -> di
     return out
 
 
-def main(models: tuple[str, ...] = ("lenet5", "resnet20")) -> None:
-    """Run the benchmark (``python benchmarks/quant_cnn.py [lenet5] [resnet20]`` picks models)."""
+def latency_only(name: str, base: nn.Module, data: DataBundle, workdir: Path, old: dict[str, Any], old_date: str) -> dict[str, Any]:
+    """Re-measure only the latencies (W8A8 PTQ and ORT quantize_static rebuilt; both are deterministic)."""
+    base.eval()
+    example = data.example_input()
+    calib = calibration(data)
+    w8 = copy.deepcopy(base)
+    quantize_(w8, {"mode": "static"}, calibration=calib)
+    w8_proto = export_qdq(w8, example, workdir / f"{name}_w8a8.onnx")
+    ort_static = ort_quantize_static(base, example, calib, workdir)
+    return {**old, "latency": latencies(base, w8_proto, ort_static, example), "latency_measured": "this run (see date, machine)",
+            "accuracy_measured": old.get("accuracy_measured") or old_date}
+
+
+def main(models: tuple[str, ...] = ("lenet5", "resnet20"), only_latency: bool = False) -> None:
+    """Run the benchmark (``python benchmarks/quant_cnn.py [lenet5] [resnet20] [--latency-only]``)."""
     timer = Timer()
     torch.manual_seed(SEED)
     results: dict[str, Any] = {}
+    previous = RESULTS / "quant_cnn.json"
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    if only_latency and not old:
+        raise SystemExit("--latency-only re-measures the latencies of an earlier full run; run the benchmark first")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         # LeNet-5 on MNIST, trained here
@@ -172,7 +203,10 @@ def main(models: tuple[str, ...] = ("lenet5", "resnet20")) -> None:
             mnist = load_data("mnist")
             with num_threads(1):  # trained from scratch on first run, cached per machine like ResNet-20
                 lenet, _ = trained("lenet5_mnist", lambda: create_model("lenet5"), mnist, LENET_TRAIN)
-            results["lenet5"] = run_model("lenet5", lenet, mnist, workdir)
+            if only_latency:
+                results["lenet5"] = latency_only("lenet5", lenet, mnist, workdir, old["metrics"]["lenet5"], old.get("date", "?"))
+            else:
+                results["lenet5"] = run_model("lenet5", lenet, mnist, workdir)
             print("lenet5", results["lenet5"], flush=True)
         if "resnet20" in models:
             # ResNet-20 on Fashion-MNIST, the shared trained baseline
@@ -180,13 +214,14 @@ def main(models: tuple[str, ...] = ("lenet5", "resnet20")) -> None:
 
             with num_threads(1):
                 resnet, fmnist = resnet20_fmnist()
-            results["resnet20"] = run_model("resnet20", resnet, fmnist, workdir)
-            results["resnet20"]["baseline_recipe"] = RESNET20_FMNIST
+            if only_latency:
+                results["resnet20"] = latency_only("resnet20", resnet, fmnist, workdir, old["metrics"]["resnet20"], old.get("date", "?"))
+            else:
+                results["resnet20"] = run_model("resnet20", resnet, fmnist, workdir)
+                results["resnet20"]["baseline_recipe"] = RESNET20_FMNIST
             print("resnet20", results["resnet20"], flush=True)
 
-    previous = RESULTS / "quant_cnn.json"
-    if previous.exists():  # a run of one model keeps the other model's figures from the previous run
-        old = json.loads(previous.read_text())
+    if old:  # a run of one model keeps the other model's figures from the previous run
         for name, r in old.get("metrics", {}).items():
             if name not in results and name in ("lenet5", "resnet20"):
                 results[name] = {**r, "from_previous_run": old.get("date")}
@@ -215,7 +250,9 @@ def main(models: tuple[str, ...] = ("lenet5", "resnet20")) -> None:
         targets=targets,
         seed=SEED,
         wall_s=timer.seconds,
-        notes=(f"latency: batch {BATCH}, {THREADS} threads, median of {RUNS} runs, all timed side by side in one process; "
+        notes=(f"latency: batch {BATCH}, {THREADS} threads, median of 3 interleaved rounds of {RUNS} runs, all timed side by side "
+               "in one process" + (" (--latency-only: latencies re-measured alone in this run, accuracies from the earlier run "
+                                   "named in each model's accuracy_measured)" if only_latency else "") + "; "
                "training and QAT on 1 thread (shared 2-core machine). Drops are of the ONNX Runtime int8 model vs float. "
                f"QAT steps (batch 128): {QAT}. LeNet-5 trained here: {LENET_TRAIN}."),
     )
@@ -225,4 +262,5 @@ def main(models: tuple[str, ...] = ("lenet5", "resnet20")) -> None:
 
 
 if __name__ == "__main__":
-    main(tuple(sys.argv[1:]) or ("lenet5", "resnet20"))
+    args = [a for a in sys.argv[1:] if a != "--latency-only"]
+    main(tuple(args) or ("lenet5", "resnet20"), only_latency="--latency-only" in sys.argv[1:])
