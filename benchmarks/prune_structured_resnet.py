@@ -101,8 +101,9 @@ def train_phase(out: Path) -> None:
                                                 "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}))
 
 
-def measure_phase(out: Path, wall_s: float) -> None:
+def measure_phase(out: Path) -> None:
     """Load the three models on the CPU; accuracy, MACs, eager and ONNX Runtime latency side by side."""
+    timer = Timer()
     torch.set_num_threads(THREADS)
     info = json.loads((out / "train.json").read_text())
     data = load_data("fashion-mnist")
@@ -156,10 +157,10 @@ def measure_phase(out: Path, wall_s: float) -> None:
     }
     path = write_result(
         "prune_structured_resnet", metrics=metrics, baseline=b, peers=peers, targets=targets,
-        wall_s=wall_s + info.get("train_seconds", 0.0),
+        wall_s=timer.seconds + info.get("train_seconds", 0.0),  # train phase (recorded) + this phase
         notes=(f"training (baseline {RESNET20_FMNIST['epochs']} epochs, cached by benchmarks/_baselines.py; fine-tune "
                f"{FINETUNE['epochs']} epochs each) ran on {info['device_name']}"
-               + (f" in {info['train_seconds']:.0f} s" if "train_seconds" in info else " (train time not recorded; wall_s is the measure phase)")
+               + (f" in {info['train_seconds']:.0f} s" if "train_seconds" in info else " (train time not recorded: wall_s is the measure phase alone)")
                + f"; accuracy and latency measured on this machine's CPU: batch {BATCH}, {THREADS} threads, "
                f"median of 3 interleaved rounds of {RUNS} runs"),
     )
@@ -171,12 +172,11 @@ def main() -> None:
     parser.add_argument("--phase", choices=("all", "train", "measure"), default="all")
     parser.add_argument("dir", nargs="?", default=None, help="checkpoint folder shared by the phases")
     args = parser.parse_args()
-    timer = Timer()
     out = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="prune_structured_resnet-"))
     if args.phase in ("all", "train"):
         train_phase(out)
     if args.phase in ("all", "measure"):
-        measure_phase(out, timer.seconds)
+        measure_phase(out)
 
 
 if __name__ == "__main__":

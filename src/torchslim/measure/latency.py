@@ -190,6 +190,34 @@ def _flat_inputs(example_input: ExampleInput) -> tuple[list[str] | None, list[st
     )
 
 
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run Hugging Face modules with the plain ("eager") attention while exporting.
+
+    Exported through the TorchScript exporter, SDPA attention becomes a graph with
+    an ``IsNaN``/``Where`` guard over every attention probability tensor: measured
+    here on all-MiniLM-L6-v2 (batch 32 x 128 tokens) that guard was about 30 % of the
+    int8 model's ONNX Runtime time. The eager path (``QKᵀ·s + mask → softmax → ·V``)
+    computes the same function (max difference 1.6e-7 on MiniLM) without it. Every
+    ``config._attn_implementation`` found on a submodule is restored afterwards;
+    models without one are untouched.
+
+    Example:
+        >>> with eager_attention(model):  # doctest: +SKIP
+        ...     torch.onnx.export(model, ...)
+    """
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
+               and getattr(c, "_attn_implementation", None) not in (None, "eager")}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+
+
 def onnx_export_bytes(
     model: nn.Module, example_input: ExampleInput, *, opset: int = 17, constant_folding: bool = True
 ) -> bytes:
@@ -199,7 +227,8 @@ def onnx_export_bytes(
     which is not a dependency). Inputs are named ``input`` (one tensor),
     ``input_<i>`` (positional tensors) or by their keys (a dict, e.g. a tokenizer
     output); every input and output has a dynamic batch axis 0, and integer inputs
-    (token ids, attention masks) a dynamic sequence axis 1. The model's
+    (token ids, attention masks) a dynamic sequence axis 1. Hugging Face
+    attention is exported in its eager form (:func:`eager_attention`). The model's
     training mode is restored afterwards.
 
     Args:
@@ -221,7 +250,7 @@ def onnx_export_bytes(
     """
     keys, names, tensors = _flat_inputs(example_input)
     wrapper = _FlatIO(model, keys)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), eager_attention(model):
         probe = wrapper(*tensors)
         n_out = 1 if isinstance(probe, torch.Tensor) else len(probe)
         out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
