@@ -68,12 +68,13 @@ def probe_accuracy(train_e: torch.Tensor, train_y: list[int], test_e: torch.Tens
     return float(clf.score(F.normalize(test_e, dim=-1).numpy(), test_y))
 
 
-def heal(student: SentenceEncoder, teacher_targets: list[torch.Tensor], batches: list[torch.Tensor], seed: int = 0) -> None:
+def heal(student: SentenceEncoder, teacher_targets: list[torch.Tensor], batches: list[torch.Tensor], seed: int = 0,
+         steps: int = HEAL_STEPS) -> None:
     """Embedding distillation: MSE between student and full-model embeddings, fixed steps and order."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=HEAL_LR)
     student.train()
-    for step in range(HEAL_STEPS):
+    for step in range(steps):
         i = int(torch.randint(len(batches), (1,), generator=g))
         loss = F.mse_loss(student(batches[i]), teacher_targets[i])
         opt.zero_grad(set_to_none=True)

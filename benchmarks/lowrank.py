@@ -26,6 +26,7 @@ from torchslim.measure import count_macs, count_params, evaluate_accuracy
 from torchslim.train import finetune
 
 CALIB_BATCHES = 16  # MiniLM whitening: batches of 32 training sentences
+HEAL_STEPS = 600  # MiniLM: AdamW steps of embedding distillation (lr as fold_redundant_minilm), the same for both SVDs
 FT = {"epochs": 3, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
       "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}
 
@@ -54,7 +55,7 @@ def resnet_part() -> tuple[dict, dict, dict]:
 
 
 def minilm_part() -> tuple[dict, dict, dict]:
-    from fold_redundant_minilm import HEAL_STEPS, TASKS, embeddings, evaluate, heal, packed, subsets
+    from fold_redundant_minilm import TASKS, embeddings, evaluate, heal, packed, subsets
 
     from torchslim.zoo.minilm import SentenceEncoder, load_minilm
 
@@ -77,7 +78,7 @@ def minilm_part() -> tuple[dict, dict, dict]:
         p_before = sum(l.details["params_before"] for l in rep.layers)
         p_after = sum(l.details["params_after"] for l in rep.layers)
         unhealed = evaluate(model, data, tok, full)
-        heal(model, teacher_targets, heal_batches)
+        heal(model, teacher_targets, heal_batches, steps=HEAL_STEPS)
         after = evaluate(model, data, tok, full)
         runs[data_aware] = {**after, "unhealed": unhealed, "ffn_params_ratio": p_after / p_before,
                             "factorized_layers": len(rep.layers), "data_aware": data_aware}
