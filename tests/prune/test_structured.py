@@ -135,6 +135,15 @@ def test_blocks_then_channels_meet_the_macs_target_and_replay(tmp_path):
     load_checkpoint(fresh, tmp_path / "ck")
     xb = torch.randn(3, 1, 28, 28)
     assert torch.equal(m(xb), fresh(xb))
+    # a block holding a layer named in targets is never removed
+    m2 = create_model("resnet_cifar", depth=20, in_channels=1).eval()
+    with torch.no_grad():
+        m2.layer3[1].bn2.weight.zero_()
+        m2.layer3[1].bn2.bias.zero_()
+    r2 = prune_structured_(m2, {"sparsity": 0.5, "remove_blocks": 3 / 7, "targets": {"layer3.1.conv1": {}}}, example_input=x)
+    removed2 = [l.name for l in r2.layers if l.details.get("influence") is not None]
+    assert len(removed2) == 3 and "layer3.1" not in removed2
+    assert m2.layer3[1].conv1.out_channels < 64
     with pytest.raises(ConfigError, match="remove_blocks"):
         StructuredPruneConfig.parse({"granularity": "block", "sparsity": 0.2, "remove_blocks": 0.2})
 

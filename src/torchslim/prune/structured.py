@@ -54,7 +54,7 @@ class StructuredPruneConfig(Config):
         remove_blocks: with ``channel``: first remove this fraction of the
             shape-preserving residual blocks / layers (lowest block influence on the
             calibration data), then prune channels of what is left; ``macs_target``
-            then counts both. On CPUs fewer layers run faster than thinner layers
+            then counts both. Blocks holding a layer named exactly in ``targets`` are kept. On CPUs fewer layers run faster than thinner layers
             at equal MACs (``benchmarks/prune_latency_shapes.py``).
         criterion: ``l2`` (group L2 norm, default), ``l1``, ``random``, or any
             registered element criterion (scores summed over the coupled slices).
@@ -296,7 +296,13 @@ def prune_structured_(
             # decide on a copy: blocks first, then channels of the thinner-in-depth copy
             block_cfg = StructuredPruneConfig(granularity="block", sparsity=cfg.remove_blocks,
                                               calibration_batches=cfg.calibration_batches)
-            block_step, layers, skipped = _block_step(model, block_cfg, x, loader, filter_fn)
+            named = [k for k, v in (cfg.targets or {}).items() if v is not None and not k.startswith("re:")]
+
+            def keep_named(mod: nn.Module, name: str) -> bool:  # a block holding a layer named in targets stays
+                inside = any(k == name or k.startswith(name + ".") for k in named)
+                return not inside and (filter_fn is None or filter_fn(mod, name))
+
+            block_step, layers, skipped = _block_step(model, block_cfg, x, loader, keep_named)
             work = copy.deepcopy(model)
             apply_structure(work, block_step, record=False)
         deps = dependency_groups(work, x)
