@@ -1,7 +1,8 @@
 """kd_hinton_mnist: Hinton et al. (2015) distillation on MNIST, one run.
 
-Teacher 784-1200-1200-10 with dropout (0.2 input, 0.5 hidden) and jitter
-(random ±2 pixel shifts); student 784-800-800-10 trained alone (no
+Teacher 784-1200-1200-10 with dropout (0.1 input, 0.2 hidden) and jitter
+(random ±2 pixel shifts), 60 epochs (chosen on the validation split: 36 validation
+errors vs 48 for dropout 0.2 / 0.5 trained 100 epochs); student 784-800-800-10 trained alone (no
 regularisation) and distilled from the teacher (soft targets at T=20, the
 paper's MNIST temperature, alpha=0.9; no jitter, no dropout: the soft targets are
 its only regulariser, as in the paper). Both students start from the same
@@ -29,7 +30,8 @@ import torchslim as ts  # noqa: E402
 from torchslim.data.transforms import Jitter  # noqa: E402
 from torchslim.measure import evaluate_accuracy  # noqa: E402
 
-TEACHER_EPOCHS = int(os.environ.get("KD_TEACHER_EPOCHS", 100))
+TEACHER_EPOCHS = int(os.environ.get("KD_TEACHER_EPOCHS", 60))
+TEACHER_DROPOUT, TEACHER_INPUT_DROPOUT = 0.2, 0.1
 STUDENT_EPOCHS = int(os.environ.get("KD_STUDENT_EPOCHS", 30))
 TEMPERATURE = 20.0
 ALPHA = 0.9
@@ -46,7 +48,7 @@ def main() -> None:
     data = ts.load_data("mnist")
 
     torch.manual_seed(0)
-    teacher = ts.create_model("mlp", hidden=[1200, 1200], dropout=0.5, input_dropout=0.2)
+    teacher = ts.create_model("mlp", hidden=[1200, 1200], dropout=TEACHER_DROPOUT, input_dropout=TEACHER_INPUT_DROPOUT)
     data.train_transform = Jitter(2)
     ts.finetune(teacher, data, {**TRAIN, "epochs": TEACHER_EPOCHS}, progress=False, description="teacher")
     data.train_transform = None
@@ -95,7 +97,8 @@ def main() -> None:
         },
         wall_s=timer.seconds,
         notes=(
-            f"One run, seed 0. Teacher 784-1200-1200-10, dropout 0.2/0.5, jitter ±2 px, {TEACHER_EPOCHS} epochs; "
+            f"One run, seed 0. Teacher 784-1200-1200-10, dropout {TEACHER_INPUT_DROPOUT} input / {TEACHER_DROPOUT} hidden, "
+            f"jitter ±2 px, {TEACHER_EPOCHS} epochs (chosen on validation errors: 36 vs 48 for 0.2/0.5 at 100 epochs); "
             f"students 784-800-800-10, {STUDENT_EPOCHS} epochs each, same init, Adam lr 1e-3 cosine, batch 128. "
             f"Distilled: T={TEMPERATURE:g} (paper), alpha={ALPHA} (soft) + {1 - ALPHA:.1f} hard CE, no jitter/dropout. "
             "Training set 55,000 (5,000 held out for validation); errors on the 10,000 test images."
