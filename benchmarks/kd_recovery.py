@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
 from _common import Timer, write_result  # noqa: E402
-from prune_structured_resnet import OURS  # noqa: E402
+from prune_structured_resnet import OURS, calibration_batches  # noqa: E402
 
 import torchslim as ts  # noqa: E402
 from torchslim.measure import count_macs, count_params, evaluate_accuracy  # noqa: E402
@@ -47,8 +47,7 @@ def main() -> None:
     teacher_acc = evaluate_accuracy(teacher, test)
 
     pruned = copy.deepcopy(teacher)
-    calib = [(data.train.x[i * 128:(i + 1) * 128], data.train.y[i * 128:(i + 1) * 128]) for i in range(8)]
-    report = prune_structured_(pruned, OURS, example_input=x, loader=calib)
+    report = prune_structured_(pruned, OURS, example_input=x, loader=calibration_batches(data))
     one_shot = evaluate_accuracy(pruned, test)
 
     plain, healed = pruned, copy.deepcopy(pruned)

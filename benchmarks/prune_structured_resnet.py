@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
 from _common import Timer, write_result  # noqa: E402
 
-from torchslim.data import load_data  # noqa: E402
+from torchslim.data import DataBundle, load_data  # noqa: E402
 from torchslim.measure import count_macs, evaluate_accuracy, measure_latency  # noqa: E402
 from torchslim.measure.latency import measure_ort_latency  # noqa: E402
 from torchslim.prune.structured import prune_structured_  # noqa: E402
@@ -70,6 +70,12 @@ def torch_pruning_at(model: torch.nn.Module, x: torch.Tensor, macs0: int, ratio:
     return pruned(hi), hi
 
 
+def calibration_batches(data: DataBundle, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first 8 training batches of 128, in order: block influence is scored on them."""
+    x, y = data.train.x, data.train.y
+    return [(x[i * 128:(i + 1) * 128].to(device), y[i * 128:(i + 1) * 128].to(device)) for i in range(8)]
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -83,8 +89,7 @@ def train_phase(out: Path) -> None:
     x = data.example_input().to(dev)
     macs0 = count_macs(base, x)
     ours = copy.deepcopy(base)
-    calib = [(data.train.x[i * 128:(i + 1) * 128].to(dev), data.train.y[i * 128:(i + 1) * 128].to(dev)) for i in range(8)]
-    report = prune_structured_(ours, OURS, example_input=x, loader=calib)
+    report = prune_structured_(ours, OURS, example_input=x, loader=calibration_batches(data, dev))
     removed = [l.name for l in report.layers if "influence" in l.details]
     one_shot = {"torchslim": evaluate_accuracy(ours, data.loader("test", 1000))}
     finetune(ours, data, FINETUNE, description="ours fine-tune")

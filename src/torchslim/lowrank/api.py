@@ -39,7 +39,7 @@ from torchslim.graph.surgery import replace_module
 from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_linear, svd_rank_for_ratio, whitening_factor
 from torchslim.lowrank.tucker import tucker2_conv, tucker2_ranks_for_ratio
 from torchslim.measure import count_macs
-from torchslim.measure.macs import ExampleInput, call_model, eval_mode
+from torchslim.measure.macs import ExampleInput, batch_inputs, call_model, eval_mode
 from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import resolve_targets
 
@@ -190,11 +190,6 @@ def _measure_pixels(model: nn.Module, layers: list[_Layer], example_input: Examp
             h.remove()
 
 
-def _inputs_of(batch: Any) -> Any:
-    """The model input of a calibration batch: a tensor, a dict of keyword tensors, or a tuple/list's first item."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def _input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows ``(n, in)``: tokens of a Linear, the strided (padded) pixels a 1×1 conv sees."""
     if isinstance(module, nn.Linear):
@@ -234,7 +229,7 @@ def _input_grams(
     try:
         with eval_mode(model), torch.no_grad():
             for batch in itertools.islice(iter(calibration), batches):
-                call_model(model, _inputs_of(batch))
+                call_model(model, batch_inputs(batch))
                 used += 1
     finally:
         for h in hooks:
@@ -299,7 +294,7 @@ def factorize_(
         filter_fn: optional ``(module, name) -> bool``; layers it rejects are skipped.
         example_input: one batch; needed for ``macs_ratio`` (and gives ``meta`` MAC counts).
         calibration: batches for ``data_aware`` (each a tensor, a dict of keyword tensors,
-            or a tuple/list whose first item is the model input, e.g. ``(x, y)``); at most
+            or an ``(x, y)`` pair whose ``x`` is the model input); at most
             ``calibration_batches`` of them are run through the model.
 
     Returns:

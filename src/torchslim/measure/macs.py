@@ -87,6 +87,18 @@ def input_bytes(example: ExampleInput) -> int:
     return total
 
 
+def batch_inputs(batch: Any) -> Any:
+    """The model input of a data batch: ``x`` of an ``(x, y)`` pair, else the batch itself (tensor, dict, tuple).
+
+    Example:
+        >>> batch_inputs((torch.ones(2), torch.zeros(2))).tolist()
+        [1.0, 1.0]
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0]
+    return batch
+
+
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """Call ``model`` with a tensor, positional tensors (tuple/list) or keyword tensors (dict).
 

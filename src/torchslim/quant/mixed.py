@@ -29,11 +29,11 @@ from torch import nn
 from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
 from torchslim.measure.accuracy import logits_of
-from torchslim.measure.macs import call_model, eval_mode
+from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import fake_quantize, qparams_from_tensor
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig
 from torchslim.quant.model import quantizable_layers
-from torchslim.quant.ptq import _first_inputs, quantize_
+from torchslim.quant.ptq import quantize_
 from torchslim.report import Report
 
 
@@ -83,7 +83,7 @@ def layer_sensitivity(
         True
     """
     config = config or QuantizeConfig()
-    inputs = [_first_inputs(b) for b in batches]
+    inputs = [batch_inputs(b) for b in batches]
     if not inputs:
         raise TransformRefusedError("the calibration loader is empty: sensitivity needs at least one batch")
     chosen = [(n, m) for n, m in quantizable_layers(model) if layers is None or n in layers]

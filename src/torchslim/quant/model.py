@@ -376,12 +376,6 @@ def set_enabled(model: nn.Module, *, weights: bool | None = None, activations: b
             fq.enabled = activations
 
 
-def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    return batch
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     """Run calibration batches (``(x, y)`` pairs, tensors or dicts) through ``model`` observing activations.
@@ -398,14 +392,14 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
         1
     """
     from torchslim.errors import TransformRefusedError
-    from torchslim.measure.macs import call_model, eval_mode
+    from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 
     set_enabled(model, activations=False)
     set_observing(model, activations=True)
     n = 0
     with eval_mode(model):
         for batch in batches:
-            call_model(model, _inputs_of(batch))
+            call_model(model, batch_inputs(batch))
             n += 1
     set_observing(model, activations=False)
     set_enabled(model, activations=True)

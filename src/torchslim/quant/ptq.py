@@ -78,10 +78,6 @@ def _take(calibration: Iterable[Any] | None, n: int) -> list[Any]:
     return list(itertools.islice(iter(calibration), n))
 
 
-def _first_inputs(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-
-
 def _transplant(dst: nn.Module, src: nn.Module) -> None:
     """Make ``dst`` become ``src`` (same object identity for callers)."""
     dst.__dict__.clear()
@@ -218,9 +214,9 @@ def quantize_(
             )
         )
     if batches:
-        from torchslim.measure.macs import call_model, eval_mode
+        from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 
-        sample = _first_inputs(batches[0])
+        sample = batch_inputs(batches[0])
         with torch.no_grad(), eval_mode(model), eval_mode(work):
             ref_out = logits_of(call_model(model, sample))
             q_out = logits_of(call_model(work, sample))
