@@ -79,3 +79,46 @@ def test_learned_scales_export_as_constants(trained, digits) -> None:
     with torch.no_grad():
         sim = trained(x)
     assert float((OrtModel(proto, threads=1)(x).argmax(1) == sim.argmax(1)).float().mean()) >= 0.99
+
+
+
+class _QKV(torch.nn.Module):
+    """Q, K and V projections of one normalised input (3-D, as in a transformer); not fx-traceable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(16)
+        self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+        self.out = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().sum() < 0):  # data-dependent branch: torch.fx cannot trace it
+            raise AssertionError
+        h = self.norm(x)
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / 4.0, dim=-1)
+        return self.out(att @ self.v(h))
+
+
+def test_shared_inputs_quantize_once_and_ort_optimize_fuses_bias_bit_exactly(tmp_path) -> None:
+    from torchslim.quant import ort_optimize
+
+    torch.manual_seed(0)
+    model = _QKV().eval()
+    x = torch.randn(64, 6, 16)
+    report = quantize_(model, {"mode": "static"}, calibration=[(x[i : i + 16], None) for i in range(0, 64, 16)])
+    assert report.meta["activation_placement"]["method"] == "layer_inputs"  # each layer quantizes its own input
+    proto = export_qdq(model, x[:1])
+    # Q, K and V read one tensor with equal calibrated parameters: one QuantizeLinear feeds all three
+    q_in = [n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_in) == len(set(q_in)) == 2
+    fast = ort_optimize(proto, tmp_path / "fast.onnx")
+    assert (tmp_path / "fast.onnx").exists()
+    matmuls = [n for n in fast.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(matmuls) == 4 and all(len(n.input) == 7 and n.input[6] for n in matmuls)
+    assert "Add" not in qdq_summary(fast)  # every bias moved into its integer matmul
+    np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(proto, threads=1)(x).numpy())
+    with torch.no_grad():
+        sim = model(x)
+    np.testing.assert_allclose(OrtModel(fast, threads=1)(x).numpy(), sim.numpy(), atol=2e-2)
+    with pytest.raises(TorchslimError, match="ort_optimize takes"):
+        ort_optimize(123)

@@ -19,7 +19,7 @@ from torchslim.quant.config import ActQuantConfig, LayerQuantConfig, QuantizeCon
 from torchslim.quant.fake import FakeQuantize, ste_fake_quantize
 from torchslim.quant.mixed import MixedPrecisionConfig, allocate_bits, layer_sensitivity, mixed_precision_
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
-from torchslim.quant.onnx import OrtModel, export_fp32, export_qdq
+from torchslim.quant.onnx import OrtModel, export_fp32, export_qdq, ort_optimize
 from torchslim.quant.packed import load_packed, packed_bytes, save_packed
 from torchslim.quant.ptq import quantize_
 from torchslim.quant.qat import KDConfig, QATCallback, qat_finetune
@@ -47,6 +47,7 @@ __all__ = [
     "load_packed",
     "make_observer",
     "mixed_precision_",
+    "ort_optimize",
     "packed_bytes",
     "qat_finetune",
     "qparams_from_range",

@@ -31,7 +31,7 @@ from torchslim.quant.affine import QParams, fake_quantize, quantize
 from torchslim.quant.fake import FakeQuantize
 from torchslim.quant.model import QUANT_LAYERS, activation_quantizers
 
-__all__ = ["OrtModel", "export_fp32", "export_qdq", "qdq_summary"]
+__all__ = ["OrtModel", "export_fp32", "export_qdq", "ort_optimize", "qdq_summary"]
 
 
 def export_fp32(
@@ -157,6 +157,42 @@ def _fold_weight_quantizers(proto: Any) -> int:
     return folded
 
 
+def _dedupe_quantize_linear(graph: Any) -> int:
+    """Merge QuantizeLinear nodes that read the same tensor with equal scale and zero point.
+
+    Each quantized layer carries its own input quantizer, so layers reading one
+    tensor (a transformer's Q, K and V projections) export one QuantizeLinear
+    each; where their calibrated parameters are equal the integers are identical,
+    and one node serves every consumer. Returns how many nodes were removed.
+    """
+    consts = _const_values(graph)
+
+    def key(node: Any) -> tuple[Any, ...]:
+        parts: list[Any] = [node.input[0]]
+        for name in node.input[1:]:
+            value = consts.get(name)
+            parts.append(name if value is None else (value.dtype.str, value.shape, value.tobytes()))
+        parts.extend(attr.SerializeToString() for attr in node.attribute)
+        return tuple(parts)
+
+    first: dict[tuple[Any, ...], str] = {}
+    rename: dict[str, str] = {}
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] in consts:
+            continue
+        k = key(node)
+        if k in first:
+            rename[node.output[0]] = first[k]
+            graph.node.remove(node)
+        else:
+            first[k] = node.output[0]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
 def _prune_dead_nodes(graph: Any) -> None:
     """Remove nodes whose outputs nobody uses (repeat until stable)."""
     while True:
@@ -178,7 +214,8 @@ def export_qdq(
     """Export a quantized model (after :func:`~torchslim.quant.ptq.quantize_`) as QDQ ONNX.
 
     Activation points become QuantizeLinear/DequantizeLinear pairs with their
-    calibrated scale and zero point; weights become int8 initializers (values on
+    calibrated scale and zero point (one QuantizeLinear per tensor where the
+    layers reading it share their parameters, as Q, K and V do); weights become int8 initializers (values on
     the layer's own grid, 2 to 8 bits) followed by DequantizeLinear with the
     layer's per-tensor or per-channel scales. Per-group weights are written as
     float constants already on their grid (ONNX Runtime has no int8 kernel for
@@ -218,7 +255,94 @@ def export_qdq(
             layer._export_weight = None
     proto = onnx.load_from_string(data)
     _fold_weight_quantizers(proto)
+    _dedupe_quantize_linear(proto.graph)
     onnx.checker.check_model(proto)
+    if path is not None:
+        atomic_write_bytes(Path(path), proto.SerializeToString())
+    return proto
+
+
+def _fuse_matmul_bias(graph: Any) -> int:
+    """Move a constant 1-D bias ``Add`` into the ``MatMulIntegerToFloat`` that feeds it (its 7th input)."""
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    fused = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMulIntegerToFloat" or node.domain != "com.microsoft" or len(node.input) > 6:
+            continue
+        out = node.output[0]
+        users = consumers.get(out, [])
+        if out in graph_outputs or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in ("", "ai.onnx"):
+            continue
+        add = users[0]
+        others = [name for name in add.input if name != out]
+        if len(add.input) != 2 or len(others) != 1 or others[0] not in inits:
+            continue
+        bias = numpy_helper.to_array(inits[others[0]])
+        if bias.ndim != 1 or bias.dtype != np.float32:
+            continue
+        while len(node.input) < 6:
+            node.input.append("")
+        node.input.append(others[0])
+        node.output[0] = add.output[0]
+        graph.node.remove(add)
+        fused += 1
+    return fused
+
+
+def ort_optimize(
+    source: Any, path: str | os.PathLike[str] | None = None
+) -> Any:
+    """ONNX Runtime's own graph optimisation of an exported model, plus the fusion it leaves out.
+
+    ONNX Runtime rewrites a QDQ graph when it loads it (QuantizeLinear →
+    integer kernel → float, ``MatMulIntegerToFloat`` for a Linear whose output
+    stays float) but leaves each Linear's bias as a separate ``Add`` over the
+    whole activation, although ``MatMulIntegerToFloat`` takes a bias input.
+    This runs ONNX Runtime's hardware-independent (``ORT_ENABLE_EXTENDED``)
+    optimisation offline, then moves every such bias into its matmul. Outputs
+    are unchanged (tests check them bit for bit); the result uses
+    ``com.microsoft`` operators, so it is for ONNX Runtime (CPU) only: keep the
+    :func:`export_qdq` file as the portable artefact.
+
+    Args:
+        source: an ``onnx.ModelProto``, ONNX bytes or a path.
+        path: where to write the optimised model (atomically); ``None`` writes nothing.
+
+    Returns:
+        The optimised ``onnx.ModelProto``.
+
+    Example:
+        >>> fast = ort_optimize(export_qdq(qmodel, x[:1]))  # doctest: +SKIP
+        >>> OrtModel(fast, threads=2)(x)  # doctest: +SKIP
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    if hasattr(source, "SerializeToString"):
+        source = source.SerializeToString()
+    elif isinstance(source, (str, os.PathLike)):
+        source = Path(source).read_bytes()
+    elif not isinstance(source, (bytes, bytearray)):
+        raise TorchslimError(f"ort_optimize takes an onnx.ModelProto, bytes or a path, got {type(source).__name__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "optimized.onnx")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = out
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        ort.InferenceSession(bytes(source), sess_options=options, providers=["CPUExecutionProvider"])
+        proto = onnx.load(out)
+    _fuse_matmul_bias(proto.graph)
     if path is not None:
         atomic_write_bytes(Path(path), proto.SerializeToString())
     return proto
