@@ -199,10 +199,12 @@ def main() -> None:
         "mean_cosine_to_fp32": {"value": round(ours_row["mean_cosine"], 5), "bar": 0.99},
         "sms_spam_drop_pt": {"value": round(100 * (base_row["sms-spam_accuracy"] - ours_row["sms-spam_accuracy"]), 3), "bar": 0.5},
         "rt_polarity_drop_pt": {"value": round(100 * (base_row["rt-polarity_accuracy"] - ours_row["rt-polarity_accuracy"]), 3), "bar": 0.5},
-        "speedup_vs_torch_fp32": {"value": round(lat["speedup_ours_vs_torch_fp32"], 2), "bar": 2.5},
+        "speedup_vs_torch_fp32": {"value": round(lat["speedup_ours_vs_torch_fp32"], 3), "bar": 2.5,
+                                  "met": bool(lat["speedup_ours_vs_torch_fp32"] >= 2.5)},  # judged unrounded
     }
     for key, t in targets.items():
-        t["met"] = bool(t["value"] <= t["bar"]) if key.endswith("drop_pt") else bool(t["value"] >= t["bar"])
+        if "met" not in t:
+            t["met"] = bool(t["value"] <= t["bar"]) if key.endswith("drop_pt") else bool(t["value"] >= t["bar"])
     path = write_result(
         "quant_minilm",
         metrics=metrics,

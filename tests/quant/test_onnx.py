@@ -33,6 +33,8 @@ def test_qdq_runs_as_int8_and_agrees_with_simulation(trained, digits, tmp_path) 
     # ONNX Runtime turns every conv and the residual add into integer kernels
     fused = _optimized_ops(proto, tmp_path)
     assert fused.get("QLinearConv") == 3 and fused.get("QLinearAdd") == 1 and "Conv" not in fused
+    # the classifier's input quantizer sits before Flatten, so the global pool runs in integers too
+    assert fused.get("QLinearGlobalAveragePool") == 1 and "GlobalAveragePool" not in fused
     ort_model = OrtModel(proto, threads=1)
     x = digits.test.x
     with torch.no_grad():
@@ -122,3 +124,17 @@ def test_shared_inputs_quantize_once_and_ort_optimize_fuses_bias_bit_exactly(tmp
     np.testing.assert_allclose(OrtModel(fast, threads=1)(x).numpy(), sim.numpy(), atol=2e-2)
     with pytest.raises(TorchslimError, match="ort_optimize takes"):
         ort_optimize(123)
+
+
+def test_quantize_hoisted_above_flatten_is_bit_exact(trained, digits, monkeypatch) -> None:
+    import torchslim.quant.onnx as qonnx
+
+    quantize_(trained, {"mode": "static"}, calibration=digits.loader("train", 128))
+    hoisted = export_qdq(trained, digits.example_input())
+    monkeypatch.setattr(qonnx, "_hoist_quantize_linear", lambda graph: 0)
+    plain = export_qdq(trained, digits.example_input())
+    order = [n.op_type for n in hoisted.graph.node]
+    assert order.index("Flatten") == order.index("QuantizeLinear", order.index("GlobalAveragePool")) + 1
+    assert [n.op_type for n in plain.graph.node] != order
+    x = digits.test.x
+    np.testing.assert_array_equal(OrtModel(hoisted, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())

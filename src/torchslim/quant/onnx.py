@@ -193,6 +193,49 @@ def _dedupe_quantize_linear(graph: Any) -> int:
     return len(rename)
 
 
+_SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+
+
+def _hoist_quantize_linear(graph: Any) -> int:
+    """Move a per-tensor QuantizeLinear above the shape-only node (Flatten, Reshape...) that feeds it.
+
+    Quantizing per tensor is elementwise, so ``Q(flatten(x)) == flatten(Q(x))``
+    bit for bit; with Q right after the op that produced ``x`` (a global
+    average pool before a classifier) ONNX Runtime can run that op in integers
+    (``QLinearGlobalAveragePool``) instead of dequantize → float op → quantize.
+    Returns how many were moved.
+    """
+    consts = _const_values(graph)
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    producers = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+    moved = 0
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        shape_op = producers.get(q.input[0])
+        if shape_op is None or shape_op.op_type not in _SHAPE_ONLY or shape_op.domain not in ("", "ai.onnx"):
+            continue
+        scale = consts.get(q.input[1])
+        if scale is None or np.asarray(scale).size != 1:
+            continue
+        mid = shape_op.output[0]
+        if consumers.get(mid, 0) != 1 or mid in graph_outputs:
+            continue
+        # x -> shape_op -> mid -> Q -> out   becomes   x -> Q -> mid_q -> shape_op -> out
+        out, quantized = q.output[0], mid + "_quantized"
+        q.input[0], q.output[0] = shape_op.input[0], quantized
+        shape_op.input[0], shape_op.output[0] = quantized, out
+        nodes = list(graph.node)
+        nodes.remove(q)
+        nodes.insert(nodes.index(shape_op), q)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        moved += 1
+    return moved
+
+
 def _prune_dead_nodes(graph: Any) -> None:
     """Remove nodes whose outputs nobody uses (repeat until stable)."""
     while True:
@@ -215,7 +258,8 @@ def export_qdq(
 
     Activation points become QuantizeLinear/DequantizeLinear pairs with their
     calibrated scale and zero point (one QuantizeLinear per tensor where the
-    layers reading it share their parameters, as Q, K and V do); weights become int8 initializers (values on
+    layers reading it share their parameters, as Q, K and V do; placed before
+    a Flatten/Reshape so the op ahead of it can run in integers); weights become int8 initializers (values on
     the layer's own grid, 2 to 8 bits) followed by DequantizeLinear with the
     layer's per-tensor or per-channel scales. Per-group weights are written as
     float constants already on their grid (ONNX Runtime has no int8 kernel for
@@ -256,6 +300,7 @@ def export_qdq(
     proto = onnx.load_from_string(data)
     _fold_weight_quantizers(proto)
     _dedupe_quantize_linear(proto.graph)
+    _hoist_quantize_linear(proto.graph)
     onnx.checker.check_model(proto)
     if path is not None:
         atomic_write_bytes(Path(path), proto.SerializeToString())
@@ -278,9 +323,11 @@ def _fuse_matmul_bias(graph: Any) -> int:
             continue
         out = node.output[0]
         users = consumers.get(out, [])
-        if out in graph_outputs or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in ("", "ai.onnx"):
+        if out in graph_outputs or len(users) != 1:
             continue
         add = users[0]
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            continue
         others = [name for name in add.input if name != out]
         if len(add.input) != 2 or len(others) != 1 or others[0] not in inits:
             continue
@@ -296,9 +343,7 @@ def _fuse_matmul_bias(graph: Any) -> int:
     return fused
 
 
-def ort_optimize(
-    source: Any, path: str | os.PathLike[str] | None = None
-) -> Any:
+def ort_optimize(source: Any, path: str | os.PathLike[str] | None = None) -> Any:
     """ONNX Runtime's own graph optimisation of an exported model, plus the fusion it leaves out.
 
     ONNX Runtime rewrites a QDQ graph when it loads it (QuantizeLinear →
