@@ -138,3 +138,34 @@ def test_quantize_hoisted_above_flatten_is_bit_exact(trained, digits, monkeypatc
     assert [n.op_type for n in plain.graph.node] != order
     x = digits.test.x
     np.testing.assert_array_equal(OrtModel(hoisted, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+
+
+class _TwoHeads(torch.nn.Module):
+    """Two pooled heads, each flatten -> Linear: two quantizers to move above their Flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.avg, self.max = torch.nn.AdaptiveAvgPool2d(1), torch.nn.AdaptiveMaxPool2d(1)
+        self.fc1, self.fc2 = torch.nn.Linear(8, 10), torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc1(torch.flatten(self.avg(h), 1)) + self.fc2(torch.flatten(self.max(h), 1))
+
+
+def test_every_quantizer_behind_a_flatten_is_moved(digits, monkeypatch) -> None:
+    import torchslim.quant.onnx as qonnx
+
+    torch.manual_seed(0)
+    model = _TwoHeads().eval()
+    quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
+    hoisted = export_qdq(model, digits.example_input())
+    monkeypatch.setattr(qonnx, "_hoist_quantize_linear", lambda graph: 0)
+    plain = export_qdq(model, digits.example_input())
+    producers = {o: n for n in hoisted.graph.node for o in n.output}
+    flattens = [n for n in hoisted.graph.node if n.op_type == "Flatten"]
+    assert len(flattens) == 2 and all(producers[f.input[0]].op_type == "QuantizeLinear" for f in flattens)
+    onnx.checker.check_model(hoisted)
+    x = digits.test.x
+    np.testing.assert_array_equal(OrtModel(hoisted, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())

@@ -212,8 +212,10 @@ def _hoist_quantize_linear(graph: Any) -> int:
             consumers[name] = consumers.get(name, 0) + 1
     producers = {out: node for node in graph.node for out in node.output}
     graph_outputs = {o.name for o in graph.output}
-    moved = 0
-    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+    before: dict[int, int] = {}  # index of a shape op -> index of the QuantizeLinear that now precedes it
+    for qi, q in enumerate(graph.node):
+        if q.op_type != "QuantizeLinear":
+            continue
         shape_op = producers.get(q.input[0])
         if shape_op is None or shape_op.op_type not in _SHAPE_ONLY or shape_op.domain not in ("", "ai.onnx"):
             continue
@@ -227,13 +229,24 @@ def _hoist_quantize_linear(graph: Any) -> int:
         out, quantized = q.output[0], mid + "_quantized"
         q.input[0], q.output[0] = shape_op.input[0], quantized
         shape_op.input[0], shape_op.output[0] = quantized, out
-        nodes = list(graph.node)
-        nodes.remove(q)
-        nodes.insert(nodes.index(shape_op), q)
+        si = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] == out and n.op_type == shape_op.op_type)
+        before[si] = qi
+    if before:  # one rebuild at the end: a repeated field's messages are copied when it is rebuilt
+        moved_q = set(before.values())
+        order = []
+        for i in range(len(graph.node)):
+            if i in moved_q:
+                continue
+            if i in before:
+                order.append(before[i])
+            order.append(i)
+        nodes = [graph.node[i] for i in order]
+        copies = [type(n)() for n in nodes]
+        for dst, src in zip(copies, nodes):
+            dst.CopyFrom(src)
         del graph.node[:]
-        graph.node.extend(nodes)
-        moved += 1
-    return moved
+        graph.node.extend(copies)
+    return len(before)
 
 
 def _prune_dead_nodes(graph: Any) -> None:
