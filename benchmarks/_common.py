@@ -10,7 +10,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,19 @@ import torch
 from torchslim._io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved(timed: dict[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Time every variant once per round, ``rounds`` times, so machine load falls on all alike.
+
+    ``timed`` maps a name to a call returning a ``LatencyResult``. Returns the median
+    over rounds of each variant's per-round median (ms), and the per-round figures.
+    """
+    per_round: dict[str, list[float]] = {key: [] for key in timed}
+    for _ in range(rounds):
+        for key, fn in timed.items():
+            per_round[key].append(fn().median_ms)
+    return {key: statistics.median(v) for key, v in per_round.items()}, per_round
 
 
 def machine() -> str:

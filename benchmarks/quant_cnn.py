@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, Timer, write_result  # noqa: E402
+from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data import DataBundle, load_data  # noqa: E402
 from torchslim.measure import evaluate_accuracy, measure_latency, measure_ort_latency, num_threads  # noqa: E402
@@ -123,21 +122,16 @@ def latencies(base: nn.Module, w8_proto: Any, ort_static: Any, example: torch.Te
     that the 2-thread ratio is not an artefact of a busy machine (a contended second
     core slows 2-thread torch far more than anything else).
     """
-    runs: dict[str, list[float]] = {}
     kw = {"batch_size": BATCH, "runs": RUNS, "warmup": WARMUP}
-    for _ in range(rounds):
-        for key, value in (
-            ("torch_fp32_eager_ms", lambda: measure_latency(base, example, threads=THREADS, **kw)),
-            ("ort_fp32_ms", lambda: measure_ort_latency(base, example, threads=THREADS, **kw)),
-            ("ort_int8_ours_ms", lambda: measure_ort_latency(w8_proto, example, threads=THREADS, **kw)),
-            ("ort_int8_quantize_static_ms",
-             lambda: measure_ort_latency(ort_static, example, threads=THREADS, **kw)),
-            ("torch_fp32_eager_1thread_ms", lambda: measure_latency(base, example, threads=1, **kw)),
-            ("ort_int8_ours_1thread_ms", lambda: measure_ort_latency(w8_proto, example, threads=1, **kw)),
-        ):
-            runs.setdefault(key, []).append(value().median_ms)
-    lat: dict[str, Any] = {k: statistics.median(v) for k, v in runs.items()}
-    lat["rounds_ms"] = runs
+    medians, per_round = interleaved({
+        "torch_fp32_eager_ms": lambda: measure_latency(base, example, threads=THREADS, **kw),
+        "ort_fp32_ms": lambda: measure_ort_latency(base, example, threads=THREADS, **kw),
+        "ort_int8_ours_ms": lambda: measure_ort_latency(w8_proto, example, threads=THREADS, **kw),
+        "ort_int8_quantize_static_ms": lambda: measure_ort_latency(ort_static, example, threads=THREADS, **kw),
+        "torch_fp32_eager_1thread_ms": lambda: measure_latency(base, example, threads=1, **kw),
+        "ort_int8_ours_1thread_ms": lambda: measure_ort_latency(w8_proto, example, threads=1, **kw),
+    }, rounds)
+    lat: dict[str, Any] = {**medians, "rounds_ms": per_round}
     lat["speedup_ours_vs_torch_fp32_1thread"] = lat["torch_fp32_eager_1thread_ms"] / lat["ort_int8_ours_1thread_ms"]
     lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_int8_ours_ms"]
     lat["speedup_ours_vs_ort_fp32"] = lat["ort_fp32_ms"] / lat["ort_int8_ours_ms"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data.text import load_text  # noqa: E402
 from torchslim.measure import measure_latency, measure_ort_latency, num_threads  # noqa: E402
@@ -117,7 +116,7 @@ def main() -> None:
     pick = rng.choice(len(pool), min(len(pool), CALIB_BATCHES * CALIB_SIZE), replace=False)
     calib = [tokenize(tokenizer, [pool[i] for i in pick[b : b + CALIB_SIZE]], SEQ) for b in range(0, len(pick), CALIB_SIZE)]
 
-    long_text = " ".join(pool[i] for i in range(60))
+    long_text = " ".join(pool[i % len(pool)] for i in range(60))
     example = tokenize(tokenizer, [long_text] * BATCH, SEQ)  # 32 x 128 real tokens
     assert int(example["attention_mask"].sum()) == BATCH * SEQ
 
@@ -180,12 +179,8 @@ def main() -> None:
                 lambda: measure_ort_latency(dyn_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "torch_ao_dynamic_ms": lambda: measure_latency(torch_ao, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
         }
-        rounds: dict[str, list[float]] = {}
-        for _ in range(1 if SMOKE else ROUNDS):
-            for key, fn in timed.items():
-                rounds.setdefault(key, []).append(fn().median_ms)
-        lat: dict[str, Any] = {k: statistics.median(v) for k, v in rounds.items()}
-        lat["rounds_ms"] = rounds
+        medians, per_round = interleaved(timed, 1 if SMOKE else ROUNDS)
+        lat: dict[str, Any] = {**medians, "rounds_ms": per_round}
         lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ours_int8_ms"]
         lat["speedup_ort_dynamic_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_quantize_dynamic_ms"]
         lat["speedup_torch_ao_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["torch_ao_dynamic_ms"]
