@@ -211,6 +211,7 @@ def _hoist_quantize_linear(graph: Any) -> int:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     producers = {out: node for node in graph.node for out in node.output}
+    position = {out: i for i, node in enumerate(graph.node) for out in node.output}
     graph_outputs = {o.name for o in graph.output}
     before: dict[int, int] = {}  # index of a shape op -> index of the QuantizeLinear that now precedes it
     for qi, q in enumerate(graph.node):
@@ -229,8 +230,7 @@ def _hoist_quantize_linear(graph: Any) -> int:
         out, quantized = q.output[0], mid + "_quantized"
         q.input[0], q.output[0] = shape_op.input[0], quantized
         shape_op.input[0], shape_op.output[0] = quantized, out
-        si = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] == out and n.op_type == shape_op.op_type)
-        before[si] = qi
+        before[position[mid]] = qi
     if before:  # one rebuild at the end: a repeated field's messages are copied when it is rebuilt
         moved_q = set(before.values())
         order = []
@@ -272,11 +272,11 @@ def export_qdq(
     Activation points become QuantizeLinear/DequantizeLinear pairs with their
     calibrated scale and zero point (one QuantizeLinear per tensor where the
     layers reading it share their parameters, as Q, K and V do; placed before
-    a Flatten/Reshape so the op ahead of it can run in integers); weights become int8 initializers (values on
-    the layer's own grid, 2 to 8 bits) followed by DequantizeLinear with the
-    layer's per-tensor or per-channel scales. Per-group weights are written as
-    float constants already on their grid (ONNX Runtime has no int8 kernel for
-    them). The model is not modified.
+    a Flatten/Reshape so the op ahead of it can run in integers); weights
+    become int8 initializers (values on the layer's own grid, 2 to 8 bits)
+    followed by DequantizeLinear with the layer's per-tensor or per-channel
+    scales. Per-group weights are written as float constants already on their
+    grid (ONNX Runtime has no int8 kernel for them). The model is not modified.
 
     Args:
         model: a quantized model.
