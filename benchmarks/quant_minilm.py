@@ -40,7 +40,7 @@ from torchslim.quant import OrtModel, export_fp32, export_qdq, ort_optimize, qua
 from torchslim.zoo.minilm import load_minilm, mean_pool, tokenize  # noqa: E402
 
 SEED = 0
-THREADS, BATCH, SEQ, RUNS, ROUNDS = 2, 32, 128, 10, 3
+THREADS, BATCH, SEQ, RUNS, ROUNDS = 2, 32, 128, 10, 5
 RT_TRAIN = 3000
 CALIB_BATCHES, CALIB_SIZE = 32, 16
 SMOKE = int(os.environ.get("QUANT_MINILM_SMOKE", "0"))
