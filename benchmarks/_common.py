@@ -23,13 +23,13 @@ from torchslim._io import atomic_write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def interleaved(timed: dict[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+def interleaved(timed: dict[Any, Callable[[], Any]], rounds: int) -> tuple[dict[Any, float], dict[Any, list[float]]]:
     """Time every variant once per round, ``rounds`` times, so machine load falls on all alike.
 
     ``timed`` maps a name to a call returning a ``LatencyResult``. Returns the median
     over rounds of each variant's per-round median (ms), and the per-round figures.
     """
-    per_round: dict[str, list[float]] = {key: [] for key in timed}
+    per_round: dict[Any, list[float]] = {key: [] for key in timed}
     for _ in range(rounds):
         for key, fn in timed.items():
             per_round[key].append(fn().median_ms)

@@ -13,13 +13,12 @@ Targets: max relative difference ≤ 1e-4; eager batch-1 speed-up ≥ 1.1×.
 from __future__ import annotations
 
 import copy
-import statistics
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import Timer, write_result
+from _common import Timer, interleaved, write_result
 from torchslim.fold import fold_
 from torchslim.measure import count_macs, count_params, measure_latency
 from torchslim.zoo import create_model
@@ -58,11 +57,11 @@ def main() -> None:
     max_rel = float((yf - y).abs().max() / y.abs().max())
     agree = float((yf.argmax(1) == y.argmax(1)).float().mean())
     one = x[:1]
-    base_ms, fold_ms = [], []
-    for _ in range(ROUNDS):  # interleaved so machine load affects both alike
-        base_ms.append(measure_latency(base, one, batch_size=1, threads=THREADS, runs=RUNS, warmup=3).median_ms)
-        fold_ms.append(measure_latency(folded, one, batch_size=1, threads=THREADS, runs=RUNS, warmup=3).median_ms)
-    b, f = statistics.median(base_ms), statistics.median(fold_ms)
+    medians, _ = interleaved({  # interleaved so machine load affects both alike
+        "base": lambda: measure_latency(base, one, batch_size=1, threads=THREADS, runs=RUNS, warmup=3),
+        "folded": lambda: measure_latency(folded, one, batch_size=1, threads=THREADS, runs=RUNS, warmup=3),
+    }, ROUNDS)
+    b, f = medians["base"], medians["folded"]
     speedup = b / f
     metrics = {
         "folded_layers": len(report.layers),

@@ -17,14 +17,13 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/prune_latency_shapes.py`` (alo
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.measure import count_macs, measure_latency  # noqa: E402
 from torchslim.measure.latency import measure_ort_latency  # noqa: E402
@@ -59,16 +58,15 @@ def main() -> None:
         variants[f"blocks{n}"] = b
         if count_macs(b, x) > 0.5 * macs0:
             variants[f"blocks{n}+channels"] = channels(b, 0.5 * macs0 / count_macs(b, x) * 0.999)
-    eager: dict[str, list[float]] = {k: [] for k in variants}
-    ort: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(ROUNDS):
-        for name, m in variants.items():
-            eager[name].append(measure_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
-            ort[name].append(measure_ort_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
-    e0, o0 = statistics.median(eager["dense"]), statistics.median(ort["dense"])
+    timed = {}
+    for name, m in variants.items():
+        timed[("eager", name)] = lambda m=m: measure_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS)
+        timed[("ort", name)] = lambda m=m: measure_ort_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS)
+    med, _ = interleaved(timed, ROUNDS)
+    e0, o0 = med[("eager", "dense")], med[("ort", "dense")]
     metrics = {}
     for name, m in variants.items():
-        e, o = statistics.median(eager[name]), statistics.median(ort[name])
+        e, o = med[("eager", name)], med[("ort", name)]
         metrics[name] = {
             "macs_ratio": count_macs(m, x) / macs0,
             "layers": sum(1 for mod in m.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))),

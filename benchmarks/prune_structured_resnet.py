@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data import DataBundle, load_data  # noqa: E402
 from torchslim.measure import count_macs, evaluate_accuracy, measure_latency  # noqa: E402
@@ -127,15 +126,14 @@ def measure_phase(out: Path) -> None:
     models = {"baseline": base.eval(), "torchslim": ours.eval(), "torch_pruning": tpm.eval()}
     rows = {k: {"accuracy": evaluate_accuracy(m, test), "macs": count_macs(m, x), "params": sum(p.numel() for p in m.parameters())}
             for k, m in models.items()}
-    eager: dict[str, list[float]] = {k: [] for k in models}
-    ort: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(3):  # interleaved rounds: the same machine state for every model
-        for k, m in models.items():
-            eager[k].append(measure_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
-            ort[k].append(measure_ort_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS).median_ms)
+    timed = {}
+    for k, m in models.items():  # interleaved rounds: the same machine state for every model
+        timed[("eager", k)] = lambda m=m: measure_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS)
+        timed[("ort", k)] = lambda m=m: measure_ort_latency(m, x, batch_size=BATCH, threads=THREADS, runs=RUNS)
+    med, _ = interleaved(timed, 3)
     for k in rows:
-        rows[k]["eager_ms"] = statistics.median(eager[k])
-        rows[k]["ort_ms"] = statistics.median(ort[k])
+        rows[k]["eager_ms"] = med[("eager", k)]
+        rows[k]["ort_ms"] = med[("ort", k)]
 
     b, o, t = rows["baseline"], rows["torchslim"], rows["torch_pruning"]
     drop = 100 * (b["accuracy"] - o["accuracy"])
