@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from torchslim.data import load_data
+from torchslim.distill import distill
 from torchslim.measure import evaluate_accuracy, measure
 from torchslim.prune import prune_
 from torchslim.train import finetune, load_checkpoint, save_checkpoint
@@ -45,3 +46,15 @@ def test_structured_pruning_on_cuda():
     r = prune_(m, {"granularity": "channel", "macs_target": 0.5, "keep_first_last": False}, example_input=x[:1])
     assert r.meta["macs_ratio"] > 1.9 and m(x).shape == ref(x).shape
     assert all(p.is_cuda for p in m.parameters())
+
+
+def test_distill_on_cuda():
+    data = load_data("digits")
+    torch.manual_seed(0)
+    teacher = create_model("mlp", in_features=64, hidden=[128]).cuda()
+    finetune(teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32}, progress=False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = create_model("mlp", in_features=64, hidden=[32]).cuda()
+    distill(student, teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32, "temperature": 4.0}, progress=False)
+    assert evaluate_accuracy(student, data.loader("test", 512)) > 0.9
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

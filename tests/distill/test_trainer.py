@@ -86,6 +86,16 @@ def test_different_number_of_classes_is_refused_before_training(digits, teacher)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
+def test_teacher_on_another_device_is_refused_before_training(digits):
+    torch.manual_seed(0)
+    teacher = create_model("mlp", in_features=64, hidden=[16]).to("meta")
+    student = _student()
+    before = _state(student)
+    with pytest.raises(TorchslimError, match="the student is on cpu and the teacher on meta"):
+        distill(student, teacher, digits, {"epochs": 1}, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
 def test_unknown_hint_layers_are_reported_together_before_training(digits, teacher):
     student = _student()
     before = _state(student)

@@ -51,6 +51,10 @@ def _tensor_of(output: Any) -> torch.Tensor:
     raise TorchslimError(f"cannot use a module output of type {type(output).__name__} as a hint feature")
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _probe_batch(data: DataBundle, n: int = 2) -> torch.Tensor:
     split = data.train if len(data.train) else data.test
     if not len(split):
@@ -101,8 +105,14 @@ class Distiller(Callback):
                 issues.append(ConfigIssue(f"hints.{i}.teacher", f"no such layer in the teacher; layers: {_some(t_names)}", h.teacher))
         if issues:
             raise ConfigError(issues, "distill config")
+        s_dev, t_dev = _device_of(student), _device_of(teacher)
+        if s_dev != t_dev:
+            raise TorchslimError(
+                f"the student is on {s_dev} and the teacher on {t_dev}; the teacher reads the student's batches, "
+                f"so move both to one device (teacher.to({str(s_dev)!r}))"
+            )
         self = cls(student, teacher, config, nn.ModuleDict())
-        x = _probe_batch(data)
+        x = _probe_batch(data).to(s_dev)
         s_modes = {m: m.training for m in student.modules()}
         t_modes = {m: m.training for m in teacher.modules()}
         try:
@@ -119,7 +129,7 @@ class Distiller(Callback):
             for m, mode in t_modes.items():
                 m.training = mode
         self._check_outputs(s_out, t_out, data)
-        device = next((p.device for p in student.parameters()), torch.device("cpu"))
+        device = s_dev
         for i, h in enumerate(config.hints):
             s, t = s_feats.get(i), t_feats.get(i)
             if s is None or t is None:
