@@ -27,6 +27,7 @@ from torchslim.measure.latency import (
 )
 from torchslim.measure.macs import ExampleInput, count_macs
 from torchslim.measure.memory import model_state_bytes, peak_inference_memory
+from torchslim.measure.probe import ProbeResult, linear_probe
 from torchslim.measure.record import FIELDS, Measurement, format_change, format_value
 from torchslim.measure.size import (
     count_nonzeros,
@@ -44,6 +45,7 @@ __all__ = [
     "LatencyResult",
     "LayerStat",
     "Measurement",
+    "ProbeResult",
     "count_macs",
     "count_nonzeros",
     "count_params",
@@ -55,6 +57,7 @@ __all__ = [
     "format_change",
     "format_value",
     "layer_stats",
+    "linear_probe",
     "logits_of",
     "measure",
     "measure_latency",
