@@ -169,3 +169,75 @@ def test_every_quantizer_behind_a_flatten_is_moved(digits, monkeypatch) -> None:
     onnx.checker.check_model(hoisted)
     x = digits.test.x
     np.testing.assert_array_equal(OrtModel(hoisted, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+
+
+class _Stem(torch.nn.Module):
+    """conv over few channels -> (ReLU) -> 2x2 max-pool -> conv -> classifier: the LeNet stem."""
+
+    def __init__(self, k: int = 3, relu: bool = False, cin: int = 1, pad: int = 0, pool: int = 2, side: int = 8) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, 6, k, padding=pad)
+        self.relu = relu
+        self.pool = torch.nn.MaxPool2d(pool)
+        self.conv2 = torch.nn.Conv2d(6, 8, 3, padding=1)
+        with torch.no_grad():
+            side = (side + 2 * pad - k + 1) // pool
+        self.fc = torch.nn.Linear(8 * side * side, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        h = self.pool(torch.relu(h) if self.relu else h)
+        return self.fc(torch.flatten(self.conv2(h), 1))
+
+
+@pytest.mark.parametrize(
+    "k,relu,weight",
+    [(3, False, {}), (4, True, {}), (5, False, {"granularity": "tensor"}), (3, True, {"granularity": "tensor", "symmetric": False})],
+)
+def test_few_channel_conv_before_a_pool_runs_as_space_to_depth_bit_exactly(digits, tmp_path, k, relu, weight) -> None:
+    torch.manual_seed(0)
+    model = _Stem(k=k, relu=relu).eval()
+    quantize_(model, {"mode": "static", "weight": weight}, calibration=digits.loader("train", 128))
+    fast = export_qdq(model, digits.example_input())
+    plain = export_qdq(model, digits.example_input(), space_to_depth=False)
+    ops, plain_ops = qdq_summary(fast), qdq_summary(plain)
+    assert ops.get("SpaceToDepth") == 1 and ops.get("Max") == 1 and "MaxPool" not in ops
+    assert "SpaceToDepth" not in plain_ops and plain_ops.get("MaxPool") == 1
+    w = {i.name: onnx.numpy_helper.to_array(i) for i in fast.graph.initializer}
+    assert any(v.shape == (24, 4, k // 2 + 1, k // 2 + 1) and v.dtype in (np.int8, np.uint8) for v in w.values())
+    # both convolutions still run as integer kernels
+    fused = _optimized_ops(fast, tmp_path)
+    assert fused.get("QLinearConv") == 2 and "Conv" not in fused
+    x = digits.test.x
+    np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+    with torch.no_grad():
+        sim = model(x)
+    assert float((sim.argmax(1) == OrtModel(fast, threads=1)(x).argmax(1)).float().mean()) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"pad": 1}, {"cin": 4}, {"pool": 3, "side": 9}, {"side": 9}],
+    ids=["padded-conv", "four-channels", "3x3-pool", "odd-input"],
+)
+def test_space_to_depth_leaves_other_patterns_alone(kwargs) -> None:
+    torch.manual_seed(0)
+    model = _Stem(**kwargs).eval()
+    side, cin = kwargs.get("side", 8), kwargs.get("cin", 1)
+    x = torch.randn(64, cin, side, side)
+    quantize_(model, {"mode": "static"}, calibration=[(x[i : i + 16], None) for i in range(0, 64, 16)])
+    proto = export_qdq(model, x[:1])
+    assert "SpaceToDepth" not in qdq_summary(proto)
+    np.testing.assert_array_equal(
+        OrtModel(proto, threads=1)(x).numpy(), OrtModel(export_qdq(model, x[:1], space_to_depth=False), threads=1)(x).numpy()
+    )
+
+
+def test_space_to_depth_split_is_valid_in_opset_18(digits) -> None:
+    torch.manual_seed(0)
+    model = _Stem().eval()
+    quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
+    new, old = export_qdq(model, digits.example_input(), opset=18), export_qdq(model, digits.example_input())
+    assert qdq_summary(new).get("SpaceToDepth") == 1
+    x = digits.test.x
+    np.testing.assert_array_equal(OrtModel(new, threads=1)(x).numpy(), OrtModel(old, threads=1)(x).numpy())
