@@ -208,11 +208,39 @@ def test_few_channel_conv_before_a_pool_runs_as_space_to_depth_bit_exactly(digit
     # both convolutions still run as integer kernels
     fused = _optimized_ops(fast, tmp_path)
     assert fused.get("QLinearConv") == 2 and "Conv" not in fused
+    # the pooled tensor is quantized again with the conv output's parameters: split and max run on the integers
+    producers = {o: n for n in fast.graph.node for o in n.output}
+    split = next(n for n in fast.graph.node if n.op_type == "Split")
+    assert producers[split.input[0]].op_type == "QuantizeLinear"
     x = digits.test.x
     np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
     with torch.no_grad():
         sim = model(x)
     assert float((sim.argmax(1) == OrtModel(fast, threads=1)(x).argmax(1)).float().mean()) >= 0.99
+
+
+class _PoolOut(torch.nn.Module):
+    """conv -> 2x2 max-pool as the output: nothing quantizes the pooled tensor, so the max runs on floats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.max_pool2d(self.conv(x), 2)
+
+
+def test_space_to_depth_pool_on_dequantized_values_is_bit_exact(digits) -> None:
+    torch.manual_seed(0)
+    model = _PoolOut().eval()
+    quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
+    fast = export_qdq(model, digits.example_input())
+    producers = {o: n for n in fast.graph.node for o in n.output}
+    split = next(n for n in fast.graph.node if n.op_type == "Split")
+    assert producers[split.input[0]].op_type == "DequantizeLinear"
+    x = digits.test.x
+    plain = export_qdq(model, digits.example_input(), space_to_depth=False)
+    np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
 
 
 @pytest.mark.parametrize(

@@ -258,6 +258,21 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
+def _same_qparams(consts: dict[str, np.ndarray], a: Any, b: Any) -> bool:
+    """Whether two per-tensor Quantize/DequantizeLinear nodes have equal constant scale and zero point."""
+
+    def params(node: Any) -> tuple[Any, Any] | None:
+        scale = consts.get(node.input[1])
+        zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        if scale is None or zp is None or np.asarray(scale).size != 1 or np.asarray(zp).size != 1:
+            return None
+        return np.asarray(scale).reshape(()), np.asarray(zp).reshape(())
+
+    pa, pb = params(a), params(b)
+    return (pa is not None and pb is not None and pa[0] == pb[0] and pa[1] == pb[1]
+            and pa[1].dtype == pb[1].dtype and _attr(a, "axis", 1) == _attr(b, "axis", 1))
+
+
 def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
     """Rewrite Conv (few input channels) → 2×2 max-pool as SpaceToDepth → Conv → channel-group max.
 
@@ -269,9 +284,10 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
     convolution with a ⌊k/2⌋+1 kernel computes the conv at all four pooled
     positions at once (4·Cout channels; taps outside the original kernel hold
     the weight's zero point), and the pool becomes an elementwise ``Max`` of
-    the four channel groups. The integer products and sums are the same ones,
-    so ONNX Runtime's outputs are bit-identical; the conv runs on 4·Cin
-    channels, the pool on contiguous channel groups.
+    the four channel groups, on the integers where the pooled tensor is
+    quantized again with the same parameters (as one shared quantizer
+    exports). The integer products and sums are the same ones, so ONNX
+    Runtime's outputs are bit-identical; the conv runs on 4·Cin channels.
 
     Matched: Conv (2-D, group 1, stride 1, dilation 1, no padding) reading a
     per-tensor DequantizeLinear, weights an integer constant through
@@ -397,13 +413,21 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
             helper.make_node("QuantizeLinear", [s2d_out, *q_args], [tag + "_xq"], name=tag + "/QuantizeLinear"),
             helper.make_node("DequantizeLinear", [tag + "_xq", *q_args], [tag + "_xdq"], name=tag + "/Dequantize"),
         ]
-        # pool: the four channel groups are the four positions of each 2x2 window
+        # pool: the four channel groups are the four positions of each 2x2 window. Where the pooled
+        # tensor is quantized again with the conv output's own parameters, split and max run on the
+        # integers (max commutes with a monotone quantizer), else on the dequantized values.
+        requant = only_reader(pool.output[0], "QuantizeLinear")
+        integer = requant is not None and _same_qparams(consts, q, requant)
         parts = [f"{tag}_part{k}" for k in range(4)]
         extra = {"num_outputs": 4} if opset >= 18 else {}  # before opset 18 an equal split needs no attribute
-        split = helper.make_node("Split", [dq.output[0]], parts, axis=1, name=tag + "/Split", **extra)
-        pooled = helper.make_node("Max", parts, [pool.output[0]], name=tag + "/Max")
+        source, result = (q.output[0], requant.output[0]) if integer else (dq.output[0], pool.output[0])
+        split = helper.make_node("Split", [source], parts, axis=1, name=tag + "/Split", **extra)
+        pooled = helper.make_node("Max", parts, [result], name=tag + "/Max")
         before[id(conv)] = added
         instead[id(pool)] = [split, pooled]
+        if integer:
+            instead[id(dq)] = []
+            instead[id(requant)] = []
         graph.initializer.extend(new_inits)
     if before:  # one rebuild at the end: a repeated field's messages are copied when it is rebuilt
         nodes = []
