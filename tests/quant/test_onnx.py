@@ -210,6 +210,9 @@ def test_few_channel_conv_before_a_pool_runs_as_space_to_depth_bit_exactly(digit
     assert fused.get("QLinearConv") == 2 and "Conv" not in fused
     # the pooled tensor is quantized again with the conv output's parameters: split and max run on the integers
     producers = {o: n for n in fast.graph.node for o in n.output}
+    # the input is quantized once, after SpaceToDepth
+    s2d = next(n for n in fast.graph.node if n.op_type == "SpaceToDepth")
+    assert s2d.input[0] == fast.graph.input[0].name and ops["QuantizeLinear"] == plain_ops["QuantizeLinear"] - 1
     split = next(n for n in fast.graph.node if n.op_type == "Split")
     assert producers[split.input[0]].op_type == "QuantizeLinear"
     x = digits.test.x

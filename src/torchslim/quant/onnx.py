@@ -404,8 +404,15 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
             conv.input[2] = tag + "_b"
         del conv.attribute[:]
         conv.attribute.extend([helper.make_attribute("kernel_shape", [kh2, kw2])])
-        # input: dequantized x -> SpaceToDepth -> the same quantizer again (exact: a permutation of grid values)
+        # input: dequantized x -> SpaceToDepth -> the same quantizer again (exact: a permutation of grid values);
+        # where x is quantized only for this conv, the float x goes through SpaceToDepth and is quantized once
         s2d_in, s2d_out = conv.input[0], tag + "_x"
+        q_in = producers.get(dq_in.input[0])
+        if (q_in is not None and q_in.op_type == "QuantizeLinear" and len(readers.get(conv.input[0], [])) == 1
+                and only_reader(q_in.output[0], "DequantizeLinear") is dq_in and _same_qparams(consts, q_in, dq_in)):
+            s2d_in = q_in.input[0]
+            instead[id(q_in)] = []
+            instead[id(dq_in)] = []
         conv.input[0] = tag + "_xdq"
         q_args = list(dq_in.input[1:])
         added = [
