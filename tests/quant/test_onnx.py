@@ -272,3 +272,14 @@ def test_space_to_depth_split_is_valid_in_opset_18(digits) -> None:
     assert qdq_summary(new).get("SpaceToDepth") == 1
     x = digits.test.x
     np.testing.assert_array_equal(OrtModel(new, threads=1)(x).numpy(), OrtModel(old, threads=1)(x).numpy())
+
+
+def test_space_to_depth_with_one_output_channel_tiles_its_per_channel_scale(digits) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(9, 10)).eval()
+    quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
+    fast = export_qdq(model, digits.example_input())
+    assert qdq_summary(fast).get("SpaceToDepth") == 1
+    x = digits.test.x
+    plain = export_qdq(model, digits.example_input(), space_to_depth=False)
+    np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())

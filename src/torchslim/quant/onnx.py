@@ -150,11 +150,24 @@ def _fold_weight_quantizers(proto: Any) -> int:
         graph.node.remove(node)
     _prune_dead_nodes(graph)
     graph.initializer.extend(new_inits)
+    _drop_unused_initializers(graph)
+    return folded
+
+
+def _set_nodes(graph: Any, nodes: list[Any]) -> None:
+    """Replace ``graph.node`` by ``nodes`` (copied first: rebuilding a repeated field would copy them anyway)."""
+    copies = [type(n)() for n in nodes]
+    for dst, src in zip(copies, nodes):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def _drop_unused_initializers(graph: Any) -> None:
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    return folded
 
 
 def _dedupe_quantize_linear(graph: Any) -> int:
@@ -240,12 +253,7 @@ def _hoist_quantize_linear(graph: Any) -> int:
             if i in before:
                 order.append(before[i])
             order.append(i)
-        nodes = [graph.node[i] for i in order]
-        copies = [type(n)() for n in nodes]
-        for dst, src in zip(copies, nodes):
-            dst.CopyFrom(src)
-        del graph.node[:]
-        graph.node.extend(copies)
+        _set_nodes(graph, [graph.node[i] for i in order])
     return len(before)
 
 
@@ -348,7 +356,10 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
             continue
         if any(v != 0 for v in _attr(conv, "pads", [0, 0, 0, 0])):
             continue
-        if w_scale.size not in (1, cout) or (w_scale.size == cout and _attr(dq_w, "axis", 1) != 0):
+        per_channel = np.asarray(w_scale).ndim == 1  # a 1-D scale is per axis, even of length 1
+        if per_channel and (w_scale.size != cout or _attr(dq_w, "axis", 1) != 0):
+            continue
+        if not per_channel and w_scale.size != 1:
             continue
         x_dims = dims.get(conv.input[0], [])
         if len(x_dims) != 4 or x_dims[2] <= 0 or x_dims[3] <= 0 or x_dims[2] % 2 or x_dims[3] % 2:
@@ -393,10 +404,10 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
         tag = f"{conv.output[0]}_s2d"
         new_inits = [numpy_helper.from_array(w2, tag + "_w")]
         dq_w.input[0] = tag + "_w"
-        if w_scale.size == cout:
+        if per_channel:
             new_inits.append(numpy_helper.from_array(np.tile(np.asarray(w_scale).reshape(-1), 4), tag + "_w_scale"))
             dq_w.input[1] = tag + "_w_scale"
-            if w_zp is not None and np.asarray(w_zp).size == cout:
+            if w_zp is not None and np.asarray(w_zp).ndim == 1:
                 new_inits.append(numpy_helper.from_array(np.tile(np.asarray(w_zp).reshape(-1), 4), tag + "_w_zp"))
                 dq_w.input[2] = tag + "_w_zp"
         if bias is not None:
@@ -441,15 +452,8 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
         for node in all_nodes:
             nodes.extend(before.get(id(node), []))
             nodes.extend(instead.get(id(node), [node]))
-        copies = [type(n)() for n in nodes]
-        for dst, src in zip(copies, nodes):
-            dst.CopyFrom(src)
-        del graph.node[:]
-        graph.node.extend(copies)
-        used = {i for n in graph.node for i in n.input}
-        keep = [init for init in graph.initializer if init.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        _set_nodes(graph, nodes)
+        _drop_unused_initializers(graph)
     return len(before)
 
 
