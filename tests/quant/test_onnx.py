@@ -283,3 +283,80 @@ def test_space_to_depth_with_one_output_channel_tiles_its_per_channel_scale(digi
     x = digits.test.x
     plain = export_qdq(model, digits.example_input(), space_to_depth=False)
     np.testing.assert_array_equal(OrtModel(fast, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+
+
+class _FewChannels(torch.nn.Module):
+    """conv over ``cin`` channels (padded, optionally strided) -> ReLU -> conv -> classifier: ResNet-20's stem."""
+
+    def __init__(self, cin: int = 1, stride: int = 1, groups: int = 1, side: int = 8) -> None:
+        super().__init__()
+        width = 6 if groups == 1 else 2 * cin
+        self.conv1 = torch.nn.Conv2d(cin, width, 3, stride=stride, padding=1, groups=groups)
+        self.conv2 = torch.nn.Conv2d(width, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * ((side - 1) // stride + 1) ** 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv2(torch.relu(self.conv1(x))), 1))
+
+
+def _calibrated(model: torch.nn.Module, cin: int, weight: dict | None = None, side: int = 8) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(96, cin, side, side) * torch.linspace(0.5, 2.0, cin).view(1, cin, 1, 1) + 0.3
+    quantize_(model, {"mode": "static", "weight": weight or {}}, calibration=[(x[i : i + 32], None) for i in range(0, 96, 32)])
+    return x
+
+
+@pytest.mark.parametrize(
+    "cin,stride,weight",
+    [(1, 1, {}), (2, 1, {"granularity": "tensor"}), (3, 2, {}), (1, 2, {"granularity": "tensor", "symmetric": False})],
+)
+def test_few_channel_conv_input_is_padded_to_four_channels_bit_exactly(tmp_path, cin, stride, weight) -> None:
+    model = _FewChannels(cin, stride).eval()
+    x = _calibrated(model, cin, weight)
+    padded = export_qdq(model, x[:1])
+    plain = export_qdq(model, x[:1], pad_channels=False)
+    ops, plain_ops = qdq_summary(padded), qdq_summary(plain)
+    assert ops.get("Pad") == 1 and "Pad" not in plain_ops
+    # the pad runs on the quantized input and the conv's weights gained zero-point input channels
+    pad = next(n for n in padded.graph.node if n.op_type == "Pad")
+    producers = {o: n for n in padded.graph.node for o in n.output}
+    assert producers[pad.input[0]].op_type == "QuantizeLinear"
+    w = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
+    conv_w = [v for v in w.values() if v.ndim == 4 and v.shape[1] == 4 and v.dtype in (np.int8, np.uint8)]
+    assert len(conv_w) == 1 and conv_w[0].shape == (6, 4, 3, 3)
+    assert ops["QuantizeLinear"] == plain_ops["QuantizeLinear"]
+    fused = _optimized_ops(padded, tmp_path)
+    assert fused.get("QLinearConv") == 2 and "Conv" not in fused
+    np.testing.assert_array_equal(OrtModel(padded, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+
+
+def test_padded_weight_channels_hold_each_output_channels_zero_point() -> None:
+    model = _FewChannels(2).eval()
+    x = _calibrated(model, 2, {"granularity": "channel", "symmetric": False})
+    padded = export_qdq(model, x[:1])
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
+    conv = next(n for n in padded.graph.node if n.op_type == "Conv")
+    dq_w = next(n for n in padded.graph.node if conv.input[1] in n.output)
+    w, zp = consts[dq_w.input[0]], consts[dq_w.input[2]]
+    assert w.shape == (6, 4, 3, 3) and zp.shape == (6,) and np.any(zp != 0)
+    np.testing.assert_array_equal(w[:, 2:], np.broadcast_to(zp[:, None, None, None], (6, 2, 3, 3)))
+    plain = export_qdq(model, x[:1], pad_channels=False)
+    np.testing.assert_array_equal(OrtModel(padded, threads=1)(x).numpy(), OrtModel(plain, threads=1)(x).numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{"cin": 4}, {"cin": 2, "groups": 2}], ids=["four-channels", "grouped"])
+def test_channel_padding_leaves_wide_and_grouped_convs_alone(kwargs) -> None:
+    model = _FewChannels(**kwargs).eval()
+    x = _calibrated(model, kwargs["cin"])
+    proto = export_qdq(model, x[:1])
+    assert "Pad" not in qdq_summary(proto)
+
+
+def test_space_to_depth_conv_is_not_padded_again(digits) -> None:
+    torch.manual_seed(0)
+    model = _Stem().eval()
+    quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
+    ops = qdq_summary(export_qdq(model, digits.example_input()))
+    assert ops.get("SpaceToDepth") == 1 and "Pad" not in ops
+    # without the space-to-depth rewrite the same conv is the one that gets padded
+    assert qdq_summary(export_qdq(model, digits.example_input(), space_to_depth=False)).get("Pad") == 1

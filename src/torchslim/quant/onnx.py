@@ -457,6 +457,89 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
     return len(before)
 
 
+def _pad_conv_input_channels(proto: Any, multiple: int = 4) -> int:
+    """Pad the quantized input of a convolution over 1-3 channels to ``multiple`` channels.
+
+    ONNX Runtime's int8 convolution runs a 1-3 channel input far below its rate
+    on wider ones (ResNet-20's 1-channel 3×3 stem took 11 % of the network's
+    time for 0.4 % of its MACs). The quantized input gets extra channels that
+    hold its zero point (``Pad`` on the integers) and the weights get matching
+    input channels; a padded channel dequantizes to 0, so every integer sum is
+    the one it was and ONNX Runtime's outputs are bit-identical.
+
+    Matched: a 2-D Conv with group 1 and fewer than ``multiple`` input
+    channels reading a per-tensor DequantizeLinear with a constant zero point,
+    weights an integer constant through a DequantizeLinear read only by this
+    conv (per tensor or per output channel on axis 0). A conv that the
+    space-to-depth rewrite already widened is not matched. Returns how many
+    were padded.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    consts = _const_values(graph)
+    all_nodes = list(graph.node)
+    producers = {out: node for node in all_nodes for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in all_nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    before: dict[int, list[Any]] = {}
+    dropped: set[int] = set()
+    for conv in [n for n in all_nodes if n.op_type == "Conv"]:
+        dq_in, dq_w = producers.get(conv.input[0]), producers.get(conv.input[1])
+        if dq_in is None or dq_in.op_type != "DequantizeLinear" or dq_w is None or dq_w.op_type != "DequantizeLinear":
+            continue
+        if len(dq_in.input) < 3 or not dq_in.input[2]:
+            continue
+        x_scale, x_zp = consts.get(dq_in.input[1]), consts.get(dq_in.input[2])
+        if x_scale is None or x_zp is None or np.asarray(x_scale).size != 1 or np.asarray(x_zp).size != 1:
+            continue
+        w_int, w_scale = consts.get(dq_w.input[0]), consts.get(dq_w.input[1])
+        w_zp = consts.get(dq_w.input[2]) if len(dq_w.input) > 2 and dq_w.input[2] else None
+        if w_int is None or w_scale is None or w_int.ndim != 4 or w_int.dtype not in (np.int8, np.uint8):
+            continue
+        if len(dq_w.input) > 2 and dq_w.input[2] and w_zp is None:
+            continue
+        if len(readers.get(dq_w.output[0], [])) != 1 or _attr(conv, "group", 1) != 1:
+            continue
+        cout, cin = w_int.shape[:2]
+        if cin >= multiple:
+            continue
+        per_channel = np.asarray(w_scale).ndim == 1
+        if per_channel and (w_scale.size != cout or _attr(dq_w, "axis", 1) != 0):
+            continue
+        if not per_channel and w_scale.size != 1:
+            continue
+        zp = np.zeros(cout, w_int.dtype) if w_zp is None else np.broadcast_to(np.asarray(w_zp, w_int.dtype).reshape(-1), (cout,))
+        w_pad = np.empty((cout, multiple, *w_int.shape[2:]), w_int.dtype)
+        w_pad[...] = zp[:, None, None, None]
+        w_pad[:, :cin] = w_int
+        tag = f"{conv.output[0]}_chpad"
+        graph.initializer.extend([
+            numpy_helper.from_array(w_pad, tag + "_w"),
+            numpy_helper.from_array(np.array([0, 0, 0, 0, 0, multiple - cin, 0, 0], np.int64), tag + "_pads"),
+        ])
+        dq_w.input[0] = tag + "_w"
+        before[id(conv)] = [
+            helper.make_node("Pad", [dq_in.input[0], tag + "_pads", dq_in.input[2]], [tag + "_xq"], name=tag + "/Pad"),
+            helper.make_node("DequantizeLinear", [tag + "_xq", *dq_in.input[1:]], [tag + "_xdq"], name=tag + "/Dequantize"),
+        ]
+        if len(readers.get(conv.input[0], [])) == 1 and conv.input[0] not in outputs:
+            dropped.add(id(dq_in))
+        conv.input[0] = tag + "_xdq"
+    if before:
+        nodes = []
+        for node in all_nodes:
+            nodes.extend(before.get(id(node), []))
+            if id(node) not in dropped:
+                nodes.append(node)
+        _set_nodes(graph, nodes)
+        _drop_unused_initializers(graph)
+    return len(before)
+
+
 def _prune_dead_nodes(graph: Any) -> None:
     """Remove nodes whose outputs nobody uses (repeat until stable)."""
     while True:
@@ -475,6 +558,7 @@ def export_qdq(
     *,
     opset: int = 17,
     space_to_depth: bool = True,
+    pad_channels: bool = True,
 ) -> Any:
     """Export a quantized model (after :func:`~torchslim.quant.ptq.quantize_`) as QDQ ONNX.
 
@@ -496,6 +580,10 @@ def export_qdq(
             2×2 max-pool as SpaceToDepth → conv → channel-group max (exact; ONNX
             Runtime's int8 conv is slow on so few channels). See
             ``_space_to_depth_conv_pool``.
+        pad_channels: give any other convolution over 1-3 channels a quantized
+            input padded with zero-point channels to 4 (exact; ResNet-20's
+            1-channel stem ran several times faster). See
+            ``_pad_conv_input_channels``.
 
     Returns:
         The ``onnx.ModelProto``.
@@ -529,6 +617,8 @@ def export_qdq(
     _hoist_quantize_linear(proto.graph)
     if space_to_depth:
         _space_to_depth_conv_pool(proto)
+    if pad_channels:
+        _pad_conv_input_channels(proto)
     onnx.checker.check_model(proto)
     if path is not None:
         atomic_write_bytes(Path(path), proto.SerializeToString())
