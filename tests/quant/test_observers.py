@@ -72,3 +72,22 @@ def test_mse_per_channel_never_worse_than_minmax() -> None:
 def test_no_data_is_a_clear_error() -> None:
     with pytest.raises(TorchslimError, match="seen no data"):
         make_observer("mse", QuantSpec()).qparams()
+
+
+@pytest.mark.parametrize("name", ["mse", "percentile"])
+def test_sampling_observers_see_every_channel_of_a_large_activation(name) -> None:
+    # (tokens, channels) with one outlier channel; 460,800 values > max_samples, so the observer samples.
+    # A stride of 2 would keep only even channels and clip channel 1 (all 40.0) to the bulk's range.
+    torch.manual_seed(0)
+    x = torch.randn(1200, 384)
+    x[:, 1] = 40.0
+    kwargs = {"percentile": 99.9} if name == "percentile" else {}
+    obs = make_observer(name, QuantSpec(signed=False, symmetric=False), **kwargs)
+    obs.update(x)
+    qp = obs.qparams()
+    top = float(qp.scale) * (255 - int(qp.zero_point))
+    assert top >= 39.0
+    # deterministic: the same batches give the same parameters
+    again = make_observer(name, QuantSpec(signed=False, symmetric=False), **kwargs)
+    again.update(x)
+    assert float(again.qparams().scale) == float(qp.scale)

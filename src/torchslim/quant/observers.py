@@ -121,7 +121,12 @@ class MovingAverageObserver(Observer):
 
 
 class _SampleObserver(Observer):
-    """Keeps a bounded, evenly strided sample of the values (per channel/group when needed)."""
+    """Keeps a bounded sample of the values (per channel/group when needed).
+
+    Each batch contributes at most ``max_samples`` values (per unit: split over
+    the units that own a scale), drawn at random with a generator seeded by the
+    batch's index, so a calibration run is deterministic.
+    """
 
     def __init__(self, spec: QuantSpec, max_samples: int = 200_000) -> None:
         super().__init__(spec)
@@ -149,8 +154,11 @@ class _SampleObserver(Observer):
         rows = self._rows(x)
         per_row = max(1, self.max_samples // max(1, rows.shape[0]))
         if rows.shape[1] > per_row:
-            step = rows.shape[1] // per_row
-            rows = rows[:, ::step][:, :per_row]
+            # a seeded random subset, not a stride: a stride that divides the channel count keeps only
+            # some channels of a (tokens, channels) activation and never sees an outlier channel
+            gen = torch.Generator().manual_seed(self.count)
+            keep = torch.randperm(rows.shape[1], generator=gen)[:per_row].sort().values
+            rows = rows[:, keep.to(rows.device)]
         self.samples.append(rows)
 
     def _data(self) -> torch.Tensor:
