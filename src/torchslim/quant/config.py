@@ -78,6 +78,11 @@ class ActQuantConfig(Config):
         symmetric: symmetric or asymmetric range.
         observer: ``minmax``, ``moving_average``, ``percentile`` or ``mse``.
         percentile: for the ``percentile`` observer.
+        smooth: SmoothQuant migration strength ``alpha`` in (0, 1], or ``None`` (off).
+            Linear layers that read a LayerNorm's output get their input divided
+            per channel by ``s = max|x|**alpha / max|w|**(1 - alpha)`` and their
+            weights multiplied by it (exact in float; flattens outlier channels
+            before the per-tensor quantizer). See :mod:`torchslim.quant.smooth`.
     """
 
     bits: int = Field(default=8, ge=2, le=8)
@@ -85,6 +90,7 @@ class ActQuantConfig(Config):
     symmetric: bool = False
     observer: str = "minmax"
     percentile: float = Field(default=99.99, gt=50.0, le=100.0)
+    smooth: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @field_validator("observer")
     @classmethod
@@ -136,6 +142,12 @@ class QuantizeConfig(Config):
     fold_batchnorm: bool = True
     calibration_batches: int = Field(default=16, ge=1)
     learn_scale: bool = False
+
+    @model_validator(mode="after")
+    def _check_smooth(self) -> QuantizeConfig:
+        if self.activation.smooth is not None and self.mode != "static":
+            raise ValueError("activation.smooth needs mode 'static' (it moves activation ranges into the weights)")
+        return self
 
     @field_validator("targets")
     @classmethod

@@ -48,6 +48,9 @@ class _QuantMixin:
     input_fq: nn.Module | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        smooth = getattr(self, "input_smooth", None)  # SmoothQuant input scale, before the input quantizer
+        if smooth is not None:
+            x = smooth(x)
         if self.input_fq is not None:
             x = self.input_fq(x)
         exported = getattr(self, "_export_weight", None)
@@ -286,6 +289,11 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
     own_inputs: dict[torch.fx.Node, torch.fx.Node] = {}
     for node in nodes:
         if _kind(node, modules) != "layer" or not node.args:
+            continue
+        layer = modules[str(node.target)]
+        if getattr(layer, "input_smooth", None) is not None:  # its input is rescaled inside it: own quantizer after
+            layer.input_fq = _make_act_fq(act, learn_scale)
+            placement.points.append(str(node.target))
             continue
         src = node.args[0]
         if not isinstance(src, torch.fx.Node):

@@ -170,13 +170,15 @@ def _drop_unused_initializers(graph: Any) -> None:
     graph.initializer.extend(keep)
 
 
-def _dedupe_quantize_linear(graph: Any) -> int:
-    """Merge QuantizeLinear nodes that read the same tensor with equal scale and zero point.
+def _dedupe_quantize_linear(graph: Any, op_type: str = "QuantizeLinear") -> int:
+    """Merge QuantizeLinear (or ``op_type``) nodes that read the same tensor with equal constant operands.
 
     Each quantized layer carries its own input quantizer, so layers reading one
     tensor (a transformer's Q, K and V projections) export one QuantizeLinear
     each; where their calibrated parameters are equal the integers are identical,
-    and one node serves every consumer. Returns how many nodes were removed.
+    and one node serves every consumer. The same holds for the smoothing ``Mul``
+    of layers that share one LayerNorm (``op_type="Mul"``, run first). Returns
+    how many nodes were removed.
     """
     consts = _const_values(graph)
 
@@ -191,7 +193,7 @@ def _dedupe_quantize_linear(graph: Any) -> int:
     first: dict[tuple[Any, ...], str] = {}
     rename: dict[str, str] = {}
     for node in list(graph.node):
-        if node.op_type != "QuantizeLinear" or node.input[0] in consts:
+        if node.op_type != op_type or node.input[0] in consts or len(node.output) != 1:
             continue
         k = key(node)
         if k in first:
@@ -613,6 +615,8 @@ def export_qdq(
             layer._export_weight = None
     proto = onnx.load_from_string(data)
     _fold_weight_quantizers(proto)
+    if _dedupe_quantize_linear(proto.graph, "Mul"):  # smoothing scales shared by Q, K and V
+        _drop_unused_initializers(proto.graph)
     _dedupe_quantize_linear(proto.graph)
     _hoist_quantize_linear(proto.graph)
     if space_to_depth:

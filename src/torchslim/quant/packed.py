@@ -148,6 +148,7 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
     import copy
 
     from torchslim.quant.ptq import _transplant, build_structure
+    from torchslim.quant.smooth import attach_input_scales
 
     tensors_path, sidecar = _paths(path)
     if not tensors_path.exists() or not sidecar.exists():
@@ -163,6 +164,7 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
     wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
     work = copy.deepcopy(model)
     try:
+        attach_input_scales(work, record["quantize"].get("smoothed", []), tensors)
         build_structure(work, config, wcfg_of)
         state = work.state_dict()
         new_state: dict[str, torch.Tensor] = {}

@@ -8,6 +8,7 @@ state replace the model's, so a refusal leaves the model bit-identical.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,6 +31,7 @@ from torchslim.quant.model import (
     scale_range,
     swap_layer,
 )
+from torchslim.quant.smooth import attach_input_scales, smooth_layernorm_inputs_
 from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import select_layers
 
@@ -138,7 +140,9 @@ def quantize_(
 
     BatchNorm is folded first (when the model can be traced), weights are
     quantized per the config, and in ``static`` mode activation quantization
-    points are placed and calibrated on up to ``calibration_batches`` batches.
+    points are placed and calibrated on up to ``calibration_batches`` batches
+    (with ``activation.smooth``, Linear layers reading a LayerNorm are smoothed
+    on the same batches first: :mod:`torchslim.quant.smooth`).
     Export with :func:`torchslim.quant.onnx.export_qdq` for real int8 execution
     in ONNX Runtime and store with :func:`torchslim.quant.packed.save_packed`.
 
@@ -169,6 +173,15 @@ def quantize_(
     work = copy.deepcopy(model)
     wcfg_of = {n: c for n, _, c in chosen}
     meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
+    smoothed: list[str] = []
+    smoothed_by: dict[str, str] = {}
+    if config.mode == "static" and config.activation.smooth is not None:
+        groups = smooth_layernorm_inputs_(work, list(wcfg_of), batches, config.activation.smooth)
+        smoothed = [n for g in groups for n in g.layers]
+        smoothed_by = {n: g.layernorm for g in groups for n in g.layers}
+        meta["smoothing"] = {"alpha": config.activation.smooth, "groups": [dataclasses.asdict(g) for g in groups]}
+        if not groups:
+            meta["smoothing"]["note"] = "no quantized Linear reads a LayerNorm output: nothing smoothed"
     meta.update(build_structure(work, config, wcfg_of))
     names = set(wcfg_of)
     if config.mode == "static":
@@ -210,6 +223,7 @@ def quantize_(
                         torch.linalg.vector_norm(w_q - w_ref) / torch.linalg.vector_norm(w_ref).clamp_min(1e-12)
                     ),
                     "act_bits": config.activation.bits if config.mode == "static" else None,
+                    **({"smoothed_input_of": smoothed_by[name]} if name in smoothed_by else {}),
                 },
             )
         )
@@ -225,6 +239,7 @@ def quantize_(
     work.__dict__["_torchslim_quant"] = {
         "config": config.model_dump(),
         "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
+        **({"smoothed": smoothed} if smoothed else {}),
     }
     _transplant(model, work)
     return Report(title="quantize", technique="quantize", layers=layers, skipped=skipped, meta=meta)
@@ -254,6 +269,7 @@ def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, t
         raise TorchslimError("the quantization record lacks its config or layers")
     config = QuantizeConfig.parse(info["config"])
     wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in info["layers"].items()}
+    attach_input_scales(model, info.get("smoothed", []), state)
     build_structure(model, config, wcfg_of)
     own = model.state_dict()
     modules = dict(model.named_modules())
