@@ -583,8 +583,8 @@ def export_qdq(
             Runtime's int8 conv is slow on so few channels). See
             ``_space_to_depth_conv_pool``.
         pad_channels: give any other convolution over 1-3 channels a quantized
-            input padded with zero-point channels to 4 (exact; ResNet-20's
-            1-channel stem ran several times faster). See
+            input padded with zero-point channels to 4 (exact; ResNet-20 on
+            28×28 images, batch 32, 2 threads: 4.02 → 3.81 ms). See
             ``_pad_conv_input_channels``.
 
     Returns:
