@@ -17,11 +17,16 @@
   RT training split is subsampled to 3,000 sentences to fit the time budget, test splits whole).
 * Latency: batch 32 x 128 tokens (real text, no padding), 2 threads; every variant measured in each of
   ``ROUNDS`` interleaved rounds (same machine state), medians of the round medians.
+  ``--latency-only`` rebuilds the models (the recorded smoothing strength, no selection), checks that our
+  quantized model's state is bit-identical to the full run's (SHA-256 of its state dict) and refuses
+  otherwise, keeps the full run's accuracies and cosines and re-measures only the latencies.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -35,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, interleaved, write_result  # noqa: E402
+from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data.text import load_text  # noqa: E402
 from torchslim.measure import linear_probe, measure_latency, measure_ort_latency, num_threads  # noqa: E402
@@ -95,7 +100,22 @@ def ort_dynamic(fp32_path: Path, out: Path) -> Any:
     return onnx.load(str(out))
 
 
-def main() -> None:
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names and raw bytes, sorted): equal only for bit-identical models."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main(only_latency: bool = False) -> None:
+    old: dict[str, Any] = {}
+    if only_latency:
+        previous = RESULTS / "quant_minilm.json"
+        old = json.loads(previous.read_text()) if previous.exists() else {}
+        if "ours_state_sha256" not in old.get("metrics", {}):
+            raise SystemExit("--latency-only re-measures a full run that recorded its model's SHA-256; run the benchmark first")
     timer = Timer()
     torch.manual_seed(SEED)
     bert, tokenizer = load_minilm()
@@ -134,16 +154,20 @@ def main() -> None:
         if not len(sel_idx):
             raise SystemExit("no held-out training sentences left to choose the smoothing strength")
         sel = batches(tokenizer, [pool[i] for i in sel_idx])
+        choices = (old["metrics"]["smooth_alpha"],) if only_latency else SMOOTH_CHOICES
         with num_threads(1):
-            ref_sel = embed(lambda enc: fp32(**enc), sel, len(sel_idx))
+            ref_sel = embed(lambda enc: fp32(**enc), sel, len(sel_idx)) if len(choices) > 1 else None
             selection: dict[str, float] = {}
             best: tuple[float, Any, Any, float] | None = None
-            for alpha in SMOOTH_CHOICES:
+            for alpha in choices:
                 candidate = Pooled(copy.deepcopy(bert)).eval()
                 t0 = time.perf_counter()
                 rep = quantize_(candidate, {"mode": "static", "activation": {"observer": "mse", "smooth": alpha}},
                                 calibration=calib)
                 seconds = time.perf_counter() - t0
+                if ref_sel is None:  # one choice: nothing to select
+                    best = (1.0, candidate, rep, seconds)
+                    break
                 cos_sel = float(np.sum(embed(lambda enc: candidate(**enc), sel, len(sel_idx)) * ref_sel, axis=1).mean())
                 selection[str(alpha)] = cos_sel
                 print("smooth", alpha, "selection cosine", round(cos_sel, 5), flush=True)
@@ -166,22 +190,36 @@ def main() -> None:
             eager_vs_ort = float(F.cosine_similarity(fp32(**check), variants["fp32"](check)).min())
 
         smoothing = report.meta.get("smoothing", {})
-        metrics: dict[str, Any] = {"fp32_ort_vs_torch_min_cosine": eager_vs_ort, "quantize_seconds": quant_s,
-                                   "layers_quantized": len(report.layers),
-                                   "activation_placement": report.meta["activation_placement"]["method"],
-                                   "smooth_alpha": smoothing.get("alpha"),
-                                   "smooth_selection_cosine": selection,
-                                   "smoothed_layernorms": len(smoothing.get("groups", [])),
-                                   "smoothed_layers": sum(len(g["layers"]) for g in smoothing.get("groups", []))}
+        sha = state_sha256(ours)
+        metrics: dict[str, Any]
+        if only_latency:
+            if sha != old["metrics"]["ours_state_sha256"]:
+                raise SystemExit("--latency-only: the rebuilt int8 model differs from the full run's; its accuracies would not hold")
+            metrics = {k: v for k, v in old["metrics"].items() if k != "latency"}
+            metrics["accuracy_measured"] = old["metrics"].get("accuracy_measured") or old.get("date", "?")
+            metrics["latency_measured"] = "this run (see date, machine)"
+        else:
+            metrics = {"fp32_ort_vs_torch_min_cosine": eager_vs_ort, "quantize_seconds": quant_s,
+                       "layers_quantized": len(report.layers),
+                       "activation_placement": report.meta["activation_placement"]["method"],
+                       "smooth_alpha": smoothing.get("alpha"),
+                       "smooth_selection_cosine": selection,
+                       "smoothed_layernorms": len(smoothing.get("groups", [])),
+                       "smoothed_layers": sum(len(g["layers"]) for g in smoothing.get("groups", [])),
+                       "ours_state_sha256": sha}
         emb: dict[str, dict[str, dict[str, np.ndarray]]] = {v: {} for v in variants}
         with num_threads(1):
             for name, t in texts.items():
+                if only_latency:
+                    break
                 for split in ("train", "test"):
                     prepared = batches(tokenizer, t[split][0])
                     for v, fn in variants.items():
                         emb[v].setdefault(name, {})[split] = embed(fn, prepared, len(t[split][0]))
                 print("embedded", name, timer.seconds, flush=True)
         for v in variants:
+            if only_latency:
+                break
             row: dict[str, Any] = {}
             cos_all = []
             for name, t in texts.items():
@@ -238,7 +276,9 @@ def main() -> None:
         notes=(f"latency: batch {BATCH} x {SEQ} tokens, {THREADS} threads, median over {ROUNDS} interleaved rounds of "
                f"the median of {RUNS} runs; ours = ort_optimize(export_qdq(...)) (bias fused into MatMulIntegerToFloat); "
                f"embeddings computed on 1 thread; RT train subsampled to {RT_TRAIN}; logistic-regression probe: torchslim.measure.linear_probe (C by 5-fold CV on the train split); "
-               f"SmoothQuant alpha chosen among {SMOOTH_CHOICES} by cosine to fp32 on {SELECT} held-out training sentences."),
+               f"SmoothQuant alpha chosen among {SMOOTH_CHOICES} by cosine to fp32 on {SELECT} held-out training sentences."
+               + (" --latency-only: latencies re-measured in this run; accuracies and cosines from the full run of "
+                  f"{metrics['accuracy_measured']} (same int8 model: state SHA-256 checked)." if only_latency else "")),
     )
     print(path)
     for key, t in targets.items():
@@ -246,4 +286,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(only_latency="--latency-only" in sys.argv[1:])
