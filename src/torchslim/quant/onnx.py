@@ -259,6 +259,21 @@ def _hoist_quantize_linear(graph: Any) -> int:
     return len(before)
 
 
+def _graph_index(graph: Any) -> tuple[list[Any], dict[str, Any], dict[str, list[Any]], set[str]]:
+    """``(nodes, producer of each tensor, readers of each tensor, graph output names)``.
+
+    The node list is one set of wrappers: passes key their edits by ``id(node)``
+    and rebuild the graph once at the end (see :func:`_set_nodes`).
+    """
+    all_nodes = list(graph.node)
+    producers = {out: node for node in all_nodes for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in all_nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return all_nodes, producers, readers, {o.name for o in graph.output}
+
+
 def _attr(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
 
@@ -312,13 +327,7 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
 
     graph = proto.graph
     consts = _const_values(graph)
-    all_nodes = list(graph.node)  # one set of wrappers: their ids key the edits below
-    producers = {out: node for node in all_nodes for out in node.output}
-    readers: dict[str, list[Any]] = {}
-    for node in all_nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
+    all_nodes, producers, readers, outputs = _graph_index(graph)
 
     def only_reader(name: str, op: str) -> Any:
         r = readers.get(name, [])
@@ -480,13 +489,7 @@ def _pad_conv_input_channels(proto: Any, multiple: int = 4) -> int:
 
     graph = proto.graph
     consts = _const_values(graph)
-    all_nodes = list(graph.node)
-    producers = {out: node for node in all_nodes for out in node.output}
-    readers: dict[str, list[Any]] = {}
-    for node in all_nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
+    all_nodes, producers, readers, outputs = _graph_index(graph)
     before: dict[int, list[Any]] = {}
     dropped: set[int] = set()
     for conv in [n for n in all_nodes if n.op_type == "Conv"]:
