@@ -121,6 +121,18 @@ def test_smoothed_model_packed_round_trip_is_bit_exact(tmp_path) -> None:
     assert torch.equal(loaded.q.input_smooth.inv_scale, model.q.input_smooth.inv_scale)
 
 
+def test_smoothed_model_checkpoint_round_trip_is_bit_exact(tmp_path) -> None:
+    from torchslim.train import load_checkpoint, save_checkpoint
+
+    ref, model, _ = _quantized(0.5, traceable=True)
+    save_checkpoint(model, tmp_path / "ck")
+    loaded = copy.deepcopy(ref)
+    load_checkpoint(loaded, tmp_path / "ck")
+    x = _data()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_model_without_layernorm_is_quantized_as_without_smoothing() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()

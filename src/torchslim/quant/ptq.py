@@ -173,11 +173,9 @@ def quantize_(
     work = copy.deepcopy(model)
     wcfg_of = {n: c for n, _, c in chosen}
     meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
-    smoothed: list[str] = []
-    smoothed_by: dict[str, str] = {}
+    smoothed_by: dict[str, str] = {}  # layer -> the LayerNorm whose output it reads
     if config.mode == "static" and config.activation.smooth is not None:
         groups = smooth_layernorm_inputs_(work, list(wcfg_of), batches, config.activation.smooth)
-        smoothed = [n for g in groups for n in g.layers]
         smoothed_by = {n: g.layernorm for g in groups for n in g.layers}
         meta["smoothing"] = {"alpha": config.activation.smooth, "groups": [dataclasses.asdict(g) for g in groups]}
         if not groups:
@@ -239,7 +237,7 @@ def quantize_(
     work.__dict__["_torchslim_quant"] = {
         "config": config.model_dump(),
         "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
-        **({"smoothed": smoothed} if smoothed else {}),
+        **({"smoothed": list(smoothed_by)} if smoothed_by else {}),
     }
     _transplant(model, work)
     return Report(title="quantize", technique="quantize", layers=layers, skipped=skipped, meta=meta)
