@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,41 @@ def _same_qparams(consts: dict[str, np.ndarray], a: Any, b: Any) -> bool:
             and pa[1].dtype == pb[1].dtype and _attr(a, "axis", 1) == _attr(b, "axis", 1))
 
 
+@dataclass
+class _IntConvWeights:
+    """A Conv's weights as an integer constant through a DequantizeLinear read only by that conv."""
+
+    dq: Any  # the weights' DequantizeLinear
+    values: np.ndarray  # (Cout, Cin, kh, kw) int8/uint8
+    scale: np.ndarray
+    zero_point: np.ndarray | None  # as stored (None: no zero-point input)
+    per_channel: bool  # a 1-D scale is per axis (axis 0), even of length 1
+    zp_per_out: np.ndarray  # (Cout,) zero point of each output channel
+
+
+def _int_conv_weights(conv: Any, producers: dict[str, Any], readers: dict[str, list[Any]],
+                      consts: dict[str, np.ndarray]) -> _IntConvWeights | None:
+    """The integer weights of a group-1 2-D ``conv`` (per tensor or per output channel), or ``None``."""
+    dq_w = producers.get(conv.input[1])
+    if dq_w is None or dq_w.op_type != "DequantizeLinear" or len(readers.get(dq_w.output[0], [])) != 1:
+        return None
+    w_int, w_scale = consts.get(dq_w.input[0]), consts.get(dq_w.input[1])
+    has_zp = len(dq_w.input) > 2 and bool(dq_w.input[2])
+    w_zp = consts.get(dq_w.input[2]) if has_zp else None
+    if w_int is None or w_scale is None or w_int.ndim != 4 or w_int.dtype not in (np.int8, np.uint8):
+        return None
+    if (has_zp and w_zp is None) or _attr(conv, "group", 1) != 1:
+        return None
+    cout = w_int.shape[0]
+    per_channel = np.asarray(w_scale).ndim == 1
+    if per_channel and (w_scale.size != cout or _attr(dq_w, "axis", 1) != 0):
+        return None
+    if not per_channel and w_scale.size != 1:
+        return None
+    zp = np.zeros(cout, w_int.dtype) if w_zp is None else np.broadcast_to(np.asarray(w_zp, w_int.dtype).reshape(-1), (cout,))
+    return _IntConvWeights(dq_w, w_int, np.asarray(w_scale), w_zp, per_channel, zp)
+
+
 def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
     """Rewrite Conv (few input channels) → 2×2 max-pool as SpaceToDepth → Conv → channel-group max.
 
@@ -346,31 +382,23 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
     instead: dict[int, list[Any]] = {}  # id(max-pool) -> the nodes that replace it
     for conv in [n for n in all_nodes if n.op_type == "Conv"]:
         dq_in = producers.get(conv.input[0])
-        dq_w = producers.get(conv.input[1])
-        if dq_in is None or dq_in.op_type != "DequantizeLinear" or dq_w is None or dq_w.op_type != "DequantizeLinear":
+        weights = _int_conv_weights(conv, producers, readers, consts)
+        if dq_in is None or dq_in.op_type != "DequantizeLinear" or weights is None:
             continue
-        w_int, w_scale = consts.get(dq_w.input[0]), consts.get(dq_w.input[1])
-        w_zp = consts.get(dq_w.input[2]) if len(dq_w.input) > 2 and dq_w.input[2] else None
+        dq_w, w_int, w_scale, w_zp, per_channel = weights.dq, weights.values, weights.scale, weights.zero_point, weights.per_channel
         bias = consts.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if w_int is None or w_scale is None or w_int.ndim != 4 or w_int.dtype not in (np.int8, np.uint8):
-            continue
         if len(conv.input) > 2 and conv.input[2] and bias is None:
             continue
-        if np.asarray(consts.get(dq_in.input[1], np.zeros(2))).size != 1 or len(readers.get(dq_w.output[0], [])) != 1:
+        if np.asarray(consts.get(dq_in.input[1], np.zeros(2))).size != 1:
             continue
         cout, cin, kh, kw = w_int.shape
-        if cin > max_in_channels or _attr(conv, "group", 1) != 1:
+        if cin > max_in_channels:
             continue
         if _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
         if any(v != 1 for v in _attr(conv, "strides", [1, 1])) or any(v != 1 for v in _attr(conv, "dilations", [1, 1])):
             continue
         if any(v != 0 for v in _attr(conv, "pads", [0, 0, 0, 0])):
-            continue
-        per_channel = np.asarray(w_scale).ndim == 1  # a 1-D scale is per axis, even of length 1
-        if per_channel and (w_scale.size != cout or _attr(dq_w, "axis", 1) != 0):
-            continue
-        if not per_channel and w_scale.size != 1:
             continue
         x_dims = dims.get(conv.input[0], [])
         if len(x_dims) != 4 or x_dims[2] <= 0 or x_dims[3] <= 0 or x_dims[2] % 2 or x_dims[3] % 2:
@@ -395,7 +423,7 @@ def _space_to_depth_conv_pool(proto: Any, max_in_channels: int = 3) -> int:
             continue
         # weights: W'[s*Cout + o, (bh*2 + bw)*Cin + c, u, v] = W[o, c, 2u + bh - sh, 2v + bw - sw], s = 2*sh + sw
         kh2, kw2 = kh // 2 + 1, kw // 2 + 1
-        zp = np.zeros(cout, w_int.dtype) if w_zp is None else np.broadcast_to(np.asarray(w_zp, w_int.dtype), (cout,))
+        zp = weights.zp_per_out
         w2 = np.empty((4 * cout, 4 * cin, kh2, kw2), w_int.dtype)
         w2[...] = np.tile(zp, 4)[:, None, None, None]
         for sh in range(2):
@@ -493,31 +521,19 @@ def _pad_conv_input_channels(proto: Any, multiple: int = 4) -> int:
     before: dict[int, list[Any]] = {}
     dropped: set[int] = set()
     for conv in [n for n in all_nodes if n.op_type == "Conv"]:
-        dq_in, dq_w = producers.get(conv.input[0]), producers.get(conv.input[1])
-        if dq_in is None or dq_in.op_type != "DequantizeLinear" or dq_w is None or dq_w.op_type != "DequantizeLinear":
+        dq_in = producers.get(conv.input[0])
+        weights = _int_conv_weights(conv, producers, readers, consts)
+        if dq_in is None or dq_in.op_type != "DequantizeLinear" or weights is None:
             continue
         if len(dq_in.input) < 3 or not dq_in.input[2]:
             continue
         x_scale, x_zp = consts.get(dq_in.input[1]), consts.get(dq_in.input[2])
         if x_scale is None or x_zp is None or np.asarray(x_scale).size != 1 or np.asarray(x_zp).size != 1:
             continue
-        w_int, w_scale = consts.get(dq_w.input[0]), consts.get(dq_w.input[1])
-        w_zp = consts.get(dq_w.input[2]) if len(dq_w.input) > 2 and dq_w.input[2] else None
-        if w_int is None or w_scale is None or w_int.ndim != 4 or w_int.dtype not in (np.int8, np.uint8):
-            continue
-        if len(dq_w.input) > 2 and dq_w.input[2] and w_zp is None:
-            continue
-        if len(readers.get(dq_w.output[0], [])) != 1 or _attr(conv, "group", 1) != 1:
-            continue
+        dq_w, w_int, zp = weights.dq, weights.values, weights.zp_per_out
         cout, cin = w_int.shape[:2]
         if cin >= multiple:
             continue
-        per_channel = np.asarray(w_scale).ndim == 1
-        if per_channel and (w_scale.size != cout or _attr(dq_w, "axis", 1) != 0):
-            continue
-        if not per_channel and w_scale.size != 1:
-            continue
-        zp = np.zeros(cout, w_int.dtype) if w_zp is None else np.broadcast_to(np.asarray(w_zp, w_int.dtype).reshape(-1), (cout,))
         w_pad = np.empty((cout, multiple, *w_int.shape[2:]), w_int.dtype)
         w_pad[...] = zp[:, None, None, None]
         w_pad[:, :cin] = w_int
