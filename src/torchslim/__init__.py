@@ -1,13 +1,22 @@
 """torchslim: make trained PyTorch models smaller and faster, and prove it.
 
 Example:
+    Train, prune 90 % of the weights, fine-tune and measure. ``"digits"`` is
+    scikit-learn's small 8×8 set (seconds); ``"mnist"`` works the same way with
+    the default ``lenet300`` (784 inputs).
+
     >>> import torchslim as ts
-    >>> data = ts.load_data("mnist")
-    >>> model = ts.create_model("lenet300")
-    >>> ts.finetune(model, data, {"epochs": 5, "lr": 0.1})
+    >>> _ = torch.manual_seed(0)
+    >>> data = ts.load_data("digits")
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> _ = ts.finetune(model, data, {"epochs": 5, "lr": 0.1})
     >>> report = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
-    >>> ts.finetune(model, data, {"epochs": 2, "lr": 0.01})
-    >>> ts.measure(model, data.loader("test"), example_input=data.example_input())
+    >>> _ = ts.finetune(model, data, {"epochs": 2, "lr": 0.01})
+    >>> m = ts.measure(model, data.loader("test"), example_input=data.example_input())
+    >>> m.params, m.nonzeros
+    (50610, 5430)
+    >>> m.accuracy > 0.8
+    True
 """
 
 from torchslim.data import load_data

@@ -168,8 +168,27 @@ def run_recipe(
         progress: show progress bars on a terminal.
 
     Example:
-        >>> result = ts.run_recipe("recipes/lenet300_prune90.yaml")
-        >>> result.report.after.accuracy
+        A small recipe on the ``digits`` set, written to a temporary directory:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> _ = (tmp / "digits_prune90.yaml").write_text('''
+        ... name: digits-prune90
+        ... model: {name: zoo:lenet300, args: {in_features: 64}}
+        ... data: digits
+        ... measure: {latency_runs: 5}
+        ... stages:
+        ...   - {type: train, epochs: 5, lr: 0.1}
+        ...   - {type: prune, sparsity: 0.9, keep_first_last: false}
+        ...   - {type: finetune, epochs: 2, lr: 0.01}
+        ... ''')
+        >>> result = ts.run_recipe(tmp / "digits_prune90.yaml", output=tmp / "run", progress=False)
+        >>> round(result.report.after.sparsity, 2), result.report.after.accuracy > 0.8
+        (0.89, True)
+        >>> (result.output / "report.md").exists()
+        True
+        >>> import shutil; shutil.rmtree(tmp)
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)

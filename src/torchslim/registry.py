@@ -8,7 +8,12 @@ Example:
     >>> MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
     >>> @MODELS.register("lenet300")
     ... def lenet300() -> nn.Module: ...
-    >>> MODELS.get("lenet300")
+    >>> MODELS.get("lenet300").__name__
+    'lenet300'
+    >>> MODELS.get("lenet5")
+    Traceback (most recent call last):
+        ...
+    torchslim.errors.UnknownNameError: unknown model 'lenet5'; registered: lenet300
 """
 
 from __future__ import annotations

@@ -8,9 +8,18 @@ page (tables plus inline PNG plots, no external resource) and to JSON, which
 round-trips exactly.
 
 Example:
-    >>> report = Report("Prune LeNet-300-100", technique="prune", before=m0, after=m1)  # doctest: +SKIP
-    >>> report.save("runs/lenet300")  # doctest: +SKIP
-    {'md': PosixPath('runs/lenet300/report.md'), 'html': ..., 'json': ...}
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model = ts.create_model("lenet300")
+    >>> x = torch.randn(1, 784)
+    >>> m0 = ts.measure(model, example_input=x, with_latency=False)
+    >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+    >>> m1 = ts.measure(model, example_input=x, with_latency=False)
+    >>> report = Report("Prune LeNet-300-100", technique="prune", before=m0, after=m1)
+    >>> paths = report.save(f"{tmp.name}/lenet300")
+    >>> {kind: path.name for kind, path in paths.items()}
+    {'md': 'report.md', 'html': 'report.html', 'json': 'report.json'}
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -224,8 +233,15 @@ def comparison_rows(before: Measurement | None, after: Measurement | None) -> li
     """``(label, before, after, change)`` text for every figure in :data:`FIELDS` order.
 
     Example:
-        >>> comparison_rows(m0, m1)[1]  # doctest: +SKIP
+        >>> model = ts.create_model("lenet300")
+        >>> x = torch.randn(1, 784)
+        >>> m0 = ts.measure(model, example_input=x, with_latency=False)
+        >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+        >>> m1 = ts.measure(model, example_input=x, with_latency=False)
+        >>> comparison_rows(m0, m1)[1]
         ('Parameters', '266,610', '266,610', 'same')
+        >>> comparison_rows(m0, m1)[2]
+        ('Non-zeros', '266,610', '27,030', '9.9x fewer')
     """
     rows = []
     for name, label, kind in FIELDS:
@@ -616,9 +632,12 @@ class Report:
             ``{"md": path, "html": path, "json": path}``.
 
         Example:
-            >>> paths = Report("demo").save(tmp_path)  # doctest: +SKIP
-            >>> sorted(paths)  # doctest: +SKIP
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> paths = Report("demo").save(tmp.name)
+            >>> sorted(paths)
             ['html', 'json', 'md']
+            >>> tmp.cleanup()
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -653,8 +672,13 @@ def load_report(path: str | os.PathLike[str]) -> Report:
         TorchslimError: The file is missing, is not JSON, or is not a torchslim report.
 
     Example:
-        >>> load_report("runs/lenet300")  # doctest: +SKIP
-        Report(title='Prune LeNet-300-100', ...)
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = Report("Prune LeNet-300-100", technique="prune").save(f"{tmp.name}/lenet300")
+        >>> report = load_report(f"{tmp.name}/lenet300")
+        >>> report.title, report.technique
+        ('Prune LeNet-300-100', 'prune')
+        >>> tmp.cleanup()
     """
     p = Path(path)
     if p.is_dir():
@@ -672,8 +696,14 @@ def render_console_table(before: Measurement | None, after: Measurement | None) 
     """The before/after table of every figure as a ``rich`` table for the terminal.
 
     Example:
+        >>> import io
         >>> from rich.console import Console
-        >>> Console().print(render_console_table(m0, m1))  # doctest: +SKIP
+        >>> model = ts.create_model("lenet300")
+        >>> m0 = ts.measure(model, example_input=torch.randn(1, 784), with_latency=False)
+        >>> console = Console(file=io.StringIO(), width=100)   # Console() prints to the terminal
+        >>> console.print(render_console_table(m0, m0))
+        >>> "│ Parameters" in console.file.getvalue()
+        True
     """
     from rich.table import Table
 

@@ -7,9 +7,13 @@ augmented epoch is reproducible. :class:`DataBundle` applies its
 uses); evaluation and calibration loaders see the clean data.
 
 Example:
-    >>> data = ts.load_data("mnist")
-    >>> data.train_transform = Jitter(2)          # random ±2 pixel shifts while training
-    >>> ts.finetune(model, data, {"epochs": 5})
+    >>> data = ts.load_data("digits")
+    >>> data.train_transform = Jitter(1)          # random ±1 pixel shifts while training
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> report = ts.finetune(model, data, {"epochs": 2})
+    >>> x, _ = next(iter(data.loader("train", 4, shuffle=True)))
+    >>> x.shape                                   # shifted, same size
+    torch.Size([4, 1, 8, 8])
 """
 
 from __future__ import annotations

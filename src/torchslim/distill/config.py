@@ -45,8 +45,12 @@ class DistillConfig(TrainConfig):
         hints: feature hints on named layer pairs.
 
     Example:
-        >>> DistillConfig(epochs=5, lr=0.05, temperature=4.0, alpha=0.9,
-        ...               hints=[{"student": "layer3", "teacher": "layer3", "loss": "attention"}])
+        >>> cfg = DistillConfig(epochs=5, lr=0.05, temperature=4.0, alpha=0.9,
+        ...                     hints=[{"student": "layer3", "teacher": "layer3", "loss": "attention"}])
+        >>> cfg.hints[0]
+        HintConfig(version=1, student='layer3', teacher='layer3', loss='attention', weight=1.0, adapter='auto')
+        >>> cfg.train_config().lr
+        0.05
     """
 
     loss: Literal["kl", "cosine", "mse", "none"] = "kl"

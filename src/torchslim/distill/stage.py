@@ -46,7 +46,13 @@ def build_teacher(spec: Literal["initial"] | TeacherSpec, ctx: Any) -> nn.Module
     a zero-argument callable returning one).
 
     Example:
-        >>> build_teacher(TeacherSpec(name="zoo:lenet300"), ctx)  # doctest: +SKIP
+        >>> from types import SimpleNamespace
+        >>> ctx = SimpleNamespace(data=None)            # the pipeline passes its StageContext
+        >>> type(build_teacher(TeacherSpec(name="zoo:lenet300"), ctx)).__name__
+        'LeNet300'
+        >>> initial = nn.Linear(4, 2)
+        >>> build_teacher("initial", SimpleNamespace(initial_model=initial)) is initial
+        True
     """
     if spec == "initial":
         initial: nn.Module | Callable[[], nn.Module] | None = getattr(ctx, "initial_model", None)

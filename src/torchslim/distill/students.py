@@ -1,8 +1,17 @@
 """Build students from a teacher: shallower (keep some layers, initialised from the teacher's) or thinner.
 
 Example:
-    >>> student = keep_layers(teacher, "every_other")   # 6-layer MiniLM -> layers 0, 2, 4
+    A tiny 6-layer BERT stands in for MiniLM (same layer stack, ``encoder.layer``):
+
+    >>> import transformers
+    >>> teacher = transformers.BertModel(transformers.BertConfig(
+    ...     vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64))
+    >>> student = keep_layers(teacher, "every_other")   # 6 layers -> layers 0, 2, 4
+    >>> len(student.encoder.layer), len(teacher.encoder.layer)
+    (3, 6)
     >>> thin = thinner("resnet_cifar", 0.7, depth=20, in_channels=1)
+    >>> thin.conv1.out_channels                         # 16 * 0.7, rounded
+    11
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ def find_layer_stack(model: nn.Module) -> str:
         TorchslimError: none of :data:`LAYER_STACKS` is found (name it with ``stack=``).
 
     Example:
-        >>> find_layer_stack(load_minilm()[0])
+        >>> import transformers
+        >>> bert = transformers.BertModel(transformers.BertConfig(
+        ...     vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+        >>> find_layer_stack(bert)                      # MiniLM (a BERT) gives the same
         'encoder.layer'
     """
     names = dict(model.named_modules())
@@ -56,9 +68,12 @@ def keep_layers(
         TorchslimError: an index is out of range, repeated, or nothing is kept.
 
     Example:
-        >>> student = keep_layers(minilm, [0, 2, 4])
-        >>> student.config.num_hidden_layers
-        3
+        >>> import transformers
+        >>> teacher = transformers.BertModel(transformers.BertConfig(
+        ...     vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64))
+        >>> student = keep_layers(teacher, [0, 2, 4])
+        >>> student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        (3, 6)
     """
     name = stack or find_layer_stack(teacher)
     layers = get_module(teacher, name)

@@ -34,9 +34,13 @@ verifies the whole-file SHA-256 and every record's CRC-32 and rejects anything
 malformed with :class:`TslimFormatError`, naming what is wrong.
 
 Example:
-    >>> ts.save(model, "lenet300.tslim", arch="zoo:lenet300")
-    >>> restored = ts.load("lenet300.tslim")                 # builds zoo:lenet300
-    >>> restored = ts.load("lenet300.tslim", lambda: MyNet())
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model = ts.create_model("lenet300")
+    >>> path = ts.save(model, f"{tmp.name}/lenet300.tslim", arch="zoo:lenet300")
+    >>> restored = ts.load(path)                              # builds zoo:lenet300
+    >>> restored = ts.load(path, lambda: ts.create_model("lenet300"))   # or a builder of your own model
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -534,8 +538,13 @@ def save(
         coding: ``huffman`` (Deep Compression) or ``fixed`` (fixed-width indices).
 
     Example:
-        >>> ts.save(model, "runs/lenet300.tslim", arch="zoo:lenet300")
-        PosixPath('runs/lenet300.tslim')
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> model = ts.create_model("lenet300")
+        >>> path = ts.save(model, f"{tmp.name}/lenet300.tslim", arch="zoo:lenet300")
+        >>> path.name
+        'lenet300.tslim'
+        >>> tmp.cleanup()
     """
     data = encode_model(model, arch=arch, meta=meta, coding=coding)
     return atomic_write_bytes(path, data)
@@ -661,8 +670,14 @@ def read(path: str | Path) -> TslimFile:
     """Read and verify a ``.tslim`` file (see :func:`parse`).
 
     Example:
-        >>> f = read("runs/lenet300.tslim"); sorted(f.state)[:2]
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = ts.save(ts.create_model("lenet300"), f"{tmp.name}/lenet300.tslim", arch="zoo:lenet300")
+        >>> f = read(path); sorted(f.state)[:2]
         ['fc1.bias', 'fc1.weight']
+        >>> f.arch
+        {'args': {}, 'model': 'zoo:lenet300'}
+        >>> tmp.cleanup()
     """
     p = Path(path)
     try:
@@ -703,7 +718,13 @@ def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = N
             a given model is then left untouched.
 
     Example:
-        >>> model = ts.load("runs/lenet300.tslim")
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = ts.save(ts.create_model("lenet300"), f"{tmp.name}/lenet300.tslim", arch="zoo:lenet300")
+        >>> model = ts.load(path)
+        >>> type(model).__name__, model.training
+        ('LeNet300', False)
+        >>> tmp.cleanup()
     """
     from torchslim.train.checkpoint import load_structured_state
 
@@ -752,7 +773,18 @@ def layer_table(f: TslimFile) -> list[LayerRow]:
     its floating tensors at 4 bytes per element.
 
     Example:
-        >>> for row in layer_table(read("runs/lenet300.tslim")): print(row.layer, f"{row.ratio:.1f}x")
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = torch.manual_seed(0)
+        >>> model = ts.create_model("lenet300")
+        >>> report = ts.share_weights_(model, {"bits": 5})
+        >>> path = ts.save(model, f"{tmp.name}/lenet300.tslim", arch="zoo:lenet300")
+        >>> for row in layer_table(read(path)):
+        ...     print(row.layer, row.encoding, f"{row.weight_bits:.0f} bits/weight", row.ratio > 4)
+        fc1 shared 5 bits/weight True
+        fc2 shared 5 bits/weight True
+        fc3 shared 6 bits/weight True
+        >>> tmp.cleanup()
     """
     rows: dict[str, dict[str, Any]] = {}
     for entry in f.records:

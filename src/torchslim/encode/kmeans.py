@@ -21,8 +21,18 @@ paper's choice), ``density`` (at quantiles of the weights' distribution) and
 1-D (assignment by the midpoints between sorted centroids).
 
 Example:
-    >>> report = ts.share_weights_(model, {"bits": 5, "targets": {"re:conv.*": {"bits": 8}}})
-    >>> ts.finetune(model, data, {"epochs": 2, "lr": 0.01})   # centroids fine-tuned
+    Per-layer bits through ``targets`` (Deep Compression uses 8 bits for
+    convolutions, ``"re:conv.*": {"bits": 8}``, and 5 for fully connected layers;
+    here the first layer of an MLP gets 8):
+
+    >>> data = ts.load_data("digits")
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> report = ts.share_weights_(model, {"bits": 5, "targets": {"fc1": {"bits": 8}, "re:fc.*": {}}})
+    >>> [(layer.name, layer.details["clusters"]) for layer in report.layers]
+    [('fc1', 256), ('fc2', 32), ('fc3', 32)]
+    >>> _ = ts.finetune(model, data, {"epochs": 2, "lr": 0.01})   # centroids fine-tuned
+    >>> len(model.fc2.weight.unique())                           # still 32 shared values
+    32
 """
 
 from __future__ import annotations
@@ -131,8 +141,8 @@ def kmeans_1d(
 
     Example:
         >>> c, labels = kmeans_1d(np.array([0.1, 0.11, 0.9, 1.0]), 2)
-        >>> c.round(3).tolist(), labels.tolist()
-        ([0.105, 0.95], [0, 0, 1, 1])
+        >>> c.dtype, [round(float(v), 3) for v in c], labels.tolist()
+        (dtype('float32'), [0.105, 0.95], [0, 0, 1, 1])
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

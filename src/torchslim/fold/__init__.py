@@ -1,8 +1,15 @@
 """Folding: exact BatchNorm folds and linear merges (``fold_``), redundant-layer removal (``drop_layers_``).
 
 Example:
-    >>> report = ts.fold_(model.eval())
+    >>> model = ts.create_model("mobilenet_v2", width_mult=0.5, num_classes=10)
+    >>> report = ts.fold_(model.eval())              # every BatchNorm into its conv, exactly
+    >>> len(report.layers)
+    52
+    >>> model = ts.create_model("transformer_encoder", image_size=8, patch_size=4)
+    >>> batches = [torch.randn(16, 1, 8, 8) for _ in range(2)]
     >>> report = ts.drop_layers_(model, {"k": 2, "criterion": "block_influence"}, calibration=batches)
+    >>> len(model.blocks)                            # 4 blocks, the 2 most redundant removed
+    2
 """
 
 from torchslim.fold.api import FoldConfig, fold_, plan_folds

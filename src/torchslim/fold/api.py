@@ -16,9 +16,10 @@ without running statistics, a module called more than once, a BatchNorm whose
 input is not a conv/linear output.
 
 Example:
+    >>> model = ts.create_model("mobilenet_v2", width_mult=0.5, num_classes=10)
     >>> report = ts.fold_(model.eval(), {})
     >>> [(l.name, l.details["absorbed"]) for l in report.layers][:2]
-    [('features.0.0', 'features.0.1'), ...]
+    [('features.0.0', 'features.0.1'), ('features.1.conv.0.0', 'features.1.conv.0.1')]
 """
 
 from __future__ import annotations
@@ -123,8 +124,12 @@ def plan_folds(model: nn.Module, config: FoldConfig | dict[str, Any], *, filter_
     """Everything ``fold_`` would do, computed without touching ``model``.
 
     Example:
+        >>> model = ts.create_model("mobilenet_v2", width_mult=0.5, num_classes=10)
         >>> plan = plan_folds(model.eval(), {})
-        >>> sorted(plan.replacements)[:2]
+        >>> sorted(plan.replacements)[:2]                # the folded conv, the BatchNorm's Identity
+        ['features.0.0', 'features.0.1']
+        >>> type(model.features[0][1]).__name__          # the model itself is untouched
+        'BatchNorm2d'
     """
     cfg = FoldConfig.parse(config)
     graphs = _traced(model)

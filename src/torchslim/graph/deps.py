@@ -13,9 +13,16 @@ the engine does not understand is *frozen*, with the reason recorded: it is neve
 pruned, and naming its layer explicitly raises an error that says why.
 
 Example:
-    >>> groups = dependency_groups(model, example_input)
-    >>> [(g.channels, [m.module for m in g.members]) for g in groups if g.prunable][:1]
-    [(16, ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.conv2'])]
+    >>> model = ts.create_model("resnet_cifar", depth=20)
+    >>> deps = dependency_groups(model, torch.randn(1, 3, 32, 32))
+    >>> g = next(g for g in deps.groups if g.prunable and "layer1.0.conv1" in g.producers)
+    >>> g.channels, [m.module for m in g.members]          # inside a residual block
+    (16, ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.conv2'])
+    >>> residual = next(g for g in deps.groups if "conv1" in g.producers)
+    >>> sorted(residual.producers)                         # united by the residual adds
+    ['conv1', 'layer1.0.conv2', 'layer1.1.conv2', 'layer1.2.conv2']
+    >>> [g.frozen for g in deps.groups if not g.prunable]
+    ['model input', 'reaches the model output']
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Swap modules and parameters by qualified name.
 
 Example:
-    >>> replace_module(model, "layer1.0.conv1", nn.Conv2d(16, 8, 3, padding=1))
-    >>> get_module(model, "layer1.0.conv1").out_channels
-    8
+    >>> model = ts.create_model("resnet_cifar", depth=20)
+    >>> old = replace_module(model, "layer1.0.conv1", nn.Conv2d(16, 8, 3, padding=1))
+    >>> old.out_channels, get_module(model, "layer1.0.conv1").out_channels
+    (16, 8)
 """
 
 from __future__ import annotations

@@ -1,7 +1,15 @@
 """Low-rank factorisation (``factorize_``): truncated SVD of Linear layers (optionally data-aware), Tucker-2 of convs.
 
 Example:
-    >>> report = ts.factorize_(model, {"ratio": 0.5})
+    >>> model = ts.create_model("lenet300")
+    >>> report = ts.factorize_(model, {"ratio": 0.5})       # first and last layers kept by default
+    >>> [(l.name, l.details["params_before"], l.details["params_after"]) for l in report.layers]
+    [('fc2', 30000, 14800)]
+    >>> model.fc2
+    Sequential(
+      (0): Linear(in_features=300, out_features=37, bias=False)
+      (1): Linear(in_features=37, out_features=100, bias=True)
+    )
 """
 
 from torchslim.lowrank.api import FactorizeConfig, LayerFactorizeConfig, factorize_

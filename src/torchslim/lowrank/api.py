@@ -16,6 +16,8 @@ truncated SVD of ``W L`` (``C = L Lᵀ``) minimises ``‖(W − W')X‖_F`` inst
 ``‖W − W'‖_F``.
 
 Example:
+    >>> model = ts.create_model("resnet_cifar", depth=8)
+    >>> x = torch.randn(8, 3, 16, 16)
     >>> report = ts.factorize_(model, {"macs_ratio": 0.5}, example_input=x[:1])
     >>> report.meta["macs_after"] / report.meta["macs_before"] <= 0.5
     True
@@ -307,10 +309,15 @@ def factorize_(
             ``data_aware`` without (or with empty) ``calibration``. The model is then unchanged.
 
     Example:
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = ts.factorize_(model, {"energy": 0.9})
-        >>> report.layers[0].details["method"]
-        'svd'
+        >>> report.layers[0].name, report.layers[0].details["method"]
+        ('fc2', 'svd')
+        >>> data = ts.load_data("digits")
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = ts.factorize_(model, {"ratio": 0.5, "data_aware": True}, calibration=data.loader("train"))
+        >>> report.layers[0].details["data_aware"], report.layers[0].details["ranks"]
+        (True, [37])
     """
     cfg = FactorizeConfig.parse(config if config is not None else {})
     if cfg.data_aware and calibration is None:

@@ -36,8 +36,9 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     """Smallest rank whose squared singular values hold at least ``energy`` of the total.
 
     Example:
-        >>> rank_for_energy(torch.tensor([3.0, 1.0, 0.1]), 0.9)
-        1
+        >>> s = torch.tensor([3.0, 1.0, 0.1])      # squares 9, 1, 0.01: the first holds 89.9 %
+        >>> rank_for_energy(s, 0.85), rank_for_energy(s, 0.9)
+        (1, 2)
     """
     e = torch.cumsum(s.double() ** 2, 0)
     return int(torch.searchsorted(e, energy * e[-1] * (1 - 1e-12)).item()) + 1

@@ -1,10 +1,17 @@
 """Measure in one place: every figure in a report, a test or a benchmark comes from here.
 
 Example:
-    >>> import torchslim.measure as tm
-    >>> m = tm.measure(model, test_loader, example_input=x[:1])  # doctest: +SKIP
-    >>> tm.format_value(m.accuracy, "pct")  # doctest: +SKIP
-    '98.21 %'
+    >>> from torchslim.measure import format_value, measure
+    >>> data = ts.load_data("digits")
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> test_loader, x = data.loader("test"), data.test.x
+    >>> m = measure(model, test_loader, example_input=x[:1], latency_runs=5)
+    >>> format_value(m.params, "int"), 0.0 <= m.accuracy <= 1.0
+    ('50,610', True)
+
+    Import names from ``torchslim.measure`` as above: ``torchslim`` re-exports
+    :func:`measure` under the subpackage's name, so ``ts.measure`` (and
+    ``import torchslim.measure as tm``) is that function, not this module.
 """
 
 from __future__ import annotations

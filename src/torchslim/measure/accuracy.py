@@ -94,7 +94,14 @@ def evaluate_loss_and_accuracy(model: nn.Module, loader: Iterable[Any]) -> tuple
         TorchslimError: The loader is empty or yields malformed batches.
 
     Example:
-        >>> loss, acc = evaluate_loss_and_accuracy(model, test_loader)  # doctest: +SKIP
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+        >>> test_loader = [(x[:2], torch.tensor([0, 1])), (x[2:], torch.tensor([1, 1]))]
+        >>> loss, acc = evaluate_loss_and_accuracy(model, test_loader)
+        >>> round(loss, 4), acc
+        (0.4971, 0.75)
     """
     total_loss = 0.0
     correct = 0
@@ -126,8 +133,13 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any]) -> float:
         TorchslimError: The loader is empty or yields malformed batches.
 
     Example:
-        >>> evaluate_accuracy(model, [(x, y)])  # doctest: +SKIP
-        0.9821
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])   # predicts 0, 1, 0, 1
+        >>> y = torch.tensor([0, 1, 1, 1])
+        >>> evaluate_accuracy(model, [(x, y)])
+        0.75
     """
     correct = 0
     seen = 0

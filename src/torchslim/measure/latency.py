@@ -203,8 +203,16 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     models without one are untouched.
 
     Example:
-        >>> with eager_attention(model):  # doctest: +SKIP
-        ...     torch.onnx.export(model, ...)
+        >>> import transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(
+        ...     vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+        >>> model.config._attn_implementation
+        'sdpa'
+        >>> with eager_attention(model):      # export in here (onnx_export_bytes does)
+        ...     model.config._attn_implementation
+        'eager'
+        >>> model.config._attn_implementation
+        'sdpa'
     """
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
                and getattr(c, "_attn_implementation", None) not in (None, "eager")}

@@ -138,8 +138,13 @@ def file_bytes(path: str | os.PathLike[str]) -> int:
         TorchslimError: ``path`` does not exist.
 
     Example:
-        >>> file_bytes("model.tslim")  # doctest: +SKIP
-        27416
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = Path(tmp.name, "model.tslim").write_bytes(bytes(100))
+        >>> _ = Path(tmp.name, "model.json").write_bytes(bytes(20))
+        >>> file_bytes(f"{tmp.name}/model.tslim"), file_bytes(tmp.name)
+        (100, 120)
+        >>> tmp.cleanup()
     """
     p = Path(path)
     if not p.exists():

@@ -41,8 +41,15 @@ def prune_(
         example_input: one input batch (structured pruning traces the model with it).
 
     Example:
-        >>> ts.prune_(model, {"sparsity": 0.9})                                      # masks
-        >>> ts.prune_(model, {"granularity": "channel", "macs_target": 0.5}, example_input=x)  # surgery
+        >>> model = ts.create_model("lenet300")
+        >>> report = ts.prune_(model, {"sparsity": 0.9})                             # masks
+        >>> [(l.name, l.params, l.nonzeros) for l in report.layers]                  # fc1, fc3 kept by default
+        [('fc2', 30000, 3000)]
+        >>> model = ts.create_model("resnet_cifar", depth=8)
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> report = ts.prune_(model, {"granularity": "channel", "macs_target": 0.5}, example_input=x)  # surgery
+        >>> model.layer1[0].conv1
+        Conv2d(16, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
     structured = isinstance(config, StructuredPruneConfig) or (
         isinstance(config, dict) and config.get("granularity") in STRUCTURED_GRANULARITIES

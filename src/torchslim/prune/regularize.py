@@ -101,7 +101,12 @@ def select_layers(
     """The penalised layers with their weights, and the skipped ones with reasons.
 
     Example:
+        >>> model = ts.create_model("lenet300")
         >>> chosen, skipped = select_layers(model, RegularizeConfig(targets={"fc3": None, "re:.*": {}}))
+        >>> [(name, weight) for name, _, weight in chosen]
+        [('fc2', 1.0)]
+        >>> [s.reason for s in skipped]
+        ['first layer kept (keep_first_last; name it in targets to include it)', "excluded by targets['fc3'] = null"]
     """
     layers = prunable_layers(model)
     if not layers:
@@ -140,8 +145,12 @@ class SparsityRegularizer(Callback):
     ``last_penalty`` holds the value added at the last step.
 
     Example:
+        >>> data = ts.load_data("digits")
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> reg = SparsityRegularizer(model, {"penalty": "group_lasso", "strength": 1e-3})
-        >>> ts.finetune(model, data, {"epochs": 5}, callbacks=[reg])
+        >>> report = ts.finetune(model, data, {"epochs": 5}, callbacks=[reg])
+        >>> [name for name, _, _ in reg.layers], reg.last_penalty > 0
+        (['fc2'], True)
     """
 
     def __init__(
@@ -192,7 +201,14 @@ def prune_small_(
     every layer before any is attached.
 
     Example:
-        >>> prune_small_(model, [("fc2", model.fc2)], "l1", threshold=1e-3)
+        >>> layer = nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[0.5, 1e-4, -2.0, 0.0], [1e-5, 0.3, 0.0, -1e-3]]))
+        >>> model = nn.Sequential(layer)
+        >>> [r.nonzeros for r in prune_small_(model, [("0", layer)], "l1", threshold=1e-3)]
+        [3]
+        >>> (layer.weight != 0).int().tolist()
+        [[1, 0, 1, 0], [0, 1, 0, 0]]
     """
     if (threshold is None) == (sparsity is None):
         raise TransformRefusedError("give exactly one of threshold and sparsity")
@@ -263,8 +279,12 @@ def sparse_train(
         training histories and the final penalty value.
 
     Example:
+        >>> data = ts.load_data("digits")
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = sparse_train(model, data, {"penalty": "l1", "strength": 5e-5,
         ...     "train": {"epochs": 5, "lr": 0.05}, "sparsity": 0.9, "finetune": {"epochs": 1, "lr": 0.01}})
+        >>> [(l.name, l.details["sparsity_after"]) for l in report.layers]
+        [('fc2', 0.9)]
     """
     cfg = SparseTrainConfig.parse(config)
     reg = SparsityRegularizer(model, RegularizeConfig.parse(cfg.model_dump(include=set(RegularizeConfig.model_fields))), filter_fn=filter_fn)

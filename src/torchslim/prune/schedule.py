@@ -73,7 +73,10 @@ class ScheduledPruneConfig(PruneConfig):
     """A :class:`PruneConfig` plus its :class:`ScheduleConfig` (the ``prune`` recipe stage).
 
     Example:
-        >>> ScheduledPruneConfig.parse({"sparsity": 0.9, "schedule": {"kind": "iterative", "rounds": 3, "finetune": {"epochs": 1}}})
+        >>> cfg = ScheduledPruneConfig.parse(
+        ...     {"sparsity": 0.9, "schedule": {"kind": "iterative", "rounds": 3, "finetune": {"epochs": 1}}})
+        >>> cfg.schedule.kind, cfg.schedule.rounds, cfg.schedule.finetune.epochs
+        ('iterative', 3, 1)
     """
 
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -103,7 +106,7 @@ def gradual_sparsity(step: int, initial: float, final: float, start_step: int, r
     """Zhu & Gupta's cubic ramp: ``s_f + (s_i - s_f)(1 - (t - t0)/(nΔt))³``, clamped to ``[t0, t0 + nΔt]``.
 
     Example:
-        >>> gradual_sparsity(50, 0.0, 0.8, 0, 100)
+        >>> round(gradual_sparsity(50, 0.0, 0.8, 0, 100), 6)     # 0.8 - 0.8 * 0.5**3
         0.7
     """
     frac = min(1.0, max(0.0, (step - start_step) / ramp_steps))
@@ -114,7 +117,10 @@ def calibration_loader(data: DataBundle, cfg: CalibrationConfig) -> Any:
     """The calibration batches a :class:`CalibrationConfig` names, drawn from ``data``.
 
     Example:
-        >>> loader = calibration_loader(ts.load_data("digits"), CalibrationConfig(batches=4))
+        >>> loader = calibration_loader(ts.load_data("digits"), CalibrationConfig(batches=4, batch_size=32))
+        >>> x, y = next(iter(loader))                   # shuffled with the config's seed
+        >>> x.shape
+        torch.Size([32, 1, 8, 8])
     """
     return data.loader(cfg.split, cfg.batch_size, shuffle=True, seed=cfg.seed)
 
@@ -151,8 +157,12 @@ class GradualPruning(Callback):
     ramp ends, :meth:`on_finalize` prunes to the final sparsity.
 
     Example:
-        >>> cb = GradualPruning(PruneConfig(sparsity=0.9), ScheduleConfig(kind="gradual", frequency=50, finetune={}))
-        >>> ts.finetune(model, data, {"epochs": 3}, callbacks=[cb])
+        >>> data = ts.load_data("digits")
+        >>> model = ts.create_model("lenet300", in_features=64)
+        >>> cb = GradualPruning(PruneConfig(sparsity=0.9), ScheduleConfig(kind="gradual", frequency=5, finetune={}))
+        >>> report = ts.finetune(model, data, {"epochs": 3}, callbacks=[cb])    # 33 steps, ramp over 25
+        >>> [(step, round(s, 2)) for step, s in cb.history]
+        [(0, 0.0), (5, 0.44), (10, 0.71), (15, 0.84), (20, 0.89), (25, 0.9)]
     """
 
     def __init__(
@@ -240,8 +250,12 @@ def prune_with_schedule(
         update (sparsity, validation accuracy after fine-tune).
 
     Example:
-        >>> prune_with_schedule(model, {"sparsity": 0.92, "keep_first_last": False,
+        >>> data = ts.load_data("digits")
+        >>> model = ts.create_model("lenet300", in_features=64)
+        >>> report = prune_with_schedule(model, {"sparsity": 0.92, "keep_first_last": False,
         ...     "schedule": {"kind": "iterative", "rounds": 4, "finetune": {"epochs": 2, "lr": 0.01}}}, data)
+        >>> [round(r["sparsity"], 2) for r in report.meta["schedule"]["rounds"]]
+        [0.47, 0.72, 0.85, 0.92]
     """
     cfg = ScheduledPruneConfig.parse(config)
     sched = cfg.schedule

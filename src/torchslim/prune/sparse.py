@@ -133,9 +133,17 @@ def save_sparse(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
     last (atomically), so a sidecar always describes a complete tensors file.
 
     Example:
-        >>> save_sparse(model, "runs/lenet300-sparse")
-        PosixPath('runs/lenet300-sparse.safetensors')
-        >>> ts.measure.file_bytes("runs/lenet300-sparse.safetensors")
+        >>> import tempfile
+        >>> from torchslim.measure import dense_bytes, file_bytes
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> model = ts.create_model("lenet300")
+        >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+        >>> path = save_sparse(model, f"{tmp.name}/lenet300-sparse")
+        >>> path.name
+        'lenet300-sparse.safetensors'
+        >>> file_bytes(path) < dense_bytes(model) / 5
+        True
+        >>> tmp.cleanup()
     """
     tensors_path, sidecar = _paths(path)
     state = model.state_dict()
@@ -188,7 +196,17 @@ def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Decode a sparse file into a full state dict (checksum verified, nothing unpickled).
 
     Example:
-        >>> state = read_sparse_state("runs/lenet300-sparse")
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> model = ts.create_model("lenet300")
+        >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+        >>> _ = save_sparse(model, f"{tmp.name}/lenet300-sparse")
+        >>> state = read_sparse_state(f"{tmp.name}/lenet300-sparse")
+        >>> sorted(state)[:3]
+        ['fc1.bias', 'fc1.weight', 'fc1.weight_mask']
+        >>> all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        True
+        >>> tmp.cleanup()
     """
     from torchslim.train.checkpoint import read_verified  # late: torchslim.train imports torchslim.prune
 
@@ -231,7 +249,18 @@ def load_sparse(model: nn.Module, path: str | Path) -> dict[str, Any]:
     The model is left untouched when the file is corrupt or does not fit it.
 
     Example:
-        >>> load_sparse(ts.create_model("lenet300"), "runs/lenet300-sparse")
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> model = ts.create_model("lenet300")
+        >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+        >>> _ = save_sparse(model, f"{tmp.name}/lenet300-sparse", meta={"sparsity": 0.9})
+        >>> restored = ts.create_model("lenet300")
+        >>> load_sparse(restored, f"{tmp.name}/lenet300-sparse")
+        {'sparsity': 0.9}
+        >>> x = torch.randn(2, 784)
+        >>> torch.equal(restored(x), model(x))
+        True
+        >>> tmp.cleanup()
     """
     from torchslim.train.checkpoint import load_state
 
@@ -245,7 +274,16 @@ def sparse_file_bytes(path: str | Path) -> int:
     """Bytes on disk of a sparse save: the tensors file plus its sidecar.
 
     Example:
-        >>> sparse_file_bytes("runs/lenet300-sparse")
+        >>> import tempfile
+        >>> from torchslim.measure import file_bytes
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> model = ts.create_model("lenet300")
+        >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
+        >>> path = save_sparse(model, f"{tmp.name}/lenet300-sparse")
+        >>> sidecar = file_bytes(f"{tmp.name}/lenet300-sparse.json")
+        >>> sparse_file_bytes(f"{tmp.name}/lenet300-sparse") == file_bytes(path) + sidecar
+        True
+        >>> tmp.cleanup()
     """
     from torchslim.measure import file_bytes
 

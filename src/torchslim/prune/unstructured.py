@@ -87,8 +87,15 @@ def prune_(
         TransformRefusedError: nothing to prune, or a data-needing criterion without ``loader``.
 
     Example:
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = ts.prune_(model, {"sparsity": 0.9, "scope": "global"})
+        >>> report.layers[0].details["sparsity_after"]
+        0.9
+        >>> loader = ts.load_data("digits").loader("train", 128)     # taylor scores need gradients
+        >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = ts.prune_(model, {"granularity": "nm", "n": 2, "m": 4, "criterion": "taylor"}, loader=loader)
+        >>> report.layers[0].details["pattern"], report.layers[0].details["sparsity_after"]
+        ('2:4', 0.5)
     """
     config = PruneConfig.parse(config)
     chosen, skipped = _select(model, config, filter_fn)

@@ -2,8 +2,12 @@
 
 Example:
     >>> import torchslim as ts
-    >>> report = ts.quantize_(model, {"weight": {"bits": 8}}, calibration=data.loader("train"))  # doctest: +SKIP
-    >>> proto = export_qdq(model, data.example_input())  # doctest: +SKIP
+    >>> data = ts.load_data("digits")
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> report = ts.quantize_(model, {"weight": {"bits": 8}}, calibration=data.loader("train"))
+    >>> proto = export_qdq(model, data.example_input())
+    >>> OrtModel(proto, threads=1)(data.test.x[:4]).shape       # int8 in ONNX Runtime
+    torch.Size([4, 10])
 """
 
 from torchslim.quant.affine import (

@@ -9,8 +9,10 @@ Example:
     >>> spec = QuantSpec(bits=8, signed=True, symmetric=True, granularity="channel", axis=0)
     >>> w = torch.randn(4, 3)
     >>> qp = qparams_from_tensor(w, spec)
+    >>> qp.scale.shape                              # one scale per output channel
+    torch.Size([4])
     >>> q = quantize(w, qp)
-    >>> int(q.abs().max()) <= 127
+    >>> qp.qmin <= int(q.min()) and int(q.max()) <= qp.qmax    # within [-128, 127]
     True
 """
 
@@ -200,8 +202,9 @@ def qparams_from_tensor(x: torch.Tensor, spec: QuantSpec) -> QParams:
     """Min-max scale and zero point of ``x`` itself (what weights use).
 
     Example:
-        >>> qparams_from_tensor(torch.tensor([-1.0, 0.5]), QuantSpec()).scale * 127
-        tensor(1.)
+        >>> qp = qparams_from_tensor(torch.tensor([-1.0, 0.5]), QuantSpec())   # symmetric: max|x| / 127.5
+        >>> round(float(qp.scale) * 127.5, 6), int(qp.zero_point)
+        (1.0, 0)
     """
     lo, hi = reduce_min_max(x, spec)
     qp = qparams_from_range(lo, hi, spec)

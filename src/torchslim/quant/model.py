@@ -232,8 +232,9 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
     Example:
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> for _, l in quantizable_layers(m): swap_layer(l, WeightQuantConfig())
-        >>> place_activation_quant(m, ActQuantConfig()).points
-        ['input_0', '1']
+        >>> placement = place_activation_quant(m, ActQuantConfig())
+        >>> placement.method, placement.points      # the ReLU's output (torch.fx names it _1), the model input
+        ('graph', ['_1', 'input_0'])
     """
     try:
         graph = _Tracer().trace(model)

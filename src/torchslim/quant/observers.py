@@ -82,7 +82,7 @@ class MinMaxObserver(Observer):
 
     Example:
         >>> o = MinMaxObserver(QuantSpec()); o.update(torch.tensor([-2.0, 1.0]))
-        >>> float(o.qparams().scale) * 127
+        >>> round(float(o.qparams().scale) * 127.5, 6)    # symmetric 8-bit: max|x| / 127.5
         2.0
     """
 
@@ -201,7 +201,7 @@ class MSEObserver(_SampleObserver):
         min_ratio: the smallest fraction of the observed range tried.
 
     Example:
-        >>> torch.manual_seed(0); o = MSEObserver(QuantSpec(bits=4))
+        >>> _ = torch.manual_seed(0); o = MSEObserver(QuantSpec(bits=4))
         >>> x = torch.randn(10000); o.update(x)
         >>> float(o.qparams().scale) < float(x.abs().max()) / 7
         True

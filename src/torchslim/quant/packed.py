@@ -10,8 +10,17 @@ quantized structure on a fresh float model of the same architecture and loads th
 integers back: the model's outputs are bit-identical to the saved model's.
 
 Example:
-    >>> save_packed(qmodel, "runs/lenet5-w4")  # doctest: +SKIP
-    >>> load_packed(create_model("lenet5"), "runs/lenet5-w4")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from torchslim.quant import quantize_
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> qmodel = ts.create_model("lenet5")
+    >>> x = torch.randn(8, 1, 28, 28)
+    >>> report = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=[x])
+    >>> path = save_packed(qmodel, f"{tmp.name}/lenet5-w4")
+    >>> restored = load_packed(ts.create_model("lenet5"), f"{tmp.name}/lenet5-w4")
+    >>> torch.equal(restored.eval()(x), qmodel.eval()(x))
+    True
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -79,8 +88,15 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
         TorchslimError: the model was not quantized by ``quantize_``.
 
     Example:
-        >>> save_packed(qmodel, "out/model")  # doctest: +SKIP
-        PosixPath('out/model.safetensors')
+        >>> import tempfile
+        >>> from torchslim.quant import quantize_
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> qmodel = ts.create_model("lenet300")
+        >>> report = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=[torch.randn(8, 784)])
+        >>> path = save_packed(qmodel, f"{tmp.name}/model")
+        >>> path.name
+        'model.safetensors'
+        >>> tmp.cleanup()
     """
     info = model.__dict__.get("_torchslim_quant")
     if info is None:
@@ -143,7 +159,16 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         CheckpointError: missing or corrupt files, or tensors that do not fit the model.
 
     Example:
-        >>> load_packed(create_model("lenet5"), "out/model")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from torchslim.quant import quantize_
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> qmodel = ts.create_model("lenet5")
+        >>> report = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=[torch.randn(8, 1, 28, 28)])
+        >>> _ = save_packed(qmodel, f"{tmp.name}/model")
+        >>> model = load_packed(ts.create_model("lenet5"), f"{tmp.name}/model")
+        >>> type(model.fc1).__name__
+        'QuantLinear'
+        >>> tmp.cleanup()
     """
     import copy
 
@@ -219,7 +244,17 @@ def packed_bytes(path: str | Path) -> int:
     """Bytes on disk of a packed checkpoint (tensors file + sidecar).
 
     Example:
-        >>> packed_bytes("out/model")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from torchslim.measure import dense_bytes
+        >>> from torchslim.quant import quantize_
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> qmodel = ts.create_model("lenet300")
+        >>> float_bytes = dense_bytes(qmodel)
+        >>> report = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=[torch.randn(8, 784)])
+        >>> _ = save_packed(qmodel, f"{tmp.name}/model")
+        >>> packed_bytes(f"{tmp.name}/model") < float_bytes / 7     # 4 bits instead of 32 per weight
+        True
+        >>> tmp.cleanup()
     """
     tensors_path, sidecar = _paths(path)
     return tensors_path.stat().st_size + sidecar.stat().st_size

@@ -161,8 +161,10 @@ def quantize_(
         TransformRefusedError: nothing to quantize, already quantized, or no calibration data.
 
     Example:
-        >>> report = quantize_(model, {"mode": "static", "weight": {"bits": 8}}, calibration=loader)  # doctest: +SKIP
-        >>> report.layers[0].details["bits"]  # doctest: +SKIP
+        >>> model = ts.create_model("lenet300", in_features=64)
+        >>> loader = ts.load_data("digits").loader("train", 64)
+        >>> report = quantize_(model, {"mode": "static", "weight": {"bits": 8}}, calibration=loader)
+        >>> report.layers[0].details["bits"]
         8
     """
     config = QuantizeConfig.parse(config)
@@ -261,7 +263,15 @@ def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, t
         TorchslimError: ``info`` is not a quantization record.
 
     Example:
-        >>> rebuild_quantized(create_model("lenet5"), quant_info(qmodel), qmodel.state_dict())  # doctest: +SKIP
+        >>> qmodel = ts.create_model("lenet5")
+        >>> x = torch.randn(8, 1, 28, 28)
+        >>> report = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=[x])
+        >>> model = ts.create_model("lenet5")
+        >>> rebuild_quantized(model, quant_info(qmodel), qmodel.state_dict())
+        >>> model.load_state_dict(qmodel.state_dict())
+        <All keys matched successfully>
+        >>> torch.equal(model.eval()(x), qmodel.eval()(x))
+        True
     """
     if not isinstance(info, dict) or "config" not in info or not isinstance(info.get("layers"), dict):
         raise TorchslimError("the quantization record lacks its config or layers")

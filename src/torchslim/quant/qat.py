@@ -8,8 +8,16 @@ calibrated (or learned) values. With a ``teacher`` the loss is Hinton's soft
 targets (from :mod:`torchslim.distill.losses`) mixed with the hard labels.
 
 Example:
-    >>> quantize_(model, {"weight": {"bits": 4}}, calibration=data.loader("train"))  # doctest: +SKIP
-    >>> qat_finetune(model, data, {"epochs": 2, "lr": 0.01}, teacher=float_model)  # doctest: +SKIP
+    >>> import copy
+    >>> from torchslim.quant import quantize_
+    >>> data = ts.load_data("digits")
+    >>> model = ts.create_model("lenet300", in_features=64)
+    >>> _ = ts.finetune(model, data, {"epochs": 3, "lr": 0.1})
+    >>> float_model = copy.deepcopy(model)
+    >>> _ = quantize_(model, {"weight": {"bits": 4}}, calibration=data.loader("train"))
+    >>> report = qat_finetune(model, data, {"epochs": 2, "lr": 0.01}, teacher=float_model)
+    >>> len(report.meta["history"])
+    2
 """
 
 from __future__ import annotations
@@ -110,7 +118,15 @@ def qat_finetune(
         TransformRefusedError: the model has no quantized layer.
 
     Example:
-        >>> qat_finetune(qmodel, data, {"epochs": 1, "lr": 0.005}, teacher=fp32_model)  # doctest: +SKIP
+        >>> import copy
+        >>> from torchslim.quant import quantize_
+        >>> data = ts.load_data("digits")
+        >>> fp32_model = ts.create_model("lenet300", in_features=64)
+        >>> qmodel = copy.deepcopy(fp32_model)
+        >>> _ = quantize_(qmodel, {"weight": {"bits": 4}}, calibration=data.loader("train"))
+        >>> report = qat_finetune(qmodel, data, {"epochs": 1, "lr": 0.005}, teacher=fp32_model)
+        >>> report.meta["kd"]["temperature"], report.meta["kd"]["alpha"]      # the KDConfig defaults
+        (4.0, 0.9)
     """
     if not weight_quantizers(model):
         raise TransformRefusedError("QAT needs a quantized model: run quantize_ first")

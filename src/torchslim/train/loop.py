@@ -184,7 +184,12 @@ def finetune(
         (``epoch``, ``loss``, ``val_accuracy``, ``lr``, ``seconds``).
 
     Example:
-        >>> ts.finetune(model, ts.load_data("mnist"), {"epochs": 2, "lr": 0.05})
+        >>> model = ts.create_model("lenet300", in_features=64)
+        >>> report = ts.finetune(model, ts.load_data("digits"), {"epochs": 2, "lr": 0.05})
+        >>> [sorted(row) for row in report.meta["history"]][0]
+        ['epoch', 'loss', 'lr', 'seconds', 'val_accuracy']
+        >>> [row["epoch"] for row in report.meta["history"]]
+        [1, 2]
     """
     cfg = TrainConfig.parse(config)
     console = Console(stderr=True)

@@ -84,6 +84,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int = 128, paddin
         padding: ``"longest"`` (pad to the longest text) or ``"max_length"``.
 
     Example:
+        >>> _, tokenizer = load_minilm()
         >>> tokenize(tokenizer, ["hello world"], max_length=8, padding="max_length")["input_ids"].shape
         torch.Size([1, 8])
     """
@@ -106,6 +107,7 @@ def pack_tokens(encoding: dict[str, torch.Tensor]) -> torch.Tensor:
     """Stack ``input_ids`` and ``attention_mask`` into one int64 tensor ``(N, 2, L)`` for :class:`SentenceEncoder`.
 
     Example:
+        >>> _, tokenizer = load_minilm()
         >>> pack_tokens(tokenize(tokenizer, ["hi"], 8, "max_length")).shape
         torch.Size([1, 2, 8])
     """
@@ -121,7 +123,8 @@ class SentenceEncoder(nn.Module):
     positions are masked out) but saves their compute.
 
     Example:
-        >>> enc = SentenceEncoder(load_minilm()[0])
+        >>> model, tokenizer = load_minilm()
+        >>> enc = SentenceEncoder(model)
         >>> enc(pack_tokens(tokenize(tokenizer, ["a cat"]))).shape
         torch.Size([1, 384])
     """
@@ -185,6 +188,7 @@ def minilm(normalize: bool = False) -> nn.Module:
     """Pretrained all-MiniLM-L6-v2 as a :class:`SentenceEncoder` (packed tokens in, mean-pooled embeddings out).
 
     Example:
+        >>> from torchslim.zoo import create_model
         >>> create_model("minilm").encoder.config.num_hidden_layers
         6
     """

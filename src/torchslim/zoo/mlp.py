@@ -71,6 +71,7 @@ def mlp(
     """Fully connected classifier with hidden widths ``hidden`` and dropout ``dropout`` (hidden) / ``input_dropout``.
 
     Example:
+        >>> from torchslim.zoo import create_model
         >>> create_model("mlp", hidden=[800, 800]).fc2.weight.shape
         torch.Size([800, 800])
     """
