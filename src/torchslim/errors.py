@@ -58,3 +58,14 @@ class CheckpointError(TorchslimError):
 
 class TransformRefusedError(TorchslimError):
     """A technique refused to transform a model; the model was left unchanged."""
+
+
+class TrainingDivergedError(TorchslimError):
+    """The training loss became NaN or infinite; the model's parameters and buffers were restored.
+
+    ``epoch`` and ``step`` say where (1-based), ``lr`` the learning rate of that step.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, lr: float) -> None:
+        self.epoch, self.step, self.lr = epoch, step, lr
+        super().__init__(message)

@@ -155,3 +155,18 @@ def test_masks_stay_applied_while_distilling(digits, teacher):
     zero = student.fc1.weight == 0
     distill(student, teacher, digits, {"epochs": 1, "lr": 0.05, "batch_size": 32}, progress=False)
     assert int((student.fc1.weight[zero] != 0).sum()) == 0
+
+
+def test_diverging_distillation_is_stopped_and_cleaned_up(digits, teacher):
+    from torchslim.errors import TrainingDivergedError
+
+    student = _student()
+    before, t_before = _state(student), _state(teacher)
+    with pytest.raises(TrainingDivergedError, match="student: the training loss became"):
+        distill(student, teacher, digits, {"epochs": 2, "lr": 1e12, "hints": [{"student": "act1", "teacher": "act2"}]},
+                progress=False, description="student")
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())
+    assert not student._forward_pre_hooks and not student._forward_hooks  # the distiller's hooks are gone
+    assert all(not m._forward_hooks for m in teacher.modules())
+    assert not teacher.training

@@ -41,3 +41,23 @@ def test_qat_with_distillation_and_lsq(trained, digits, float_accuracy) -> None:
 def test_qat_needs_a_quantized_model(trained, digits) -> None:
     with pytest.raises(TransformRefusedError, match="run quantize_ first"):
         qat_finetune(trained, digits, TRAIN, progress=False)
+
+
+def test_diverging_qat_restores_the_model_and_its_observers(trained, digits) -> None:
+    from torchslim.errors import TrainingDivergedError
+    from torchslim.quant.model import activation_quantizers, weight_quantizers
+
+    teacher = copy.deepcopy(trained)
+    quantize_(trained, {"mode": "static", "weight": {"bits": 4}}, calibration=digits.loader("train", 128))
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    flags = [fq.observing for _, fq in [*weight_quantizers(trained), *activation_quantizers(trained)]]
+    with torch.no_grad():  # a broken teacher: the distillation loss is NaN from the first batch
+        next(teacher.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="step 1 "):
+        qat_finetune(trained, digits, TRAIN, teacher=teacher, progress=False)
+    assert all(torch.equal(v, state[k]) for k, v in trained.state_dict().items())
+    assert [fq.observing for _, fq in [*weight_quantizers(trained), *activation_quantizers(trained)]] == flags
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in trained.modules())  # distiller closed
+    x = digits.test.x[:8]
+    with torch.no_grad():
+        assert torch.isfinite(trained(x)).all()

@@ -90,3 +90,45 @@ def test_bad_train_config_names_every_field():
         TrainConfig.parse({"epochs": -1, "optimizer": "lion", "lr": 0})
     assert sorted(i.path for i in exc.value.issues) == ["epochs", "lr", "optimizer"]
     assert "'sgd', 'adam' or 'adamw'" in str(exc.value)
+
+
+def test_nan_loss_stops_training_and_restores_the_model(digits):
+    from torchslim.errors import TrainingDivergedError
+
+    m = mlp()
+    prune_(m, {"sparsity": 0.5})
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    calls = []
+
+    class Spy(Callback):
+        def on_abort(self, state):
+            calls.append(("abort", state.step))
+
+        def on_finalize(self, state):
+            calls.append(("finalize", state.step))
+
+    ce = torch.nn.CrossEntropyLoss()
+    seen = {"n": 0}
+
+    def loss_fn(logits, y):  # finite for 5 steps, then NaN: the weights have moved by then
+        seen["n"] += 1
+        return ce(logits, y) * (float("nan") if seen["n"] > 5 else 1.0)
+
+    m.eval()
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 1, step 6 \(lr 0\.05\).*restored") as err:
+        finetune(m, digits, {"epochs": 3, "lr": 0.05, "batch_size": 32}, callbacks=[Spy()], loss_fn=loss_fn, progress=False)
+    assert (err.value.epoch, err.value.step, err.value.lr) == (1, 6, 0.05)
+    assert calls == [("abort", 5)]  # on_abort instead of on_finalize
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not m.training  # its mode too
+
+
+def test_a_learning_rate_that_blows_up_is_caught(digits):
+    from torchslim.errors import TrainingDivergedError
+
+    m = mlp()
+    before = [p.clone() for p in m.parameters()]
+    with pytest.raises(TrainingDivergedError, match="Lower 'lr'"):
+        finetune(m, digits, {"epochs": 2, "lr": 1e12, "batch_size": 32}, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before))

@@ -237,6 +237,9 @@ class Distiller(Callback):
     def on_finalize(self, state: TrainState) -> None:
         self.close()
 
+    def on_abort(self, state: TrainState) -> None:
+        self.close()
+
     # ------------------------------------------------------------------- loss
     def loss(self, output: Any, labels: torch.Tensor) -> torch.Tensor:
         """The distillation loss of the batch just run (``loss_fn`` of the training loop)."""

@@ -56,11 +56,17 @@ class QATCallback(Callback):
       scales are learned); activation observers are frozen.
     * finalize: weight scales are refit to the final weights (or the learned scales
       are frozen into the buffers).
+    * abort (the loss diverged): observers switched back as they were at the start.
     """
 
     def on_train_start(self, state: TrainState) -> None:
+        self._observing = [(fq, fq.observing) for _, fq in [*weight_quantizers(state.model), *activation_quantizers(state.model)]]
         learned = any(fq.log_scale is not None for _, fq in weight_quantizers(state.model))
         set_observing(state.model, weights=not learned, activations=False)
+
+    def on_abort(self, state: TrainState) -> None:
+        for fq, observing in getattr(self, "_observing", []):
+            fq.observing = observing
 
     @torch.no_grad()
     def on_finalize(self, state: TrainState) -> None:

@@ -2,7 +2,10 @@
 
 Techniques contribute :class:`Callback` objects (what); the loop decides when
 they run: ``on_train_start``, ``on_loss`` (may add a penalty to the loss),
-``on_step`` (after each optimizer step), ``on_epoch_end`` and ``on_finalize``.
+``on_step`` (after each optimizer step), ``on_epoch_end`` and ``on_finalize``;
+``on_abort`` instead of ``on_finalize`` when training diverges (a NaN or
+infinite loss: the model's parameters and buffers are put back as they were
+before training and :class:`~torchslim.errors.TrainingDivergedError` is raised).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from torchslim.config import Config
 from torchslim.data import DataBundle
 from torchslim.encode.kmeans import iter_shared, reapply_sharing, sum_cluster_gradients_
+from torchslim.errors import TrainingDivergedError
 from torchslim.measure import evaluate_accuracy
 from torchslim.prune.mask import iter_masks, reapply_masks
 from torchslim.report import Report
@@ -96,6 +100,9 @@ class Callback:
 
     def on_finalize(self, state: TrainState) -> None: ...
 
+    def on_abort(self, state: TrainState) -> None:
+        """Training diverged and stops without ``on_finalize``: undo what ``on_train_start`` set up."""
+
 
 class KeepMasks(Callback):
     """Re-applies pruning masks after every optimizer step (added automatically when masks exist)."""
@@ -159,6 +166,32 @@ def _progress(enabled: bool, console: Console) -> Progress:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _abort(
+    model: nn.Module,
+    before: dict[str, torch.Tensor],
+    callbacks: Sequence[Callback],
+    state: TrainState,
+    was_training: bool,
+    description: str,
+    loss_value: float,
+    lr: float,
+) -> None:
+    """Put the model back as it was before training and raise :class:`TrainingDivergedError`."""
+    for cb in callbacks:
+        cb.on_abort(state)
+    result = model.load_state_dict(before, strict=False)
+    model.train(was_training)
+    added = f"; kept as they are now (added during training): {', '.join(result.missing_keys)}" if result.missing_keys else ""
+    raise TrainingDivergedError(
+        f"{description}: the training loss became {loss_value} at epoch {state.epoch + 1}, step {state.step + 1} "
+        f"(lr {lr:.3g}); the model's parameters and buffers are restored to their values before training{added}. "
+        "Lower 'lr' or set 'grad_clip'.",
+        epoch=state.epoch + 1,
+        step=state.step + 1,
+        lr=lr,
+    )
+
+
 def finetune(
     model: nn.Module,
     data: DataBundle,
@@ -183,6 +216,11 @@ def finetune(
         A :class:`Report` whose ``meta["history"]`` has one row per epoch
         (``epoch``, ``loss``, ``val_accuracy``, ``lr``, ``seconds``).
 
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite; the model's
+            parameters and buffers were restored to their values before training
+            (a copy of them is kept while training runs).
+
     Example:
         >>> model = ts.create_model("lenet300", in_features=64)
         >>> report = ts.finetune(model, ts.load_data("digits"), {"epochs": 2, "lr": 0.05})
@@ -206,6 +244,7 @@ def finetune(
     if any(True for _ in iter_shared(model)) and not any(isinstance(c, KeepShared) for c in all_callbacks):
         all_callbacks.append(KeepShared())  # after KeepMasks: snapping also zeroes pruned weights
     state = TrainState(model, optimizer, cfg, total_steps=total)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # restored if the loss diverges
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for cb in all_callbacks:
         cb.on_train_start(state)
@@ -231,6 +270,9 @@ def finetune(
                 loss = criterion(model(x), y)
                 for cb in all_callbacks:
                     loss = cb.on_loss(state, loss)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    _abort(model, before, all_callbacks, state, was_training, description, loss_value, lr)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for cb in all_callbacks:
@@ -239,7 +281,7 @@ def finetune(
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 state.step += 1
-                state.loss = float(loss.detach())
+                state.loss = loss_value
                 loss_sum, n_batches = loss_sum + state.loss, n_batches + 1
                 for cb in all_callbacks:
                     cb.on_step(state)
