@@ -74,7 +74,7 @@ def main() -> None:
     alone_errors = errors(alone, data)
     # temperature: chosen on the validation split (the paper's T=20 first; another only if strictly better)
     candidates: dict[str, dict[str, float]] = {}
-    best: tuple[int, float, torch.nn.Module, dict] | None = None
+    best: tuple[int, float, dict] | None = None
     for temperature in TEMPERATURES:
         student = copy.deepcopy(distilled)
         report = ts.distill(
@@ -89,9 +89,9 @@ def main() -> None:
         candidates[f"{temperature:g}"] = {"val_errors": val_errors, "test_errors": errors(student, data)}
         print(f"T={temperature:g}: validation errors {val_errors}", flush=True)
         if best is None or val_errors < best[0]:
-            best = (val_errors, temperature, student, report.meta)
+            best = (val_errors, temperature, report.meta)
     assert best is not None
-    _, temperature, distilled, meta = best
+    _, temperature, meta = best
     distilled_errors = int(candidates[f"{temperature:g}"]["test_errors"])  # counted once, in the loop
 
     r_alone = distilled_errors / max(1, alone_errors)
