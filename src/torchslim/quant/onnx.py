@@ -160,6 +160,20 @@ def _fold_weight_quantizers(proto: Any) -> int:
     return folded
 
 
+def _node_reads(node: Any) -> list[str]:
+    """Every tensor name ``node`` reads: its inputs, and (for ``If``/``Loop``/``Scan``) every name its
+    subgraphs' nodes read, which may come from the enclosing graph (a superset is safe: the passes use it to
+    keep tensors alive and to count readers)."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+        for sub in graphs:
+            for inner in sub.node:
+                names.extend(_node_reads(inner))
+            names.extend(o.name for o in sub.output)
+    return names
+
+
 def _set_nodes(graph: Any, nodes: list[Any]) -> None:
     """Replace ``graph.node`` by ``nodes`` (copied first: rebuilding a repeated field would copy them anyway)."""
     copies = [type(n)() for n in nodes]
@@ -170,7 +184,7 @@ def _set_nodes(graph: Any, nodes: list[Any]) -> None:
 
 
 def _drop_unused_initializers(graph: Any) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in graph.node for i in _node_reads(n)} | {o.name for o in graph.output}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
@@ -275,7 +289,7 @@ def _graph_index(graph: Any) -> tuple[list[Any], dict[str, Any], dict[str, list[
     producers = {out: node for node in all_nodes for out in node.output}
     readers: dict[str, list[Any]] = {}
     for node in all_nodes:
-        for name in node.input:
+        for name in _node_reads(node):
             readers.setdefault(name, []).append(node)
     return all_nodes, producers, readers, {o.name for o in graph.output}
 
@@ -569,7 +583,7 @@ def _pad_conv_input_channels(proto: Any, multiple: int = 4) -> int:
 def _prune_dead_nodes(graph: Any) -> None:
     """Remove nodes whose outputs nobody uses (repeat until stable)."""
     while True:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        used = {i for n in graph.node for i in _node_reads(n)} | {o.name for o in graph.output}
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             return
@@ -698,22 +712,296 @@ def _fuse_matmul_bias(graph: Any) -> int:
     return fused
 
 
-def ort_optimize(source: Any, path: str | os.PathLike[str] | None = None) -> Any:
-    """ONNX Runtime's own graph optimisation of an exported model, plus the fusion it leaves out.
+_BROADCASTING = ("Add", "Sub", "Mul", "Div", "Where")
+_SAME_RANK = (
+    "BiasGelu", "Cast", "DequantizeLinear", "Erf", "FastGelu", "Gelu", "LayerNormalization", "QuantizeLinear",
+    "Relu", "Sigmoid", "SkipLayerNormalization", "Softmax", "Tanh",
+)
+
+
+def _shape_vector(name: str, consts: dict[str, np.ndarray], producers: dict[str, Any]) -> list[int | None] | None:
+    """A 1-D shape vector's entries: a constant's values, or a Concat of constants and unsqueezed scalars
+    (``None`` for an entry computed at run time, as ``Unsqueeze(Gather(Shape(x)))`` exports a dynamic dim)."""
+    if name in consts:
+        return [int(v) for v in np.asarray(consts[name]).reshape(-1)]
+    node = producers.get(name)
+    if node is None or node.op_type != "Concat":
+        return None
+    out: list[int | None] = []
+    for part in node.input:
+        src = producers.get(part)
+        if part in consts:
+            out.extend(int(v) for v in np.asarray(consts[part]).reshape(-1))
+        elif src is not None and src.op_type == "Unsqueeze" and len(src.input) > 1 and np.asarray(consts.get(src.input[1], [0, 0])).size == 1:
+            value = consts.get(src.input[0])  # a scalar unsqueezed along one axis
+            out.append(None if value is None or np.asarray(value).size != 1 else int(np.asarray(value).reshape(-1)[0]))
+        else:
+            return None
+    return out
+
+
+def _tensor_ranks(proto: Any, elem_types: dict[str, int] | None = None) -> dict[str, int]:
+    """Rank of each tensor ONNX shape inference knows, plus the float outputs of ONNX Runtime's matmuls
+    (``elem_types``, when given, receives the element type of each tensor inference typed).
+
+    Shape inference stops at ``com.microsoft`` operators and at anything after
+    them; from there on, elementwise operators take their inputs' largest rank,
+    LayerNormalization, quantizers, activations and transposes keep their input's,
+    a matmul takes the larger, and a Reshape the length of a shape vector built
+    from constants and unsqueezed scalars.
+    """
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - inference is a hint: without it no tensor has a known rank
+        inferred = proto
+    ranks: dict[str, int] = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if info.type.tensor_type.HasField("shape"):
+            ranks[info.name] = len(info.type.tensor_type.shape.dim)
+        if elem_types is not None and info.type.tensor_type.elem_type:
+            elem_types[info.name] = info.type.tensor_type.elem_type
+    for init in proto.graph.initializer:
+        ranks[init.name] = len(init.dims)
+    consts = _const_values(proto.graph)
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    for node in proto.graph.node:  # topological order: inputs are ranked first
+        out = node.output[0] if node.output else ""
+        known = [ranks.get(name) for name in node.input if name]
+        if out in ranks or not known or None in known:
+            continue
+        if node.op_type in _BROADCASTING:
+            ranks[out] = max(known)  # type: ignore[type-var]
+        elif node.op_type in _SAME_RANK:
+            ranks[out] = known[0]  # type: ignore[assignment]
+        elif node.op_type in ("MatMul", "FusedMatMul", "MatMulIntegerToFloat", "Transpose"):
+            ranks[out] = max(known)  # type: ignore[type-var]
+        elif node.op_type == "Reshape":
+            entries = _shape_vector(node.input[1], consts, producers)
+            if entries is not None:
+                ranks[out] = len(entries)
+    return ranks
+
+
+def _fuse_attention(proto: Any) -> int:
+    """Replace each multi-head self-attention core by ONNX Runtime's ``MultiHeadAttention`` (CPU).
+
+    The pattern is what ``ORT_ENABLE_EXTENDED`` leaves of a BERT-style layer:
+    ``q, k, v`` (``[batch, seq, hidden]``, projections of one tensor) each
+    reshaped to ``[batch, seq, heads, head_size]`` and transposed, ``FusedMatMul``
+    (scale ``alpha``), an optional additive mask ``[batch, 1|heads, 1|seq, seq]``,
+    ``Softmax`` over the last axis, ``MatMul`` with ``v``, transposed back and
+    reshaped to ``[batch, seq, hidden]`` (optionally through a per-tensor
+    QuantizeLinear, which then quantizes the fused output instead: per tensor,
+    the layout does not matter). The fused kernel computes the same sums (the
+    mask becomes its ``attention_bias``, broadcast over the query axis once per
+    mask); it skips four transposes and a mask ``Add`` over every score. A core
+    that differs anywhere is left alone. Returns how many were fused.
+
+    A masked core becomes an ``If`` on "every mask entry is zero" (computed once
+    per mask; NaN and -0.0 count as set): then ``MultiHeadAttention`` without the
+    mask, else with it. Adding an all-zero mask changes no score, so both branches
+    compute the same function; without a mask ONNX Runtime runs a faster kernel
+    (its sums in another order, so outputs agree to float rounding rather than
+    bit for bit). This is what Hugging Face's SDPA attention does in torch when
+    no token is padded. The masked branch gives the unfused graph's outputs bit
+    for bit.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    nodes, producers, readers, graph_outputs = _graph_index(graph)
+    consts = _const_values(graph)
+    elem_types: dict[str, int] = {}
+    ranks = _tensor_ranks(proto, elem_types)
+
+    def only(name: str, op: str, domain: tuple[str, ...] = ("", "ai.onnx")) -> Any:
+        users = readers.get(name, [])
+        if name in graph_outputs or len(users) != 1 or users[0].op_type != op or users[0].domain not in domain:
+            return None
+        return users[0]
+
+    def made_by(name: str, op: str, domain: tuple[str, ...] = ("", "ai.onnx")) -> Any:
+        node = producers.get(name)
+        if node is None or node.op_type != op or node.domain not in domain or len(readers.get(name, [])) != 1:
+            return None
+        return node if name not in graph_outputs else None
+
+    def split_heads(name: str, perm: list[int]) -> tuple[str, int, int] | None:
+        """``name`` = Transpose(perm, Reshape(x, [B, S, heads, size])): ``(x, heads, size)``."""
+        transpose = made_by(name, "Transpose")
+        if transpose is None or list(_attr(transpose, "perm", [])) != perm:
+            return None
+        reshape = made_by(transpose.input[0], "Reshape")
+        if reshape is None or ranks.get(reshape.input[0]) != 3:
+            return None
+        dims = _shape_vector(reshape.input[1], consts, producers)
+        if dims is None or len(dims) != 4 or dims[2] is None or dims[3] is None:
+            return None
+        heads, size = dims[2], dims[3]
+        if -1 in (heads, size):  # one of them inferred from the projection's width
+            width = out_features(reshape.input[0])
+            known = size if heads == -1 else heads
+            if width is None or known <= 0 or width % known:
+                return None
+            heads, size = (width // size, size) if heads == -1 else (heads, width // heads)
+        if min(heads, size) <= 0:
+            return None
+        return reshape.input[0], heads, size
+
+    def projection(name: str) -> Any:
+        """The matmul with a constant 2-D weight that produced ``name`` (through a constant bias ``Add``)."""
+        node = producers.get(name)
+        if node is not None and node.op_type == "Add":
+            rest = [x for x in node.input if x not in consts]
+            return projection(rest[0]) if len(rest) == 1 else None
+        if node is None or node.op_type not in ("MatMul", "MatMulIntegerToFloat") or len(node.input) < 2:
+            return None
+        weight = consts.get(node.input[1])
+        return node if weight is not None and weight.ndim == 2 else None
+
+    def out_features(name: str) -> int | None:
+        node = projection(name)
+        return None if node is None else int(consts[node.input[1]].shape[1])
+
+    new_nodes: dict[int, list[Any]] = {}  # id(final node of a core) -> nodes that replace it
+    remove: set[int] = set()
+    biases: dict[str, str] = {}
+    fused = 0
+    for softmax in nodes:
+        if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
+            continue
+        scores, mask = softmax.input[0], None
+        add = made_by(scores, "Add")
+        if add is not None:
+            for i in (0, 1):
+                if made_by(add.input[i], "FusedMatMul", ("com.microsoft",)) is not None:
+                    scores, mask = add.input[i], add.input[1 - i]
+            if mask is None or ranks.get(mask) != 4 or elem_types.get(mask) != TensorProto.FLOAT:
+                continue  # (the branches of the mask's If below are typed float)
+        qk = made_by(scores, "FusedMatMul", ("com.microsoft",))
+        if qk is None or any(_attr(qk, a, 0) for a in ("transA", "transBatchA", "transBatchB")):
+            continue
+        q = split_heads(qk.input[0], [0, 2, 1, 3])
+        k = split_heads(qk.input[1], [0, 2, 1, 3] if _attr(qk, "transB", 0) else [0, 2, 3, 1])
+        pv = only(softmax.output[0], "MatMul")
+        if q is None or k is None or pv is None or pv.input[0] != softmax.output[0]:
+            continue
+        v = split_heads(pv.input[1], [0, 2, 1, 3])
+        if v is None or not q[1:] == k[1:] == v[1:]:
+            continue
+        heads = q[1]
+        projections = [projection(x) for x in (q[0], k[0], v[0])]
+        sources = {None if node is None else node.input[0] for node in projections}
+        if len(sources) != 1 or None in sources:  # self-attention: one input projected three times
+            continue
+        chain = [pv]
+        quant = only(pv.output[0], "QuantizeLinear")
+        if quant is not None:
+            scale = consts.get(quant.input[1])
+            if scale is None or np.asarray(scale).size != 1:
+                continue
+            chain.append(quant)
+        merge = only(chain[-1].output[0], "Transpose")
+        if merge is None or list(_attr(merge, "perm", [])) != [0, 2, 1, 3]:
+            continue
+        reshape = only(merge.output[0], "Reshape")
+        dims = _shape_vector(reshape.input[1], consts, producers) if reshape is not None else None
+        if dims is None or len(dims) != 3 or dims[2] not in (None, -1, heads * q[2]):
+            continue
+        core = [softmax, qk, pv, merge, reshape] + chain[1:] + ([add] if add is not None else [])
+        for name in (qk.input[0], qk.input[1], pv.input[1]):
+            transpose = producers[name]
+            core += [transpose, producers[transpose.input[0]]]
+        if any(id(n) in remove for n in core):
+            continue
+        prefix = reshape.output[0]
+        inputs = [q[0], k[0], v[0], "", ""]
+        new: list[Any] = []
+        attention_out = reshape.output[0] if quant is None else prefix + "_attention"
+        attributes = {"num_heads": heads, "scale": float(_attr(qk, "alpha", 1.0))}
+        if mask is None:
+            new.append(helper.make_node("MultiHeadAttention", inputs[:3], [attention_out], domain="com.microsoft",
+                                        name=prefix + "_MultiHeadAttention", **attributes))
+        else:
+            if mask not in biases:  # [B, 1|heads, 1|T, T] -> [B, 1|heads, T, T]: the kernel wants the query axis
+                one = prefix + "_one"
+                graph.initializer.append(numpy_helper.from_array(np.ones(1, np.int64), one))
+                index = prefix + "_index3"
+                graph.initializer.append(numpy_helper.from_array(np.array([3], np.int64), index))
+                zero = prefix + "_zero"
+                graph.initializer.append(numpy_helper.from_array(np.zeros((), np.int32), zero))
+                new += [
+                    helper.make_node("Shape", [mask], [prefix + "_mask_shape"]),
+                    helper.make_node("Gather", [prefix + "_mask_shape", index], [prefix + "_seq"], axis=0),
+                    helper.make_node("Concat", [one, one, prefix + "_seq", one], [prefix + "_bias_shape"], axis=0),
+                    helper.make_node("Expand", [mask, prefix + "_bias_shape"], [prefix + "_bias"]),
+                    # the mask adds nothing when every entry is zero (no padding): NaN and -0.0 count as set
+                    helper.make_node("Cast", [mask], [prefix + "_mask_set"], to=TensorProto.BOOL),
+                    helper.make_node("Cast", [prefix + "_mask_set"], [prefix + "_mask_set_int"], to=TensorProto.INT32),
+                    helper.make_node("ReduceMax", [prefix + "_mask_set_int"], [prefix + "_mask_any"], keepdims=0),
+                    helper.make_node("Equal", [prefix + "_mask_any", zero], [prefix + "_mask_empty"]),
+                ]
+                biases[mask] = (prefix + "_bias", prefix + "_mask_empty")
+            bias, empty = biases[mask]
+
+            def branch(name: str, node_inputs: list[str]) -> Any:
+                out = f"{prefix}_{name}"
+                node = helper.make_node("MultiHeadAttention", node_inputs, [out], domain="com.microsoft",
+                                        name=f"{prefix}_MultiHeadAttention_{name}", **attributes)
+                return helper.make_graph([node], f"{prefix}_{name}", [],
+                                         [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+            new.append(helper.make_node("If", [empty], [attention_out], name=prefix + "_skip_empty_mask",
+                                        then_branch=branch("unmasked", inputs[:3]),
+                                        else_branch=branch("masked", [*inputs, bias])))
+        if quant is not None:
+            new.append(helper.make_node("QuantizeLinear", [attention_out, *quant.input[1:]], [reshape.output[0]]))
+        remove.update(id(n) for n in core)
+        new_nodes[id(reshape)] = new
+        fused += 1
+    if fused:
+        order: list[Any] = []
+        for node in nodes:
+            if id(node) in new_nodes:
+                order.extend(new_nodes[id(node)])
+            elif id(node) not in remove:
+                order.append(node)
+        _set_nodes(graph, order)
+        if not any(op.domain == "com.microsoft" for op in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _prune_dead_nodes(graph)
+        _drop_unused_initializers(graph)
+    return fused
+
+
+def ort_optimize(source: Any, path: str | os.PathLike[str] | None = None, *, fuse_attention: bool = True) -> Any:
+    """ONNX Runtime's own graph optimisation of an exported model, plus the fusions it leaves out.
 
     ONNX Runtime rewrites a QDQ graph when it loads it (QuantizeLinear →
     integer kernel → float, ``MatMulIntegerToFloat`` for a Linear whose output
     stays float) but leaves each Linear's bias as a separate ``Add`` over the
     whole activation, although ``MatMulIntegerToFloat`` takes a bias input.
     This runs ONNX Runtime's hardware-independent (``ORT_ENABLE_EXTENDED``)
-    optimisation offline, then moves every such bias into its matmul. Outputs
-    are unchanged (tests check them bit for bit); the result uses
-    ``com.microsoft`` operators, so it is for ONNX Runtime (CPU) only: keep the
-    :func:`export_qdq` file as the portable artefact.
+    optimisation offline, then moves every such bias into its matmul and
+    (``fuse_attention``) replaces each BERT-style self-attention core
+    (reshape/transpose of Q, K and V, scaled scores, additive mask, softmax,
+    context) by one ``MultiHeadAttention`` node, run without the mask (through
+    an ``If``) when no token is padded. Outputs are unchanged: bit for bit
+    (tests check it) except that a batch without padding takes the unmasked
+    kernel, equal to float rounding (about 1e-6 relative in fp32; in an int8
+    graph such a difference can move a value across a rounding boundary, one
+    quantization step). The result uses ``com.microsoft`` operators, so it is
+    for ONNX Runtime (CPU) only: keep the :func:`export_qdq` file as the
+    portable artefact.
 
     Args:
         source: an ``onnx.ModelProto``, ONNX bytes or a path.
         path: where to write the optimised model (atomically); ``None`` writes nothing.
+        fuse_attention: fuse self-attention cores into ``MultiHeadAttention``
+            (``proto.metadata_props`` records how many under ``torchslim.fused_attention``);
+            ``False`` keeps every output bit-identical to the unoptimised graph.
 
     Returns:
         The optimised ``onnx.ModelProto``.
@@ -751,21 +1039,33 @@ def ort_optimize(source: Any, path: str | os.PathLike[str] | None = None) -> Any
         ort.InferenceSession(bytes(source), sess_options=options, providers=["CPUExecutionProvider"])
         proto = onnx.load(out)
     _fuse_matmul_bias(proto.graph)
+    if fuse_attention:
+        fused = _fuse_attention(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "torchslim.fused_attention", str(fused)
     if path is not None:
         atomic_write_bytes(Path(path), proto.SerializeToString())
     return proto
 
 
 def qdq_summary(proto: Any) -> dict[str, int]:
-    """Count of each operator type in an ONNX model.
+    """Count of each operator type in an ONNX model, nodes inside ``If``/``Loop`` branches included
+    (an ``If`` whose two branches each hold one node counts that node's type twice).
 
     Example:
         >>> qdq_summary(export_fp32(nn.Linear(4, 2), torch.randn(1, 4)))
         {'Gemm': 1}
     """
     counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+
+    def visit(graph: Any) -> None:
+        for node in graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            for attribute in node.attribute:
+                for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                    visit(sub)
+
+    visit(proto.graph)
     return counts
 
 
