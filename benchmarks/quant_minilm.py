@@ -6,8 +6,10 @@
   linears that read a LayerNorm (Q/K/V and each FFN's first dense): its strength is chosen among
   ``SMOOTH_CHOICES`` (``None`` = off) by the mean cosine to fp32 of ``SELECT`` training sentences that
   are not calibration data (training sentences only: the test splits are never used to choose). ``ort_optimize`` (ONNX Runtime's offline
-  optimisation + every Linear's bias moved into its integer matmul; outputs bit-identical) is what is timed
-  and embedded; the plain QDQ file is timed beside it.
+  optimisation + every Linear's bias moved into its integer matmul + each self-attention core fused into one
+  ``MultiHeadAttention``, without the mask when no token is padded; with padding the outputs are
+  bit-identical, checked here on padded test sentences) is what is timed
+  and embedded; the same without the attention fusion and the plain QDQ file are timed beside it.
 * Peers: ONNX Runtime ``quantize_dynamic`` (int8 weights, dynamic uint8 activations) on the
   same fp32 ONNX graph; ``torch.ao.quantization.quantize_dynamic`` (eager, qint8 Linear).
 * Quality: cosine similarity of L2-normalised mean-pooled sentence embeddings to fp32 (the
@@ -16,7 +18,10 @@
   embeddings (SMS spam, RT sentence polarity; fixed 80/20 splits of torchslim.data.text; the
   RT training split is subsampled to 3,000 sentences to fit the time budget, test splits whole).
 * Latency: batch 32 x 128 tokens (real text, no padding), 2 threads; every variant measured in each of
-  ``ROUNDS`` interleaved rounds (same machine state), medians of the round medians.
+  ``ROUNDS`` interleaved rounds (same machine state), medians of the round medians. Without padding the
+  attention mask is all zero: Hugging Face's SDPA attention (the torch fp32 baseline) then drops it, and
+  our fused graph's ``If`` takes ``MultiHeadAttention`` without it. ``padded_*``: torch fp32 and ours on
+  the same batch with its last 32 tokens padded (both run the masked path), for comparison.
   ``--latency-only`` rebuilds the models (the recorded smoothing strength, no selection), checks that our
   quantized model's state is bit-identical to the full run's (SHA-256 of its state dict) and refuses
   otherwise, keeps the full run's accuracies and cosines and re-measures only the latencies.
@@ -141,6 +146,11 @@ def main(only_latency: bool = False) -> None:
     long_text = " ".join(pool[i % len(pool)] for i in range(60))
     example = tokenize(tokenizer, [long_text] * BATCH, SEQ)  # 32 x 128 real tokens
     assert int(example["attention_mask"].sum()) == BATCH * SEQ
+    # the same batch with its last quarter padded (every row: the latency helpers repeat the first row),
+    # so that the masked attention path is timed too
+    padded = {k: v.clone() for k, v in example.items()}
+    padded["attention_mask"][:, SEQ - SEQ // 4 :] = 0
+    padded["input_ids"][:, SEQ - SEQ // 4 :] = tokenizer.pad_token_id
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -177,6 +187,7 @@ def main(only_latency: bool = False) -> None:
             _, ours, report, quant_s = best
             ours_qdq = export_qdq(ours, example, work / "ours.onnx")
             ours_proto = ort_optimize(ours_qdq)
+            ours_unfused = ort_optimize(ours_qdq, fuse_attention=False)  # timed beside it
             dyn_proto = ort_dynamic(fp32_path, work / "ort_dynamic.onnx")
             torch_ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
         variants = {
@@ -188,6 +199,12 @@ def main(only_latency: bool = False) -> None:
         check = tokenize(tokenizer, texts["sms-spam"]["test"][0][:16], SEQ)
         with torch.no_grad():
             eager_vs_ort = float(F.cosine_similarity(fp32(**check), variants["fp32"](check)).min())
+        # the MultiHeadAttention fusion must not change a bit (padded real sentences)
+        attention_identical = bool(np.array_equal(variants["ours_int8"](check).numpy(),
+                                                  OrtModel(ours_unfused, threads=1)(check).numpy()))
+        if not attention_identical:
+            raise SystemExit("ort_optimize's attention fusion changed the int8 model's outputs")
+        fused_attention = int(next(p.value for p in ours_proto.metadata_props if p.key == "torchslim.fused_attention"))
 
         smoothing = report.meta.get("smoothing", {})
         sha = state_sha256(ours)
@@ -198,6 +215,7 @@ def main(only_latency: bool = False) -> None:
             metrics = {k: v for k, v in old["metrics"].items() if k != "latency"}
             metrics["accuracy_measured"] = old["metrics"].get("accuracy_measured") or old.get("date", "?")
             metrics["latency_measured"] = "this run (see date, machine)"
+            metrics["fused_attention_layers"] = fused_attention
         else:
             metrics = {"fp32_ort_vs_torch_min_cosine": eager_vs_ort, "quantize_seconds": quant_s,
                        "layers_quantized": len(report.layers),
@@ -206,7 +224,8 @@ def main(only_latency: bool = False) -> None:
                        "smooth_selection_cosine": selection,
                        "smoothed_layernorms": len(smoothing.get("groups", [])),
                        "smoothed_layers": sum(len(g["layers"]) for g in smoothing.get("groups", [])),
-                       "ours_state_sha256": sha}
+                       "ours_state_sha256": sha,
+                       "fused_attention_layers": fused_attention}
         emb: dict[str, dict[str, dict[str, np.ndarray]]] = {v: {} for v in variants}
         with num_threads(1):
             for name, t in texts.items():
@@ -238,17 +257,22 @@ def main(only_latency: bool = False) -> None:
             "torch_fp32_eager_ms": lambda: measure_latency(fp32, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ort_fp32_ms": lambda: measure_ort_latency(fp32_path, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ours_int8_ms": lambda: measure_ort_latency(ours_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
+            "ours_int8_attention_unfused_ms":
+                lambda: measure_ort_latency(ours_unfused, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ours_int8_qdq_unoptimized_ms":
                 lambda: measure_ort_latency(ours_qdq, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ort_quantize_dynamic_ms":
                 lambda: measure_ort_latency(dyn_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "torch_ao_dynamic_ms": lambda: measure_latency(torch_ao, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
+            "padded_torch_fp32_eager_ms": lambda: measure_latency(fp32, padded, batch_size=BATCH, threads=THREADS, runs=RUNS),
+            "padded_ours_int8_ms": lambda: measure_ort_latency(ours_proto, padded, batch_size=BATCH, threads=THREADS, runs=RUNS),
         }
         medians, per_round = interleaved(timed, 1 if SMOKE else ROUNDS)
         lat: dict[str, Any] = {**medians, "rounds_ms": per_round}
         lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ours_int8_ms"]
         lat["speedup_ort_dynamic_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_quantize_dynamic_ms"]
         lat["speedup_torch_ao_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["torch_ao_dynamic_ms"]
+        lat["padded_speedup_ours_vs_torch_fp32"] = lat["padded_torch_fp32_eager_ms"] / lat["padded_ours_int8_ms"]
         metrics["latency"] = lat
 
     if SMOKE:
@@ -274,7 +298,10 @@ def main(only_latency: bool = False) -> None:
         seed=SEED,
         wall_s=timer.seconds,
         notes=(f"latency: batch {BATCH} x {SEQ} tokens, {THREADS} threads, median over {ROUNDS} interleaved rounds of "
-               f"the median of {RUNS} runs; ours = ort_optimize(export_qdq(...)) (bias fused into MatMulIntegerToFloat); "
+               f"the median of {RUNS} runs; ours = ort_optimize(export_qdq(...)) (bias fused into MatMulIntegerToFloat, each attention core "
+               f"into one MultiHeadAttention, which an If runs without the mask when no token is padded, as Hugging Face's SDPA "
+               f"path in the torch baseline drops it: with padding the outputs are bit-identical to the unfused graph, checked on padded "
+               f"test sentences); padded_*: the latency batch with its last {SEQ // 4} tokens padded; "
                f"embeddings computed on 1 thread; RT train subsampled to {RT_TRAIN}; logistic-regression probe: torchslim.measure.linear_probe (C by 5-fold CV on the train split); "
                f"SmoothQuant alpha chosen among {SMOOTH_CHOICES} by cosine to fp32 on {SELECT} held-out training sentences."
                + (" --latency-only: latencies re-measured in this run; accuracies and cosines from the full run of "
