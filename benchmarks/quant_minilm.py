@@ -1,7 +1,8 @@
 """quant_minilm: all-MiniLM-L6-v2 int8 in ONNX Runtime, side by side with ORT quantize_dynamic and torch.ao.
 
 * Ours: ``quantize_`` static (per-channel int8 weights, per-tensor uint8 activations
-  calibrated on 16 batches of 16 training sentences, MSE-optimal clipping), exported as QDQ ONNX with our
+  calibrated on 16 batches of 16 training sentences, MSE-optimal clipping, statistics over real tokens:
+  the batches' padding is skipped by ``activation.mask_key``), exported as QDQ ONNX with our
   scales; ONNX Runtime runs the linears as MatMulIntegerToFloat. SmoothQuant (``activation.smooth``) on the
   linears that read a LayerNorm (Q/K/V and each FFN's first dense): its strength is chosen among
   ``SMOOTH_CHOICES`` (``None`` = off) by the mean cosine to fp32 of ``SELECT`` training sentences that

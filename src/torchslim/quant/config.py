@@ -83,6 +83,11 @@ class ActQuantConfig(Config):
             per channel by ``s = max|x|**alpha / max|w|**(1 - alpha)`` and their
             weights multiplied by it (exact in float; flattens outlier channels
             before the per-tensor quantizer). See :mod:`torchslim.quant.smooth`.
+        mask_key: the key of a ``[batch, tokens]`` mask (nonzero = real token) in
+            dict calibration batches, e.g. a tokenizer's ``attention_mask``:
+            activation statistics and smoothing maxima skip the padded positions
+            (see :mod:`torchslim.quant.tokens`). ``None`` counts every position;
+            batches without the key (tensors, tuples) count every position too.
     """
 
     bits: int = Field(default=8, ge=2, le=8)
@@ -91,6 +96,7 @@ class ActQuantConfig(Config):
     observer: str = "minmax"
     percentile: float = Field(default=99.99, gt=50.0, le=100.0)
     smooth: float | None = Field(default=None, gt=0.0, le=1.0)
+    mask_key: str | None = "attention_mask"
 
     @field_validator("observer")
     @classmethod

@@ -26,6 +26,7 @@ from torch import nn
 from torchslim.errors import TorchslimError
 from torchslim.quant.affine import QParams, QuantSpec, _expand, check_spec_fits, dequantize, quantize
 from torchslim.quant.observers import Observer, make_observer
+from torchslim.quant.tokens import real_tokens
 
 
 class _STEFakeQuant(torch.autograd.Function):
@@ -151,7 +152,9 @@ class FakeQuantize(nn.Module):
         return self.spec.group_size if self.spec.granularity == "group" else None
 
     def observe(self, x: torch.Tensor) -> None:
-        """Feed ``x`` to the observer and refresh scale and zero point."""
+        """Feed ``x`` to the observer and refresh scale and zero point (only the real-token positions of
+        ``x`` while a :func:`~torchslim.quant.tokens.token_mask` is active)."""
+        x = real_tokens(x)
         check_spec_fits(self.spec, x.shape)
         if self.per_call:
             self.observer = make_observer(self.observer_name, self.spec, **self.observer_args)

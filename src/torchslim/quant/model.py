@@ -36,6 +36,7 @@ from torchslim.errors import TorchslimError
 from torchslim.quant.affine import QParams
 from torchslim.quant.config import ActQuantConfig, WeightQuantConfig
 from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.tokens import mask_of, token_mask
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ACT_DICT = "quant_act"
@@ -386,12 +387,16 @@ def set_enabled(model: nn.Module, *, weights: bool | None = None, activations: b
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
+def calibrate(model: nn.Module, batches: Iterable[Any], mask_key: str | None = None,
+              tokens: dict[str, int] | None = None) -> int:
     """Run calibration batches (``(x, y)`` pairs, tensors or dicts) through ``model`` observing activations.
 
     Activation fake quantization is off while observing (statistics of the float
     network with quantized weights); afterwards observers are frozen and
-    quantization is on. Returns the number of batches used.
+    quantization is on. Returns the number of batches used. With ``mask_key``,
+    a dict batch's ``[batch, tokens]`` mask under that key limits the
+    statistics to real tokens (:mod:`torchslim.quant.tokens`); ``tokens``, when
+    given, receives the count of ``real`` and ``total`` positions of the masked batches.
 
     Raises:
         TransformRefusedError: ``batches`` is empty.
@@ -408,7 +413,13 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     n = 0
     with eval_mode(model):
         for batch in batches:
-            call_model(model, batch_inputs(batch))
+            inputs = batch_inputs(batch)
+            mask = mask_of(inputs, mask_key)
+            if mask is not None and tokens is not None:
+                tokens["real"] = tokens.get("real", 0) + int((mask != 0).sum())
+                tokens["total"] = tokens.get("total", 0) + mask.numel()
+            with token_mask(mask):
+                call_model(model, inputs)
             n += 1
     set_observing(model, activations=False)
     set_enabled(model, activations=True)

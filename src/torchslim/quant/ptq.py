@@ -177,7 +177,8 @@ def quantize_(
     meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
     smoothed_by: dict[str, str] = {}  # layer -> the LayerNorm whose output it reads
     if config.mode == "static" and config.activation.smooth is not None:
-        groups = smooth_layernorm_inputs_(work, list(wcfg_of), batches, config.activation.smooth)
+        groups = smooth_layernorm_inputs_(work, list(wcfg_of), batches, config.activation.smooth,
+                                          mask_key=config.activation.mask_key)
         smoothed_by = {n: g.layernorm for g in groups for n in g.layers}
         meta["smoothing"] = {"alpha": config.activation.smooth, "groups": [dataclasses.asdict(g) for g in groups]}
         if not groups:
@@ -185,7 +186,10 @@ def quantize_(
     meta.update(build_structure(work, config, wcfg_of))
     names = set(wcfg_of)
     if config.mode == "static":
-        meta["calibration_batches"] = calibrate(work, batches)
+        tokens: dict[str, int] = {}
+        meta["calibration_batches"] = calibrate(work, batches, config.activation.mask_key, tokens)
+        if tokens:  # dict batches with a token mask: statistics over the real tokens only
+            meta["calibration_tokens"] = {"mask_key": config.activation.mask_key, **tokens}
         acts = {}
         for aname, fq in activation_quantizers(work):
             qp = fq.qparams()

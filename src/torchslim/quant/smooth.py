@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.quant.tokens import mask_of, real_tokens, token_mask
 
 
 class InputScale(nn.Module):
@@ -84,7 +85,7 @@ def _smoothing_scale(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alph
 
 @torch.no_grad()
 def smooth_layernorm_inputs_(
-    model: nn.Module, layer_names: Iterable[str], batches: list[Any], alpha: float
+    model: nn.Module, layer_names: Iterable[str], batches: list[Any], alpha: float, mask_key: str | None = None
 ) -> list[SmoothedGroup]:
     """Smooth, in place, every named Linear whose input is a LayerNorm's output.
 
@@ -100,6 +101,8 @@ def smooth_layernorm_inputs_(
         layer_names: candidate Linear layers (the ones being quantized).
         batches: calibration batches (``(inputs, targets)`` or bare inputs).
         alpha: migration strength in (0, 1].
+        mask_key: key of a ``[batch, tokens]`` mask in dict batches: channel maxima
+            over real tokens only (:mod:`torchslim.quant.tokens`); ``None``: every position.
 
     Returns:
         The smoothed groups (empty if no candidate reads a LayerNorm).
@@ -141,7 +144,7 @@ def smooth_layernorm_inputs_(
                 return
             if reads.setdefault(name, hit[0]) != hit[0]:
                 not_ln.add(name)
-            a = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
+            a = real_tokens(x.detach()).abs().reshape(-1, x.shape[-1]).amax(0).float()
             absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
 
         return hook
@@ -151,7 +154,9 @@ def smooth_layernorm_inputs_(
     try:
         with eval_mode(model):
             for batch in batches:
-                call_model(model, batch_inputs(batch))
+                inputs = batch_inputs(batch)
+                with token_mask(mask_of(inputs, mask_key)):
+                    call_model(model, inputs)
                 live.clear()
     finally:
         for h in handles:
