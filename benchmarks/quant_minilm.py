@@ -226,6 +226,7 @@ def main(only_latency: bool = False) -> None:
                        "smoothed_layernorms": len(smoothing.get("groups", [])),
                        "smoothed_layers": sum(len(g["layers"]) for g in smoothing.get("groups", [])),
                        "ours_state_sha256": sha,
+                       "calibration_tokens": report.meta.get("calibration_tokens"),
                        "fused_attention_layers": fused_attention}
         emb: dict[str, dict[str, dict[str, np.ndarray]]] = {v: {} for v in variants}
         with num_threads(1):
