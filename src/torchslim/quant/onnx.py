@@ -867,7 +867,7 @@ def _fuse_attention(proto: Any) -> int:
 
     new_nodes: dict[int, list[Any]] = {}  # id(final node of a core) -> nodes that replace it
     remove: set[int] = set()
-    biases: dict[str, str] = {}
+    biases: dict[str, tuple[str, str]] = {}  # mask -> (its [B, 1|heads, T, T] bias, "it is all zero")
     fused = 0
     for softmax in nodes:
         if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
@@ -917,12 +917,12 @@ def _fuse_attention(proto: Any) -> int:
         if any(id(n) in remove for n in core):
             continue
         prefix = reshape.output[0]
-        inputs = [q[0], k[0], v[0], "", ""]
+        qkv = [q[0], k[0], v[0]]
         new: list[Any] = []
         attention_out = reshape.output[0] if quant is None else prefix + "_attention"
         attributes = {"num_heads": heads, "scale": float(_attr(qk, "alpha", 1.0))}
         if mask is None:
-            new.append(helper.make_node("MultiHeadAttention", inputs[:3], [attention_out], domain="com.microsoft",
+            new.append(helper.make_node("MultiHeadAttention", qkv, [attention_out], domain="com.microsoft",
                                         name=prefix + "_MultiHeadAttention", **attributes))
         else:
             if mask not in biases:  # [B, 1|heads, 1|T, T] -> [B, 1|heads, T, T]: the kernel wants the query axis
@@ -954,8 +954,8 @@ def _fuse_attention(proto: Any) -> int:
                                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
 
             new.append(helper.make_node("If", [empty], [attention_out], name=prefix + "_skip_empty_mask",
-                                        then_branch=branch("unmasked", inputs[:3]),
-                                        else_branch=branch("masked", [*inputs, bias])))
+                                        then_branch=branch("unmasked", qkv),
+                                        else_branch=branch("masked", [*qkv, "", "", bias])))
         if quant is not None:
             new.append(helper.make_node("QuantizeLinear", [attention_out, *quant.input[1:]], [reshape.output[0]]))
         remove.update(id(n) for n in core)
