@@ -5,6 +5,7 @@ import torch
 from torchslim.data import load_data
 from torchslim.errors import TorchslimError
 from torchslim.measure import linear_probe
+from torchslim.measure.probe import DEFAULT_CS
 
 
 def _blobs(n=300, d=16, seed=0, shift=1.5):
@@ -21,7 +22,7 @@ def test_probe_on_real_digits_pixels():
     r = linear_probe(tr.x.flatten(1), tr.y, te.x.flatten(1), te.y)
     assert r.accuracy > 0.93
     assert r.n_train == len(tr) and r.n_test == len(te)
-    assert r.c in (0.01, 0.1, 1.0, 10.0, 100.0) and 0.9 < r.cv_accuracy <= 1.0
+    assert r.c in DEFAULT_CS and not r.at_edge and 0.9 < r.cv_accuracy <= 1.0
 
 
 def test_deterministic_and_the_test_split_never_picks_the_penalty():
@@ -52,6 +53,20 @@ def test_penalty_chosen_by_cross_validation_beats_a_bad_fixed_one():
     assert chosen.c < 100.0 and chosen.cv_accuracy > weak.cv_accuracy
 
 
+def test_a_penalty_at_the_grids_edge_extends_the_grid():
+    x, y = _blobs(n=120, d=200, shift=1.0)  # needs a strong penalty
+    fixed = linear_probe(x[:60], y[:60], x[60:], y[60:], cs=[10.0, 100.0], extend=0)
+    assert fixed.c == 10.0 and fixed.at_edge  # the best of the two, but at the edge
+    grown = linear_probe(x[:60], y[:60], x[60:], y[60:], cs=[10.0, 100.0])
+    assert grown.c in (1.0, 0.1) and grown.cv_accuracy > fixed.cv_accuracy
+    # well-separated blobs: the default grid's optimum is inside it, nothing extended
+    x2, y2 = _blobs()
+    inner = linear_probe(x2[:200], y2[:200], x2[200:], y2[200:])
+    assert not inner.at_edge and inner.c in DEFAULT_CS
+    # one candidate is a fixed penalty, never extended
+    assert linear_probe(x[:60], y[:60], x[60:], y[60:], cs=[100.0]).c == 100.0
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -74,3 +89,5 @@ def test_bad_penalties_are_refused():
         linear_probe(x, y, x, y, cs=[])
     with pytest.raises(TorchslimError, match="cs must be"):
         linear_probe(x, y, x, y, cs=[0.0, 1.0])
+    with pytest.raises(TorchslimError, match="extend must be >= 0, got -1"):
+        linear_probe(x, y, x, y, extend=-1)

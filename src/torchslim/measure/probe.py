@@ -7,7 +7,11 @@ embeddings L2-normalised (the sentence-transformers convention) and
 standardised with the train split's mean and deviation, then the L2 penalty
 chosen by stratified k-fold cross-validation on the train split only. A fixed
 penalty would favour whichever model's embeddings happen to suit it; the test
-split never influences the choice.
+split never influences the choice. The grid spans 1e-4 to 100 in half decades,
+and when the best penalty sits at an end of it the grid grows a decade past that
+end (up to ``extend`` times): a choice at the grid's edge means the optimum may
+lie beyond it (MiniLM's RT sentence embeddings chose 0.01, the smallest of an
+earlier 0.01-100 grid, where 1e-3 cross-validates better).
 
 Example:
     >>> import torch
@@ -30,7 +34,7 @@ import torch
 
 from torchslim.errors import TorchslimError
 
-DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+DEFAULT_CS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class ProbeResult:
         cv_accuracy: mean cross-validated accuracy of that choice on the train split.
         n_train: train samples.
         n_test: test samples.
+        at_edge: after every extension the chosen penalty is still the smallest
+            or largest tried and strictly beats its neighbour (the optimum may
+            lie beyond; widen ``cs``).
     """
 
     accuracy: float
@@ -50,6 +57,7 @@ class ProbeResult:
     cv_accuracy: float
     n_train: int
     n_test: int
+    at_edge: bool = False
 
 
 def _as_2d(name: str, x: Any) -> np.ndarray:
@@ -78,6 +86,7 @@ def linear_probe(
     folds: int = 5,
     seed: int = 0,
     normalize: bool = True,
+    extend: int = 2,
 ) -> ProbeResult:
     """Train a logistic regression on ``train_x`` and score it on ``test_x``.
 
@@ -88,6 +97,10 @@ def linear_probe(
         test_y: their labels.
         cs: candidate inverse penalties; the one with the best mean
             cross-validated accuracy wins (the smallest on ties: the most regularised).
+        extend: when the winner is the smallest (largest) candidate and strictly
+            beats its neighbour, try ten times smaller (larger) as well, at most
+            this many times in all; 0 keeps exactly ``cs``, and a single
+            candidate is a fixed penalty.
         folds: stratified folds on the train split (shuffled with ``seed``).
         seed: fixes the folds, so a given input always gives the same result.
         normalize: L2-normalise each embedding first.
@@ -97,8 +110,8 @@ def linear_probe(
 
     Raises:
         TorchslimError: on shapes that do not match, non-finite values, fewer
-            than two classes, a class with fewer samples than ``folds``, or an
-            empty ``cs``.
+            than two classes, a class with fewer samples than ``folds``, an
+            empty ``cs`` or a negative ``extend``.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -111,6 +124,8 @@ def linear_probe(
     ytr, yte = _labels("train_y", train_y, len(xtr)), _labels("test_y", test_y, len(xte))
     if not cs or any(c <= 0 for c in cs):
         raise TorchslimError(f"cs must be a non-empty list of positive penalties, got {list(cs)}")
+    if extend < 0:
+        raise TorchslimError(f"extend must be >= 0, got {extend}")
     classes, counts = np.unique(ytr, return_counts=True)
     if len(classes) < 2:
         raise TorchslimError(f"train_y has a single class ({classes.tolist()}); a probe needs at least two")
@@ -126,8 +141,28 @@ def linear_probe(
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = [(float(cross_val_score(model(c), xtr, ytr, cv=cv).mean()), -c, c) for c in sorted(cs)]
-    best_cv, _, best_c = max(scores)
+    scores = {c: float(cross_val_score(model(c), xtr, ytr, cv=cv).mean()) for c in sorted(set(cs))}
+
+    def best() -> float:
+        return max(scores, key=lambda c: (scores[c], -c))
+
+    def beyond_edge() -> float | None:
+        # the winner is an end of the grid and strictly beats its neighbour (a plateau needs no more)
+        grid, c = sorted(scores), best()
+        if len(grid) < 2 or c not in (grid[0], grid[-1]):
+            return None
+        i = 0 if c == grid[0] else -1
+        if scores[c] <= scores[grid[1 if i == 0 else -2]]:
+            return None
+        return c / 10 if i == 0 else c * 10
+
+    for _ in range(extend if len(scores) > 1 else 0):
+        new = beyond_edge()
+        if new is None:
+            break
+        scores[new] = float(cross_val_score(model(new), xtr, ytr, cv=cv).mean())
+    best_c = best()
     clf = model(best_c).fit(xtr, ytr)
     acc = float((clf.predict(xte) == yte).mean())
-    return ProbeResult(accuracy=acc, c=best_c, cv_accuracy=best_cv, n_train=len(xtr), n_test=len(xte))
+    return ProbeResult(accuracy=acc, c=best_c, cv_accuracy=scores[best_c], n_train=len(xtr), n_test=len(xte),
+                       at_edge=beyond_edge() is not None)
