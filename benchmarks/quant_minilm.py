@@ -26,6 +26,8 @@
   ``--latency-only`` rebuilds the models (the recorded smoothing strength, no selection), checks that our
   quantized model's state is bit-identical to the full run's (SHA-256 of its state dict) and refuses
   otherwise, keeps the full run's accuracies and cosines and re-measures only the latencies.
+  ``--accuracy-only`` is its counterpart: the same check, then the accuracies and cosines are
+  re-measured and the recorded latencies kept (for a change to the probe, not to the model).
 """
 
 from __future__ import annotations
@@ -115,13 +117,15 @@ def state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def main(only_latency: bool = False) -> None:
+def main(only: str | None = None) -> None:
+    """Full run, or ``only="latency"`` / ``only="accuracy"`` on the recorded run's model (SHA-256 checked)."""
     old: dict[str, Any] = {}
-    if only_latency:
+    only_latency, only_accuracy = only == "latency", only == "accuracy"
+    if only:
         previous = RESULTS / "quant_minilm.json"
         old = json.loads(previous.read_text()) if previous.exists() else {}
         if "ours_state_sha256" not in old.get("metrics", {}):
-            raise SystemExit("--latency-only re-measures a full run that recorded its model's SHA-256; run the benchmark first")
+            raise SystemExit(f"--{only}-only re-measures a full run that recorded its model's SHA-256; run the benchmark first")
     timer = Timer()
     torch.manual_seed(SEED)
     bert, tokenizer = load_minilm()
@@ -165,7 +169,7 @@ def main(only_latency: bool = False) -> None:
         if not len(sel_idx):
             raise SystemExit("no held-out training sentences left to choose the smoothing strength")
         sel = batches(tokenizer, [pool[i] for i in sel_idx])
-        choices = (old["metrics"]["smooth_alpha"],) if only_latency else SMOOTH_CHOICES
+        choices = (old["metrics"]["smooth_alpha"],) if only else SMOOTH_CHOICES
         with num_threads(1):
             ref_sel = embed(lambda enc: fp32(**enc), sel, len(sel_idx)) if len(choices) > 1 else None
             selection: dict[str, float] = {}
@@ -210,9 +214,15 @@ def main(only_latency: bool = False) -> None:
         smoothing = report.meta.get("smoothing", {})
         sha = state_sha256(ours)
         metrics: dict[str, Any]
-        if only_latency:
-            if sha != old["metrics"]["ours_state_sha256"]:
-                raise SystemExit("--latency-only: the rebuilt int8 model differs from the full run's; its accuracies would not hold")
+        if only and sha != old["metrics"]["ours_state_sha256"]:
+            raise SystemExit(f"--{only}-only: the rebuilt int8 model differs from the full run's; its recorded figures would not hold")
+        if only_accuracy:
+            metrics = {k: v for k, v in old["metrics"].items() if k not in variants}
+            recorded = str(old["metrics"].get("latency_measured", ""))
+            metrics["latency_measured"] = recorded if recorded[:2] == "20" else old.get("date", "?")
+            metrics["accuracy_measured"] = "this run (see date, machine)"
+            metrics["calibration_tokens"] = report.meta.get("calibration_tokens")
+        elif only_latency:
             metrics = {k: v for k, v in old["metrics"].items() if k != "latency"}
             metrics["accuracy_measured"] = old["metrics"].get("accuracy_measured") or old.get("date", "?")
             metrics["latency_measured"] = "this run (see date, machine)"
@@ -255,7 +265,7 @@ def main(only_latency: bool = False) -> None:
                 row["mean_cosine"], row["min_cosine"], row["p1_cosine"] = float(c.mean()), float(c.min()), float(np.percentile(c, 1))
             metrics[v] = row
 
-        timed = {
+        timed = {} if only_accuracy else {
             "torch_fp32_eager_ms": lambda: measure_latency(fp32, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ort_fp32_ms": lambda: measure_ort_latency(fp32_path, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "ours_int8_ms": lambda: measure_ort_latency(ours_proto, example, batch_size=BATCH, threads=THREADS, runs=RUNS),
@@ -269,12 +279,15 @@ def main(only_latency: bool = False) -> None:
             "padded_torch_fp32_eager_ms": lambda: measure_latency(fp32, padded, batch_size=BATCH, threads=THREADS, runs=RUNS),
             "padded_ours_int8_ms": lambda: measure_ort_latency(ours_proto, padded, batch_size=BATCH, threads=THREADS, runs=RUNS),
         }
-        medians, per_round = interleaved(timed, 1 if SMOKE else ROUNDS)
-        lat: dict[str, Any] = {**medians, "rounds_ms": per_round}
-        lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ours_int8_ms"]
-        lat["speedup_ort_dynamic_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_quantize_dynamic_ms"]
-        lat["speedup_torch_ao_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["torch_ao_dynamic_ms"]
-        lat["padded_speedup_ours_vs_torch_fp32"] = lat["padded_torch_fp32_eager_ms"] / lat["padded_ours_int8_ms"]
+        if only_accuracy:
+            lat: dict[str, Any] = old["metrics"]["latency"]
+        else:
+            medians, per_round = interleaved(timed, 1 if SMOKE else ROUNDS)
+            lat = {**medians, "rounds_ms": per_round}
+            lat["speedup_ours_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ours_int8_ms"]
+            lat["speedup_ort_dynamic_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["ort_quantize_dynamic_ms"]
+            lat["speedup_torch_ao_vs_torch_fp32"] = lat["torch_fp32_eager_ms"] / lat["torch_ao_dynamic_ms"]
+            lat["padded_speedup_ours_vs_torch_fp32"] = lat["padded_torch_fp32_eager_ms"] / lat["padded_ours_int8_ms"]
         metrics["latency"] = lat
 
     if SMOKE:
@@ -307,7 +320,9 @@ def main(only_latency: bool = False) -> None:
                f"embeddings computed on 1 thread; RT train subsampled to {RT_TRAIN}; logistic-regression probe: torchslim.measure.linear_probe (C by 5-fold CV on the train split); "
                f"SmoothQuant alpha chosen among {SMOOTH_CHOICES} by cosine to fp32 on {SELECT} held-out training sentences."
                + (" --latency-only: latencies re-measured in this run; accuracies and cosines from the full run of "
-                  f"{metrics['accuracy_measured']} (same int8 model: state SHA-256 checked)." if only_latency else "")),
+                  f"{metrics['accuracy_measured']} (same int8 model: state SHA-256 checked)." if only_latency else "")
+               + (" --accuracy-only: accuracies and cosines re-measured in this run; latencies from the run of "
+                  f"{metrics['latency_measured']} (same int8 model: state SHA-256 checked)." if only_accuracy else "")),
     )
     print(path)
     for key, t in targets.items():
@@ -315,4 +330,7 @@ def main(only_latency: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(only_latency="--latency-only" in sys.argv[1:])
+    modes = [a for a in sys.argv[1:] if a in ("--latency-only", "--accuracy-only")]
+    if len(modes) > 1:
+        raise SystemExit("--latency-only and --accuracy-only exclude each other")
+    main(only=modes[0][2:-5] if modes else None)
