@@ -151,12 +151,12 @@ def linear_probe(
         grid, c = sorted(scores), best()
         if len(grid) < 2 or c not in (grid[0], grid[-1]):
             return None
-        i = 0 if c == grid[0] else -1
-        if scores[c] <= scores[grid[1 if i == 0 else -2]]:
+        neighbour = grid[1] if c == grid[0] else grid[-2]
+        if scores[c] <= scores[neighbour]:
             return None
-        return c / 10 if i == 0 else c * 10
+        return c / 10 if c == grid[0] else c * 10
 
-    for _ in range(extend if len(scores) > 1 else 0):
+    for _ in range(extend):
         new = beyond_edge()
         if new is None:
             break
