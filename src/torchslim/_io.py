@@ -1,29 +1,19 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Deprecated location of the atomic writers: use :mod:`torchslim.io`."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+import warnings
+from typing import Any
+
+_MOVED = {"atomic_write_bytes", "atomic_write_text"}
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(
+            f"torchslim._io.{name} moved: use `from torchslim.io import {name}`", DeprecationWarning, stacklevel=2
+        )
+        import torchslim.io.atomic as atomic
 
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+        return getattr(atomic, name)
+    raise AttributeError(f"module 'torchslim._io' has no attribute {name!r}")

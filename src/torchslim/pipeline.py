@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from torchslim._io import atomic_write_text
+from torchslim.io import atomic_write_text
 from torchslim.data import DataBundle, Jitter, load_data
 from torchslim.errors import CheckpointError, TorchslimError
 from torchslim.measure import Measurement, layer_stats, measure

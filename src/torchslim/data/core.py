@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 from pathlib import Path
 
 import torch
@@ -17,6 +17,14 @@ SPLITS = ("train", "val", "test")
 
 #: ``(x, generator) -> x``: a per-batch input transform (augmentation), see :mod:`torchslim.data.transforms`
 BatchTransform = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
+
+
+class CalibrationSource(Protocol):
+    """What :meth:`DataBundle.calibration_loader` reads of a calibration config."""
+
+    split: str
+    batch_size: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,17 @@ class DataBundle:
         """
         transform = self.train_transform if split == "train" and shuffle else None
         return TensorLoader(self.split(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, transform=transform)
+
+    def calibration_loader(self, cal: CalibrationSource) -> TensorLoader:
+        """The shuffled, seeded batches a :class:`~torchslim.config.CalibrationConfig` names.
+
+        Example:
+            >>> from torchslim.config import CalibrationConfig
+            >>> loader = ts.load_data("digits").calibration_loader(CalibrationConfig(batch_size=16, seed=3))
+            >>> next(iter(loader))[0].shape
+            torch.Size([16, 1, 8, 8])
+        """
+        return self.loader(cal.split, cal.batch_size, shuffle=True, seed=cal.seed)
 
     def example_input(self) -> torch.Tensor:
         """One test sample with a batch dimension, for MACs and latency."""

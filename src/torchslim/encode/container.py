@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim._io import atomic_write_bytes
+from torchslim.io import atomic_write_bytes
 from torchslim.encode.kmeans import CODES_SUFFIX
 from torchslim.encode.streams import (
     StreamError,
@@ -70,6 +70,7 @@ from torchslim.encode.streams import (
     positions_from_gaps,
 )
 from torchslim.errors import CheckpointError
+from torchslim.graph import provenance
 
 MAGIC = b"TSLIM\x00\r\n"
 FORMAT_VERSION = 1
@@ -408,7 +409,7 @@ def _encode_state(
 
 def _quantized_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, Any, str, torch.Tensor]]:
     """For every quantized layer of ``model``: its weight's integers, qparams and fake-quantized value."""
-    if model.__dict__.get("_torchslim_quant") is None:
+    if provenance.latest(model, "quant") is None:
         return {}
     from torchslim.quant.affine import quantize
     from torchslim.quant.fake import ste_fake_quantize
@@ -508,7 +509,7 @@ def encode_model(
         "format": "tslim",
         "arch": arch or {},
         "structure": recorded_structure(model),
-        "quant": model.__dict__.get("_torchslim_quant"),
+        "quant": provenance.latest(model, "quant"),
         "meta": meta or {},
         "records": entries,
     }

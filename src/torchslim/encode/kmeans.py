@@ -5,8 +5,8 @@ into ``2**bits`` centroids and replaces every weight by its centroid. The
 cluster of each weight is kept in an ``int16`` buffer ``<param>_codes`` (``-1``
 where the weight is pruned), so the sharing survives a checkpoint and training:
 
-* during fine-tuning (:func:`torchslim.train.finetune` adds :class:`KeepShared`
-  automatically) the gradients of all weights of a cluster are summed and that
+* during fine-tuning (:func:`torchslim.train.finetune` keeps every registered
+  constraint, :data:`SHARING` included) the gradients of all weights of a cluster are summed and that
   sum is what every member receives, so the centroid moves by exactly the
   paper's update; after each optimizer step every weight is snapped to its
   cluster's value (the value of the cluster's first member), so members stay
@@ -47,6 +47,7 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
+from torchslim.graph import constraints
 from torchslim.prune.mask import get_mask
 from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import check_target_keys, select_layers
@@ -308,6 +309,20 @@ def remove_sharing(model: nn.Module) -> int:
         del module._buffers[pname + CODES_SUFFIX]
         module.__dict__.get(_CACHE_ATTR, {}).pop(pname, None)
     return len(found)
+
+
+SHARING = constraints.register(
+    constraints.Constraint(
+        "sharing",
+        CODES_SUFFIX,
+        attach=attach_codes,
+        validate=validate_codes,
+        before_step=sum_cluster_gradients_,
+        after_step=reapply_sharing,
+        order=1,
+        after_weights=True,  # snapping a loaded shared weight onto its codebook is then a no-op
+    )
+)
 
 
 # -- the verb ---------------------------------------------------------------------------------------

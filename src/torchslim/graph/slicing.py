@@ -8,7 +8,7 @@ with a checkpoint and replayed on a fresh instance of the architecture::
      "blocks": ["layer2.1"]}
 
 Index lists are the positions *kept*, relative to the module as it is when the
-step is applied. Pruning masks (``<param>_mask`` buffers) are sliced with their parameter.
+step is applied. Constraint buffers (pruning masks ``<param>_mask``) are sliced with their parameter.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.graph import constraints, provenance
 from torchslim.graph.surgery import get_module, replace_module
 
-STRUCTURE_ATTR = "_torchslim_structure"
+#: the provenance kind of structure steps
+STRUCTURE = "structure"
 
 
 def _slice_param(module: nn.Module, pname: str, dim: int, idx: torch.Tensor) -> None:
@@ -30,9 +32,10 @@ def _slice_param(module: nn.Module, pname: str, dim: int, idx: torch.Tensor) -> 
         return
     new = nn.Parameter(p.detach().index_select(dim, idx.to(p.device)).clone(), requires_grad=p.requires_grad)
     setattr(module, pname, new)
-    mask = module._buffers.get(pname + "_mask")
-    if mask is not None:
-        module._buffers[pname + "_mask"] = mask.index_select(dim, idx.to(mask.device)).clone()
+    for c in constraints.ordered():  # a pruning mask (or other per-parameter state) is sliced with its parameter
+        buf = module._buffers.get(pname + c.suffix)
+        if buf is not None and buf.shape == p.shape:
+            module._buffers[pname + c.suffix] = buf.index_select(dim, idx.to(buf.device)).clone()
 
 
 def _slice_buffer(module: nn.Module, bname: str, idx: torch.Tensor) -> None:
@@ -124,12 +127,19 @@ def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = Tr
     for name in step.get("blocks", []):
         replace_module(model, name, nn.Identity())
     if record:
-        model.__dict__.setdefault(STRUCTURE_ATTR, []).append(step)
+        provenance.record(model, STRUCTURE, step)
+
+
+@provenance.register_rebuilder(STRUCTURE)
+def _rebuild_structure(model: nn.Module, step: Any, state: dict[str, torch.Tensor]) -> None:
+    if not isinstance(step, dict):
+        raise TorchslimError(f"a structure step must be a mapping, got {type(step).__name__}")
+    apply_structure(model, step, record=False)
 
 
 def recorded_structure(model: nn.Module) -> list[dict[str, Any]]:
     """The structure steps applied to ``model`` so far (JSON data)."""
-    return list(model.__dict__.get(STRUCTURE_ATTR, []))
+    return provenance.of_kind(model, STRUCTURE)
 
 
 def replay_structure(model: nn.Module, steps: list[dict[str, Any]]) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from torchslim.graph import constraints
+
 MASK_SUFFIX = "_mask"
 _HOOKS_ATTR = "_torchslim_mask_hooks"
 _FLOAT_ATTR = "_torchslim_float_masks"
@@ -65,11 +67,45 @@ def attach_mask(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
         module._buffers[buffer] = mask
     else:
         module.register_buffer(buffer, mask)
-    hooks: dict[str, torch.utils.hooks.RemovableHandle] = module.__dict__.setdefault(_HOOKS_ATTR, {})
-    if param_name not in hooks:
-        hooks[param_name] = param.register_hook(_GradMask(module, buffer))
+    _ensure_hook(module, param_name)
     with torch.no_grad():
         param.masked_fill_(~mask, 0.0)  # +0.0 (mul_ would leave -0.0 where weights were negative)
+
+
+def _ensure_hook(module: nn.Module, param_name: str) -> None:
+    """Register the gradient hook of ``module.<param_name>``'s mask unless the parameter has it.
+
+    Tensor hooks do not survive ``copy.deepcopy``: a copied model gets them again here.
+    """
+    param = getattr(module, param_name)
+    buffer = param_name + MASK_SUFFIX
+    current = (param._backward_hooks or {}).values()
+    if any(isinstance(h, _GradMask) and h.module is module and h.buffer == buffer for h in current):
+        return
+    hooks: dict[str, torch.utils.hooks.RemovableHandle] = module.__dict__.setdefault(_HOOKS_ATTR, {})
+    hooks[param_name] = param.register_hook(_GradMask(module, buffer))
+
+
+def reattach_masks(model: nn.Module) -> None:
+    """Give every masked parameter of ``model`` its gradient hook again (after a deep copy).
+
+    Example:
+        >>> import copy
+        >>> model = ts.create_model("lenet300", in_features=64)
+        >>> _ = ts.prune_(model, {"sparsity": 0.5})
+        >>> clone = copy.deepcopy(model)
+        >>> reattach_masks(clone)
+        >>> clone(torch.randn(2, 64)).sum().backward()
+        >>> bool((clone.fc2.weight.grad[~clone.fc2.weight_mask] == 0).all())
+        True
+    """
+    for _, module, pname, _mask in iter_masks(model):
+        _ensure_hook(module, pname)
+
+
+def _check_mask(value: torch.Tensor, param: torch.Tensor, key: str) -> None:
+    if value.dtype != torch.bool and not bool(((value == 0) | (value == 1)).all()):
+        raise ValueError(f"mask {key} holds values other than 0 and 1")
 
 
 def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
@@ -112,3 +148,16 @@ def remove_masks(model: nn.Module) -> int:
 def mask_keys(model: nn.Module) -> list[str]:
     """State-dict keys of every mask buffer in ``model``."""
     return [f"{m}.{p}{MASK_SUFFIX}" if m else f"{p}{MASK_SUFFIX}" for m, _, p, _ in iter_masks(model)]
+
+
+MASK = constraints.register(
+    constraints.Constraint(
+        "mask",
+        MASK_SUFFIX,
+        attach=attach_mask,
+        validate=_check_mask,
+        after_step=reapply_masks,
+        reattach=reattach_masks,
+        order=0,
+    )
+)

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from torchslim._io import atomic_write_bytes, atomic_write_text
+from torchslim.io import atomic_write_bytes, atomic_write_text
 from torchslim.errors import CheckpointError
 from torchslim.prune.mask import MASK_SUFFIX
 

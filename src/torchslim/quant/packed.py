@@ -36,11 +36,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from torchslim._io import atomic_write_bytes, atomic_write_text
 from torchslim.errors import CheckpointError, TorchslimError
+from torchslim.graph import provenance
+from torchslim.graph.transaction import transplant
+from torchslim.io import atomic_write_bytes, atomic_write_text
 from torchslim.quant.affine import QParams, dequantize, quantize
 from torchslim.quant.config import QuantizeConfig, WeightQuantConfig
 from torchslim.quant.model import QUANT_LAYERS
+from torchslim.quant.ptq import QUANT, build_structure, quant_info
+from torchslim.quant.smooth import attach_input_scales
 
 FORMAT = "torchslim-packed-quant"
 FORMAT_VERSION = 1
@@ -98,7 +102,7 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
         'model.safetensors'
         >>> tmp.cleanup()
     """
-    info = model.__dict__.get("_torchslim_quant")
+    info = quant_info(model)
     if info is None:
         raise TorchslimError("save_packed needs a model quantized by quantize_")
     tensors: dict[str, torch.Tensor] = {}
@@ -172,9 +176,6 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
     """
     import copy
 
-    from torchslim.quant.ptq import _transplant, build_structure
-    from torchslim.quant.smooth import attach_input_scales
-
     tensors_path, sidecar = _paths(path)
     if not tensors_path.exists() or not sidecar.exists():
         raise CheckpointError(f"packed checkpoint {tensors_path} / {sidecar} not found")
@@ -225,8 +226,8 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"cannot load {tensors_path}: {exc}") from exc
-    work.__dict__["_torchslim_quant"] = record["quantize"]
-    _transplant(model, work)
+    provenance.record(work, QUANT, record["quantize"])
+    transplant(model, work)
     return model
 
 

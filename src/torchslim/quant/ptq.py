@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, TransformRefusedError
+from torchslim.graph import provenance
+from torchslim.graph.transaction import transplant
 from torchslim.measure.accuracy import logits_of
 from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
@@ -36,6 +38,8 @@ from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import select_layers
 
 FilterFn = Callable[[nn.Module, str], bool]
+#: the provenance kind of quantization records
+QUANT = "quant"
 
 
 def _select(
@@ -80,12 +84,7 @@ def _take(calibration: Iterable[Any] | None, n: int) -> list[Any]:
     return list(itertools.islice(iter(calibration), n))
 
 
-def _transplant(dst: nn.Module, src: nn.Module) -> None:
-    """Make ``dst`` become ``src`` (same object identity for callers)."""
-    dst.__dict__.clear()
-    dst.__dict__.update(src.__dict__)
-    if type(dst) is not type(src):
-        dst.__class__ = type(src)
+_transplant = transplant  # the name quant.packed used before graph.transaction had it
 
 
 def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, WeightQuantConfig]) -> dict[str, Any]:
@@ -240,19 +239,19 @@ def quantize_(
             q_out = logits_of(call_model(work, sample))
         meta["output_sqnr_db"] = sqnr_db(ref_out, q_out)
         meta["output_top1_agreement"] = float((ref_out.argmax(-1) == q_out.argmax(-1)).float().mean())
-    work.__dict__["_torchslim_quant"] = {
+    provenance.record(work, QUANT, {
         "config": config.model_dump(),
         "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
         **({"smoothed": list(smoothed_by)} if smoothed_by else {}),
-    }
-    _transplant(model, work)
+    })
+    transplant(model, work)
     return Report(title="quantize", technique="quantize", layers=layers, skipped=skipped, meta=meta)
 
 
 def quant_info(model: nn.Module) -> dict[str, Any] | None:
     """What :func:`quantize_` did to ``model`` (its config and per-layer weight configs), or ``None``."""
-    info = model.__dict__.get("_torchslim_quant")
-    return copy.deepcopy(info) if info is not None else None
+    info = provenance.latest(model, QUANT)
+    return info if isinstance(info, dict) else None
 
 
 def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -277,6 +276,13 @@ def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, t
         >>> torch.equal(model.eval()(x), qmodel.eval()(x))
         True
     """
+    _rebuild_quantized(model, info, state)
+    provenance.record(model, QUANT, info)
+
+
+@provenance.register_rebuilder("quant")
+def _rebuild_quantized(model: nn.Module, info: Any, state: dict[str, torch.Tensor]) -> None:
+    """:func:`rebuild_quantized` without appending the record (the provenance rebuilder of ``quant``)."""
     if not isinstance(info, dict) or "config" not in info or not isinstance(info.get("layers"), dict):
         raise TorchslimError("the quantization record lacks its config or layers")
     config = QuantizeConfig.parse(info["config"])
@@ -297,4 +303,3 @@ def rebuild_quantized(model: nn.Module, info: dict[str, Any], state: dict[str, t
     for module in model.modules():
         if isinstance(module, FakeQuantize):
             module.observing = False
-    model.__dict__["_torchslim_quant"] = copy.deepcopy(info)

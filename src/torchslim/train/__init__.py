@@ -1,10 +1,11 @@
 """Training: the fine-tune loop with technique callbacks, and atomic checkpoints."""
 
 from torchslim.train.checkpoint import load_checkpoint, load_state, load_weights, read_sidecar, save_checkpoint
-from torchslim.train.loop import Callback, KeepMasks, TrainConfig, TrainState, finetune
+from torchslim.train.loop import Callback, KeepConstraints, KeepMasks, TrainConfig, TrainState, finetune
 
 __all__ = [
     "Callback",
+    "KeepConstraints",
     "KeepMasks",
     "TrainConfig",
     "TrainState",

@@ -24,10 +24,9 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.data import DataBundle
-from torchslim.encode.kmeans import iter_shared, reapply_sharing, sum_cluster_gradients_
 from torchslim.errors import TrainingDivergedError
+from torchslim.graph import constraints
 from torchslim.measure import evaluate_accuracy
-from torchslim.prune.mask import iter_masks, reapply_masks
 from torchslim.report import Report
 
 
@@ -104,26 +103,34 @@ class Callback:
         """Training diverged and stops without ``on_finalize``: undo what ``on_train_start`` set up."""
 
 
-class KeepMasks(Callback):
-    """Re-applies pruning masks after every optimizer step (added automatically when masks exist)."""
+class KeepConstraints(Callback):
+    """Keeps every registered constraint the model carries through training (added automatically).
 
-    def on_step(self, state: TrainState) -> None:
-        reapply_masks(state.model)
-
-
-class KeepShared(Callback):
-    """Weight sharing during training (added automatically when shared weights exist).
-
-    Before each step every member of a cluster gets the cluster's summed
-    gradient (the paper's centroid update); after it, members are snapped back
-    onto one shared value and pruned weights to zero.
+    Pruning masks are re-applied after each optimizer step; shared weights get
+    their cluster's summed gradient before the step and are snapped back onto
+    their codebook after it (see :mod:`torchslim.graph.constraints`). The
+    constraints are those the model carries when training starts.
     """
 
+    def __init__(self) -> None:
+        self.active: list[constraints.Constraint] = []
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.active = constraints.active(state.model)
+
     def on_before_step(self, state: TrainState) -> None:
-        sum_cluster_gradients_(state.model)
+        for c in self.active:
+            if c.before_step is not None:
+                c.before_step(state.model)
 
     def on_step(self, state: TrainState) -> None:
-        reapply_sharing(state.model)
+        for c in self.active:
+            if c.after_step is not None:
+                c.after_step(state.model)
+
+
+#: the earlier name of :class:`KeepConstraints` (it kept pruning masks only)
+KeepMasks = KeepConstraints
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -239,10 +246,8 @@ def finetune(
         total = min(total, cfg.max_steps)
     optimizer = build_optimizer(model.parameters(), cfg)
     all_callbacks = list(callbacks)
-    if any(True for _ in iter_masks(model)) and not any(isinstance(c, KeepMasks) for c in all_callbacks):
-        all_callbacks.append(KeepMasks())
-    if any(True for _ in iter_shared(model)) and not any(isinstance(c, KeepShared) for c in all_callbacks):
-        all_callbacks.append(KeepShared())  # after KeepMasks: snapping also zeroes pruned weights
+    if constraints.active(model) and not any(isinstance(c, KeepConstraints) for c in all_callbacks):
+        all_callbacks.append(KeepConstraints())
     state = TrainState(model, optimizer, cfg, total_steps=total)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # restored if the loss diverges
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

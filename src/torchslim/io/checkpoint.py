@@ -1,0 +1,236 @@
+"""Checkpoints: safetensors tensors + a JSON sidecar, both written atomically.
+
+``<stem>.safetensors`` holds the state dict (constraint buffers such as pruning
+masks included); ``<stem>.json`` holds the format version, the SHA-256 of the
+tensors file, the model's provenance records (structure steps, quantization:
+replayed onto a fresh model before its weights are loaded, see
+:mod:`torchslim.graph.provenance`) and whatever metadata the caller adds.
+Loading verifies the checksum and that the tensors fit the model before touching
+it; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
+from safetensors.torch import save as st_save
+from torch import nn
+
+from torchslim.errors import CheckpointError, TorchslimError
+from torchslim.graph import constraints, provenance
+from torchslim.graph.transaction import transplant
+from torchslim.io.atomic import atomic_write_bytes, atomic_write_text
+
+FORMAT = "torchslim-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Save ``model``'s state dict to ``<path>.safetensors`` and a sidecar ``<path>.json``.
+
+    Returns the path of the tensors file. The sidecar is written last, so a
+    sidecar always describes a complete tensors file.
+    """
+    tensors_path, sidecar = _paths(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = st_save(state, metadata={"format": "pt"})
+    atomic_write_bytes(tensors_path, blob)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tensors": tensors_path.name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "provenance": provenance.records(model),
+        "meta": meta or {},
+    }
+    atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
+    return tensors_path
+
+
+def read_sidecar_file(sidecar: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """Read a JSON sidecar and check its ``format`` and ``format_version`` (``what`` names the file kind in errors)."""
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} sidecar {sidecar} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{what} sidecar {sidecar} is corrupt: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise CheckpointError(f"{sidecar} is not a torchslim {what} sidecar")
+    if info.get("format_version") != version:
+        raise CheckpointError(
+            f"{sidecar}: unsupported {what} format_version {info.get('format_version')!r} (this torchslim reads {version})"
+        )
+    return info
+
+
+def read_verified(
+    tensors_path: Path, sidecar: Path, fmt: str, version: int, what: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked sidecar and the safetensors tensors, verified against the sidecar's SHA-256 (nothing unpickled)."""
+    info = read_sidecar_file(sidecar, fmt, version, what)
+    try:
+        blob = tensors_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} tensors {tensors_path} not found") from None
+    if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
+    try:
+        return info, st_load(blob)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: {exc}") from None
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint's sidecar JSON."""
+    return read_sidecar_file(_paths(path)[1], FORMAT, FORMAT_VERSION, "checkpoint")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
+    tensors_path, sidecar = _paths(path)
+    info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
+    load_structured_state(model, sidecar_provenance(info, str(sidecar)), state, source=str(tensors_path))
+    return dict(info.get("meta", {}))
+
+
+def sidecar_provenance(info: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """The provenance records of a sidecar (files from before provenance: its ``structure`` and ``quant``)."""
+    try:
+        if "provenance" in info:
+            return provenance.check_records(info["provenance"])
+        return provenance.check_records(provenance.from_legacy(info.get("structure"), info.get("quant")))
+    except TorchslimError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
+def load_structured_state(
+    model: nn.Module,
+    steps: list[dict[str, Any]],
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    quant: dict[str, Any] | None = None,
+) -> None:
+    """Rebuild the provenance records ``steps`` the model lacks (structure, quantization), then load ``state``.
+
+    ``steps`` are provenance records (``{"kind", "data"}``); bare structure steps
+    and a separate ``quant`` record, as files from before provenance hold them,
+    are accepted too. The model is untouched on any mismatch: a changed structure
+    is rebuilt and loaded on a copy first.
+
+    Raises:
+        CheckpointError: the records cannot be replayed, or the state does not fit.
+    """
+    recs = steps if all(isinstance(s, dict) and set(s) == {"kind", "data"} for s in steps) else None
+    if recs is None or quant is not None:
+        recs = provenance.from_legacy([s for s in steps if not (isinstance(s, dict) and set(s) == {"kind", "data"})], quant)
+    try:
+        recs = provenance.check_records(recs)
+    except TorchslimError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    if _canon(provenance.records(model)) == _canon(recs):
+        load_state(model, state, source=source)
+        return
+    work = copy.deepcopy(model)
+    try:
+        provenance.replay(work, recs, state)
+    except TorchslimError as exc:
+        raise CheckpointError(f"{source}: cannot rebuild the recorded structure on this model: {exc}") from None
+    load_state(work, state, source=source)
+    transplant(model, work)
+
+
+def _canon(recs: list[dict[str, Any]]) -> str:
+    return json.dumps(recs, sort_keys=True)
+
+
+def _constraint_extras(
+    model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+) -> tuple[list[tuple[constraints.Constraint, nn.Module, str, torch.Tensor]], list[str]]:
+    """Constraint buffers in ``state`` that a fresh ``model`` lacks (masks, sharing codes), checked; and problems."""
+    modules = dict(model.named_modules())
+    extras: list[tuple[constraints.Constraint, nn.Module, str, torch.Tensor]] = []
+    problems: list[str] = []
+    for key, value in state.items():
+        c = constraints.of_key(key)
+        if key in own or c is None:
+            continue
+        mod_name, _, buf = key.rpartition(".")
+        module, pname = modules.get(mod_name), buf[: -len(c.suffix)]
+        param = getattr(module, pname, None) if module is not None else None
+        if not isinstance(param, torch.Tensor) or param.shape != value.shape:
+            problems.append(f"{c.name} buffer {key} fits no parameter of the model")
+            continue
+        if c.validate is not None:
+            try:
+                c.validate(value, param, key)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+        extras.append((c, module, pname, value))
+    return extras, problems
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+    """Load ``state`` into ``model``, re-attaching constraints (pruning masks, sharing codes); untouched on mismatch.
+
+    Raises:
+        CheckpointError: naming missing and unexpected keys and shape mismatches.
+    """
+    own = model.state_dict()
+    extras, problems = _constraint_extras(model, state, own)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and constraints.of_key(k) is None]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model architecture: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    for late in (False, True):  # constraints that snap weights attach after the weights are loaded
+        for c, module, pname, value in sorted(extras, key=lambda e: e[0].order):
+            if c.after_weights == late:
+                c.attach(module, pname, value)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a weights file into ``model``: a safetensors file, a torchslim checkpoint, or a
+    PyTorch state dict (``.pt``/``.pth``/``.bin``, read with ``torch.load(weights_only=True)``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"weights file {p} not found")
+    if p.suffix == ".safetensors" and _paths(p)[1].exists():
+        load_checkpoint(model, p)
+        return
+    try:
+        if p.suffix == ".safetensors":
+            state = st_load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any parse failure as a bad file
+        raise CheckpointError(f"cannot read weights file {p}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {p} does not hold a state dict of tensors")
+    load_state(model, state, source=str(p))
