@@ -77,7 +77,7 @@ def main() -> None:
     best: tuple[int, float, dict] | None = None
     for temperature in TEMPERATURES:
         student = copy.deepcopy(distilled)
-        report = ts.distill(
+        report = ts.distill_from(
             student,
             teacher,
             data,

@@ -88,7 +88,7 @@ def main() -> None:
     dummy = torch.zeros(len(tokens), dtype=torch.long)
     empty = Split(tokens[:0], dummy[:0])
     data = DataBundle("offline-text", Split(tokens, dummy), empty, Split(tokens[:32], dummy[:32]), 2, tuple(tokens.shape[1:]))
-    report = ts.distill(
+    report = ts.distill_from(
         SentenceEncoder(student),
         SentenceEncoder(teacher),
         data,

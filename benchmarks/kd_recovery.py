@@ -53,7 +53,7 @@ def main() -> None:
     plain, healed = pruned, copy.deepcopy(pruned)
     ts.finetune(plain, data, HEAL, progress=False, description="plain fine-tune")
     plain_acc = evaluate_accuracy(plain, test)
-    ts.distill(healed, copy.deepcopy(teacher), data, {**HEAL, "temperature": TEMPERATURE, "alpha": ALPHA},
+    ts.distill_from(healed, copy.deepcopy(teacher), data, {**HEAL, "temperature": TEMPERATURE, "alpha": ALPHA},
                progress=False, description="distillation from the unpruned model")
     kd_acc = evaluate_accuracy(healed, test)
 

@@ -73,7 +73,7 @@ def minilm_part() -> tuple[dict, dict, dict]:
     for data_aware in (True, False):  # ours (whitened on calibration inputs), then plain SVD of the weights
         model = copy.deepcopy(full_model)
         cfg = {"ratio": 0.5, "keep_first_last": False, "targets": {ffn: {}}, "data_aware": data_aware,
-               "calibration_batches": CALIB_BATCHES}
+               "calibration": {"batches": CALIB_BATCHES}}
         rep = factorize_(model, cfg, calibration=calib if data_aware else None)
         p_before = sum(l.details["params_before"] for l in rep.layers)
         p_after = sum(l.details["params_after"] for l in rep.layers)

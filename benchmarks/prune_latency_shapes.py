@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Timer, interleaved, write_result  # noqa: E402
 
+from torchslim.deploy import measure_ort_latency  # noqa: E402
 from torchslim.measure import count_macs, measure_latency  # noqa: E402
-from torchslim.measure.latency import measure_ort_latency  # noqa: E402
 from torchslim.prune.structured import prune_structured_  # noqa: E402
 from torchslim.zoo import create_model  # noqa: E402
 

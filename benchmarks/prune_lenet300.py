@@ -102,13 +102,13 @@ def main() -> None:
         candidate.load_state_dict(base.state_dict())
         rep = prune_with_schedule(
             candidate,
+            data,
             {"sparsity": SPARSITY, "criterion": "magnitude", "keep_first_last": False,
              "schedule": {"kind": "iterative", "rounds": ROUNDS, "finetune": ft}},
-            data,
         )
         healed = ts.create_model("lenet300")
         load_state(healed, {k: v.clone() for k, v in candidate.state_dict().items()})
-        ts.distill(healed, base, data, HEAL, progress=False, description=f"candidate {i} healing")
+        ts.distill_from(healed, base, data, HEAL, progress=False, description=f"candidate {i} healing")
         for heal, model_i in ((None, candidate), (HEAL, healed)):
             val = evaluate_accuracy(model_i, data.loader("val", 1000))
             tried.append({"finetune": ft, "heal": heal, "val_accuracy": val, "test_error": 1 - evaluate_accuracy(model_i, test)})

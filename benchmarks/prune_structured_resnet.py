@@ -32,8 +32,8 @@ from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
 from _common import Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data import DataBundle, load_data  # noqa: E402
+from torchslim.deploy import measure_ort_latency  # noqa: E402
 from torchslim.measure import count_macs, evaluate_accuracy, measure_latency  # noqa: E402
-from torchslim.measure.latency import measure_ort_latency  # noqa: E402
 from torchslim.prune.structured import prune_structured_  # noqa: E402
 from torchslim.train import finetune, load_checkpoint, save_checkpoint  # noqa: E402
 from torchslim.zoo import create_model  # noqa: E402

@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data import DataBundle, load_data  # noqa: E402
-from torchslim.measure import evaluate_accuracy, measure_latency, measure_ort_latency, num_threads  # noqa: E402
-from torchslim.quant import OrtModel, export_fp32, export_qdq, qat_finetune, quantize_  # noqa: E402
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency  # noqa: E402
+from torchslim.measure import evaluate_accuracy, measure_latency, num_threads  # noqa: E402
+from torchslim.quant import qat_finetune, quantize_  # noqa: E402
 from torchslim.zoo import create_model  # noqa: E402
 
 SEED = 0

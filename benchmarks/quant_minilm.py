@@ -51,14 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
 
 from torchslim.data.text import load_text  # noqa: E402
-from torchslim.measure import linear_probe, measure_latency, measure_ort_latency, num_threads  # noqa: E402
-from torchslim.quant import OrtModel, export_fp32, export_qdq, ort_optimize, quantize_  # noqa: E402
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency, ort_optimize  # noqa: E402
+from torchslim.measure import linear_probe, measure_latency, num_threads  # noqa: E402
+from torchslim.quant import quantize_  # noqa: E402
 from torchslim.zoo.minilm import load_minilm, mean_pool, tokenize  # noqa: E402
 
 SEED = 0
 THREADS, BATCH, SEQ, RUNS, ROUNDS = 2, 32, 128, 10, 5
 RT_TRAIN = 3000
-CALIB_BATCHES, CALIB_SIZE = 32, 16  # quantize_ uses the first calibration_batches (16) of these
+CALIB_BATCHES, CALIB_SIZE = 32, 16  # quantize_ uses the first calibration.batches (16) of these
 SMOOTH_CHOICES: tuple[float | None, ...] = (None, 0.5, 0.75)
 SELECT = 600
 SMOKE = int(os.environ.get("QUANT_MINILM_SMOKE", "0"))

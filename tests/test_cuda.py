@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchslim.data import load_data
-from torchslim.distill import distill
+from torchslim.distill import distill_from
 from torchslim.measure import evaluate_accuracy, measure
 from torchslim.prune import prune_
 from torchslim.train import finetune, load_checkpoint, save_checkpoint
@@ -55,6 +55,6 @@ def test_distill_on_cuda():
     finetune(teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32}, progress=False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = create_model("mlp", in_features=64, hidden=[32]).cuda()
-    distill(student, teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32, "temperature": 4.0}, progress=False)
+    distill_from(student, teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32, "temperature": 4.0}, progress=False)
     assert evaluate_accuracy(student, data.loader("test", 512)) > 0.9
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

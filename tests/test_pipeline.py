@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-import torchslim.stages as stages_mod
+import torchslim.stages.catalog as stages_mod
 from torchslim.errors import TorchslimError
 from torchslim.pipeline import read_state, run_recipe
 from torchslim.recipe import parse_recipe
@@ -166,7 +166,7 @@ def test_resume_after_a_quantize_stage_rebuilds_the_quantized_model(tmp_path):
         **RECIPE,
         "stages": [
             RECIPE["stages"][0],
-            {"type": "quantize", "mode": "static", "weight": {"bits": 4}, "calibration_batches": 2},
+            {"type": "quantize", "mode": "static", "weight": {"bits": 4}, "calibration": {"batches": 2}},
             {"type": "finetune", "epochs": 1, "lr": 0.001},
         ],
     }

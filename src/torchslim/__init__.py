@@ -12,7 +12,7 @@ Example:
     >>> _ = ts.finetune(model, data, {"epochs": 5, "lr": 0.1})
     >>> report = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
     >>> _ = ts.finetune(model, data, {"epochs": 2, "lr": 0.01})
-    >>> m = ts.measure(model, data.loader("test"), example_input=data.example_input())
+    >>> m = ts.evaluate(model, data.loader("test"), example_input=data.example_input())
     >>> m.params, m.nonzeros
     (50610, 5430)
     >>> m.accuracy > 0.8
@@ -20,12 +20,12 @@ Example:
 """
 
 from torchslim.data import load_data
-from torchslim.distill import DistillConfig, distill
+from torchslim.distill import DistillConfig, distill_from
 from torchslim.encode import ShareConfig, TslimFormatError, load, save, share_weights_
 from torchslim.errors import CheckpointError, ConfigError, DataNotFoundError, TorchslimError, TransformRefusedError
 from torchslim.fold import DropLayersConfig, FoldConfig, drop_layers_, fold_
 from torchslim.lowrank import FactorizeConfig, factorize_
-from torchslim.measure import Measurement, measure
+from torchslim.measure import Measurement, evaluate
 from torchslim.pipeline import run_recipe
 from torchslim.prune import PruneConfig, StructuredPruneConfig, load_sparse, prune_, save_sparse
 from torchslim.prune.regularize import SparseTrainConfig, sparse_train
@@ -59,7 +59,7 @@ __all__ = [
     "TransformRefusedError",
     "TslimFormatError",
     "create_model",
-    "distill",
+    "distill_from",
     "drop_layers_",
     "factorize_",
     "finetune",
@@ -70,7 +70,7 @@ __all__ = [
     "load_recipe",
     "load_sparse",
     "load_weights",
-    "measure",
+    "evaluate",
     "prune_",
     "prune_with_schedule",
     "quantize_",

@@ -33,10 +33,10 @@ from torch import nn
 from torchslim.io import atomic_write_text
 from torchslim.data import DataBundle, Jitter, load_data
 from torchslim.errors import CheckpointError, TorchslimError
-from torchslim.measure import Measurement, layer_stats, measure
+from torchslim.measure import Measurement, evaluate, layer_stats
 from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
 from torchslim.report import LayerReport, Report, SkippedLayer, StageRecord
-from torchslim.stages import STAGES, StageContext
+from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train import load_checkpoint, load_weights, save_checkpoint
 from torchslim.zoo import create_model
 
@@ -90,7 +90,7 @@ def model_arch(spec: ModelSpec, data: DataBundle | None = None) -> dict[str, Any
 
 def measure_model(model: nn.Module, data: DataBundle, spec: MeasureSpec) -> Measurement:
     """The measurement record a run takes after each stage (test split)."""
-    return measure(
+    return evaluate(
         model,
         data.loader("test", spec.eval_batch),
         example_input=data.example_input(),
@@ -224,12 +224,15 @@ def run_recipe(
                 initial_model=lambda: _baseline_model(recipe, data, out, done),
                 output=out,
                 arch=model_arch(recipe.model, data),
+                finetune=stage.finetune,
+                build_model=lambda spec: build_model(spec, data),
             )
-            stage_report = STAGES.get(stage.type).run(model, stage.config, ctx)
+            result = run_stage(STAGES.get(stage.type), model, stage.config, ctx)
+            stage_report = result.report
             seconds = time.perf_counter() - t_stage
             m = measure_model(model, data, recipe.measure)
-            if isinstance(stage_report.meta.get("file_bytes"), int):  # the stage wrote the model file (encode)
-                m = dataclasses.replace(m, bytes_file=stage_report.meta["file_bytes"])
+            if result.artefact is not None:  # the stage wrote the deployed model file (encode)
+                m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
             ckpt = f"stage-{index + 1:02d}-{stage.type}"
             save_checkpoint(model, out / ckpt, {"recipe": recipe.name, "stage": index, "type": stage.type})
             done.append(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from torchslim.config import Config, issues_from_validation
 from torchslim.data import DATASETS
 from torchslim.errors import ConfigError, ConfigIssue, UnknownNameError
-from torchslim.stages import STAGES
+from torchslim.stages import STAGES, StageSpec
+from torchslim.train import TrainConfig
 from torchslim.zoo.spec import ModelSpec
 
 class DataSpec(Config):
@@ -77,14 +79,25 @@ class _RecipeHead(Config):
 
 
 class Stage(BaseModel):
-    """One validated stage: its registered type and its config."""
+    """One validated stage: its registered type, its optional ``name`` and ``finetune`` block, and its config."""
 
     type: str
     config: Config
+    name: str | None = None
+    finetune: TrainConfig | None = None
 
     @property
     def label(self) -> str:
-        return getattr(self.config, "name", None) or self.type
+        return self.name or self.type
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage as recipe data (the wrapper's keys, then the config's fields)."""
+        wrapper: dict[str, Any] = {"type": self.type}
+        if self.name is not None:
+            wrapper["name"] = self.name
+        if self.finetune is not None:
+            wrapper["finetune"] = self.finetune.model_dump(exclude={"version"})
+        return {**wrapper, **self.config.model_dump(exclude={"version"})}
 
 
 class Recipe(BaseModel):
@@ -109,7 +122,7 @@ class Recipe(BaseModel):
             "data": self.data.model_dump(exclude={"version"}),
             "measure": self.measure.model_dump(exclude={"version"}),
             "output": self.output,
-            "stages": [{"type": s.type, **s.config.model_dump(exclude={"version"})} for s in self.stages],
+            "stages": [s.to_dict() for s in self.stages],
         }
 
     def fingerprint(self) -> str:
@@ -120,6 +133,29 @@ class Recipe(BaseModel):
 
     def output_dir(self) -> Path:
         return Path(self.output or Path("runs") / self.name)
+
+
+def _stage_wrapper(spec: StageSpec, raw: dict[str, Any], path: str) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """Pop the stage wrapper's ``name`` and ``finetune`` (or a deprecated alias of it) from ``raw``."""
+    issues: list[ConfigIssue] = []
+    wrapper: dict[str, Any] = {"name": raw.pop("name", None)}
+    if wrapper["name"] is not None and not isinstance(wrapper["name"], str):
+        issues.append(ConfigIssue(f"{path}.name", "must be a string", wrapper["name"]))
+    tune = raw.pop("finetune", None) if spec.finetune else None
+    for alias in spec.finetune_aliases:
+        if alias in raw:
+            if tune is not None:
+                issues.append(ConfigIssue(f"{path}.{alias}", "is the deprecated spelling of 'finetune': give only 'finetune'"))
+                raw.pop(alias)
+                continue
+            warnings.warn(f"{path}.{alias} is deprecated; write the stage's 'finetune' block instead", DeprecationWarning, stacklevel=4)
+            tune = raw.pop(alias)
+    if tune is not None:
+        try:
+            wrapper["finetune"] = TrainConfig.parse(tune, prefix=f"{path}.finetune")
+        except ConfigError as exc:
+            issues += exc.issues
+    return wrapper, issues
 
 
 def _stage_issues(i: int, raw: Any) -> tuple[Stage | None, list[ConfigIssue]]:
@@ -134,16 +170,23 @@ def _stage_issues(i: int, raw: Any) -> tuple[Stage | None, list[ConfigIssue]]:
         spec = STAGES.get(str(kind))
     except UnknownNameError:
         return None, [ConfigIssue(f"{path}.type", f"unknown stage type; allowed: {', '.join(STAGES.names())}", kind)]
+    wrapper, issues = _stage_wrapper(spec, raw, path)
     cls = spec.config_for(raw)
     try:
-        return Stage(type=str(kind), config=cls.parse(raw, prefix=path)), []
+        config = cls.parse(raw, prefix=path)
     except ConfigError as exc:
-        return None, _with_allowed_keys(exc.issues, cls, path)
+        return None, issues + _with_allowed_keys(exc.issues, cls, path, spec)
+    if issues:
+        return None, issues
+    return Stage(type=str(kind), config=config, **wrapper), []
 
 
-def _with_allowed_keys(issues: list[ConfigIssue], cls: type[Config], path: str) -> list[ConfigIssue]:
+def _with_allowed_keys(
+    issues: list[ConfigIssue], cls: type[Config], path: str, spec: StageSpec | None = None
+) -> list[ConfigIssue]:
     """Add the allowed keys to 'unknown key' issues found directly at ``path``."""
-    allowed = ", ".join(k for k in cls.model_fields if k != "version")
+    wrapper = ["name"] + (["finetune"] if spec is not None and spec.finetune else []) if spec is not None else []
+    allowed = ", ".join([*(k for k in cls.model_fields if k != "version" and k not in wrapper), *wrapper])
     depth = path.count(".") + 1 if path else 0
     return [
         ConfigIssue(i.path, f"unknown key; allowed: {allowed}", i.value)

@@ -44,4 +44,4 @@ def test_training_with_jitter_still_learns_digits():
     torch.manual_seed(0)
     m = ts.create_model("mlp", in_features=64, hidden=[128])
     ts.finetune(m, d, {"epochs": 10, "lr": 0.05, "batch_size": 32, "schedule": "cosine"}, progress=False)
-    assert ts.measure(m, d.loader("test"), example_input=d.example_input(), with_latency=False, with_memory=False).accuracy > 0.88  # 1 px on 8x8 is a big shift
+    assert ts.evaluate(m, d.loader("test"), example_input=d.example_input(), with_latency=False, with_memory=False).accuracy > 0.88  # 1 px on 8x8 is a big shift

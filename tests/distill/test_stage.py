@@ -6,7 +6,7 @@ from torch import nn
 
 import torchslim as ts
 from torchslim.data import DataBundle, load_data
-from torchslim.distill.stage import DistillStage, TeacherSpec, build_teacher
+from torchslim.stages.catalog import DistillStage, TeacherSpec, build_teacher
 from torchslim.errors import ConfigError, TorchslimError
 from torchslim.measure import evaluate_accuracy
 from torchslim.recipe import parse_recipe

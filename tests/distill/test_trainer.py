@@ -6,7 +6,7 @@ from torch import nn
 
 import torchslim as ts
 from torchslim.data import DataBundle, Split, load_data
-from torchslim.distill import DistillConfig, Distiller, distill
+from torchslim.distill import DistillConfig, Distiller, distill_from
 from torchslim.errors import ConfigError, TorchslimError
 from torchslim.measure import evaluate_accuracy
 from torchslim.zoo import create_model
@@ -62,7 +62,7 @@ def test_teacher_bit_identical_after_distillation_even_with_batchnorm_and_dropou
     before = _state(teacher)
     student = create_model("resnet_cifar", depth=8, in_channels=1, num_classes=10, width=2)
     s_before = _state(student)
-    distill(
+    distill_from(
         student,
         teacher,
         digits,
@@ -82,7 +82,7 @@ def test_different_number_of_classes_is_refused_before_training(digits, teacher)
     student = create_model("mlp", in_features=64, hidden=[32], num_classes=5)
     before = _state(student)
     with pytest.raises(TorchslimError, match="teacher has 10 classes but the student has 5"):
-        distill(student, teacher, digits, {"epochs": 1}, progress=False)
+        distill_from(student, teacher, digits, {"epochs": 1}, progress=False)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
@@ -92,7 +92,7 @@ def test_teacher_on_another_device_is_refused_before_training(digits):
     student = _student()
     before = _state(student)
     with pytest.raises(TorchslimError, match="the student is on cpu and the teacher on meta"):
-        distill(student, teacher, digits, {"epochs": 1}, progress=False)
+        distill_from(student, teacher, digits, {"epochs": 1}, progress=False)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
@@ -100,7 +100,7 @@ def test_unknown_hint_layers_are_reported_together_before_training(digits, teach
     student = _student()
     before = _state(student)
     with pytest.raises(ConfigError) as info:
-        distill(student, teacher, digits, {"hints": [{"student": "fc9", "teacher": "nope"}]}, progress=False)
+        distill_from(student, teacher, digits, {"hints": [{"student": "fc9", "teacher": "nope"}]}, progress=False)
     msg = str(info.value)
     assert "hints.0.student" in msg and "'fc9'" in msg and "hints.0.teacher" in msg and "'nope'" in msg and "fc1" in msg
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
@@ -108,13 +108,13 @@ def test_unknown_hint_layers_are_reported_together_before_training(digits, teach
 
 def test_incompatible_hint_shapes_and_bad_config_values_are_clear(digits, teacher):
     with pytest.raises(TorchslimError, match="attention transfer needs conv maps"):
-        distill(_student(), teacher, digits, {"hints": [{"student": "act1", "teacher": "act1", "loss": "attention"}]}, progress=False)
+        distill_from(_student(), teacher, digits, {"hints": [{"student": "act1", "teacher": "act1", "loss": "attention"}]}, progress=False)
     with pytest.raises(ConfigError, match="temperature"):
-        distill(_student(), teacher, digits, {"temperature": 0}, progress=False)
+        distill_from(_student(), teacher, digits, {"temperature": 0}, progress=False)
     with pytest.raises(ConfigError, match="loss"):
-        distill(_student(), teacher, digits, {"loss": "kld"}, progress=False)
+        distill_from(_student(), teacher, digits, {"loss": "kld"}, progress=False)
     with pytest.raises(TorchslimError, match="same module"):
-        distill(teacher, teacher, digits, {}, progress=False)
+        distill_from(teacher, teacher, digits, {}, progress=False)
 
 
 def test_distilled_student_beats_the_same_student_trained_alone(digits, teacher):
@@ -127,7 +127,7 @@ def test_distilled_student_beats_the_same_student_trained_alone(digits, teacher)
     for seed in (1, 2):
         alone, distilled = _student(seed, (64,)), _student(seed, (64,))
         ts.finetune(alone, small, cfg, progress=False)
-        distill(distilled, teacher, small, {**cfg, "temperature": 4.0, "alpha": 0.9}, progress=False)
+        distill_from(distilled, teacher, small, {**cfg, "temperature": 4.0, "alpha": 0.9}, progress=False)
         acc_alone = evaluate_accuracy(alone, digits.loader("test"))
         acc_kd = evaluate_accuracy(distilled, digits.loader("test"))
         gains.append(acc_kd - acc_alone)
@@ -144,7 +144,7 @@ def test_adapter_is_trained_and_hint_loss_falls(digits, teacher):
     w0 = d.adapters["0"].weight.detach().clone()
     ts.finetune(student, digits, cfg.train_config(), callbacks=[d], loss_fn=d.loss, progress=False)
     assert not torch.equal(w0, d.adapters["0"].weight)
-    report = distill(student, teacher, digits, d_cfg, progress=False)
+    report = distill_from(student, teacher, digits, d_cfg, progress=False)
     assert report.technique == "distill" and report.layers[0].name == "act1"
     assert report.layers[0].details["adapter"] == "Linear" and report.layers[0].details["teacher_layer"] == "act1"
 
@@ -153,7 +153,7 @@ def test_masks_stay_applied_while_distilling(digits, teacher):
     student = _student(hidden=(64,))
     ts.prune_(student, {"sparsity": 0.7, "keep_first_last": False})
     zero = student.fc1.weight == 0
-    distill(student, teacher, digits, {"epochs": 1, "lr": 0.05, "batch_size": 32}, progress=False)
+    distill_from(student, teacher, digits, {"epochs": 1, "lr": 0.05, "batch_size": 32}, progress=False)
     assert int((student.fc1.weight[zero] != 0).sum()) == 0
 
 
@@ -163,7 +163,7 @@ def test_diverging_distillation_is_stopped_and_cleaned_up(digits, teacher):
     student = _student()
     before, t_before = _state(student), _state(teacher)
     with pytest.raises(TrainingDivergedError, match="student: the training loss became"):
-        distill(student, teacher, digits, {"epochs": 2, "lr": 1e12, "hints": [{"student": "act1", "teacher": "act2"}]},
+        distill_from(student, teacher, digits, {"epochs": 2, "lr": 1e12, "hints": [{"student": "act1", "teacher": "act2"}]},
                 progress=False, description="student")
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
     assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import torchslim as ts
-from torchslim.encode import stage as encode_stage
+from torchslim.stages import catalog as encode_stage
 from torchslim.encode.kmeans import get_codes, iter_shared
 from torchslim.errors import ConfigError
 from torchslim.pipeline import read_state, run_recipe

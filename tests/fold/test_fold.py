@@ -197,7 +197,7 @@ def test_untraceable_model_folds_inside_traceable_children():
 
 def test_fold_stage_and_legacy_helper_agree():
     spec = STAGES.get("fold")
-    cfg = spec.config.parse({"linear": "never", "name": "fold-bn"})
+    cfg = spec.config.parse({"linear": "never"})
     torch.manual_seed(0)
     m1 = randomise_bn(create_model("resnet_cifar", depth=20, in_channels=1)).train()
     m2 = copy.deepcopy(m1).eval()

@@ -103,7 +103,7 @@ def test_targets_and_stage():
     assert [l.name for l in report.layers] == ["fc1"] and report.layers[0].details["ranks"] == [20]
     assert model.fc1[0].weight.shape == (20, 784)
     spec = STAGES.get("factorize")
-    cfg = spec.config.parse({"energy": 0.5, "name": "svd"})
+    cfg = spec.config.parse({"energy": 0.5})
     data = load_data("digits")
     m = create_model("lenet300", in_features=64)
 
@@ -237,7 +237,7 @@ def test_data_aware_refusals_leave_the_model_unchanged():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert isinstance(model.fc1, nn.Linear) and model.training and model.fc1.training
     assert not any(m._forward_pre_hooks for m in model.modules())
-    report = factorize_(model, {**cfg, "calibration_batches": 2}, calibration=[torch.randn(8, 16) for _ in range(5)])
+    report = factorize_(model, {**cfg, "calibration": {"batches": 2}}, calibration=[torch.randn(8, 16) for _ in range(5)])
     assert report.meta["calibration_batches"] == 2 and [l.name for l in report.layers] == ["fc1", "fc2"]
     never = "data_aware: the calibration batches never reached this layer"
     assert [(s.name, s.reason) for s in report.skipped] == [("unused", never)]
@@ -262,7 +262,7 @@ def test_data_aware_stage_uses_training_batches():
     errors = {}
     for aware in (False, True):
         model = copy.deepcopy(dense)
-        cfg = spec.config.parse({"rank": 16, "keep_first_last": False, "data_aware": aware, "name": "lr"})
+        cfg = spec.config.parse({"rank": 16, "keep_first_last": False, "data_aware": aware})
         report = spec.run(model, cfg, ctx)  # type: ignore[arg-type]
         assert [l.name for l in report.layers] == ["fc1", "fc2"]
         assert all(l.details["data_aware"] is aware for l in report.layers)

@@ -59,7 +59,7 @@ def test_gradual_callback_updates_masks_on_the_ramp(digits, trained_lenet):
 def test_every_schedule_reaches_the_target_and_keeps_zeros_through_finetuning(schedule, criterion, digits, trained_lenet):
     model = trained_lenet()
     report = prune_with_schedule(
-        model, {"sparsity": 0.9, "criterion": criterion, "keep_first_last": False, "calibration": {"batches": 2}, "schedule": schedule}, digits
+        model, digits, {"sparsity": 0.9, "criterion": criterion, "keep_first_last": False, "calibration": {"batches": 2}, "schedule": schedule}
     )
     finetune(model, digits, FT, progress=False)  # masks stay applied after any schedule
     assert weight_sparsity(model) == pytest.approx(0.9, abs=1e-4)
@@ -75,9 +75,9 @@ def test_iterative_per_layer_targets_follow_the_rule(digits, trained_lenet):
     model = trained_lenet()
     report = prune_with_schedule(
         model,
+        digits,
         {"sparsity": 0.8, "keep_first_last": False, "targets": {"fc3": {"sparsity": 0.5}, "re:.*": {}},
          "schedule": {"kind": "iterative", "rounds": 2, "finetune": {**FT, "max_steps": 5}}},
-        digits,
     )
     s = {l.name: l.sparsity for l in report.layers}
     assert s["fc3"] == pytest.approx(0.5, abs=1e-3)

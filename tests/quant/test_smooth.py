@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from torchslim.deploy import OrtModel, export_qdq
 from torchslim.errors import ConfigError, TorchslimError
-from torchslim.quant import OrtModel, export_qdq, load_packed, quantize_, save_packed
+from torchslim.quant import load_packed, quantize_, save_packed
 from torchslim.quant.model import set_enabled
 from torchslim.quant.smooth import _smoothing_scale, smooth_layernorm_inputs_
 

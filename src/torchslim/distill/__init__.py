@@ -1,4 +1,7 @@
-"""Knowledge distillation: losses, the trainer callbacks, the ``distill`` verb and student builders.
+"""Knowledge distillation: losses, the trainer callbacks, :func:`distill_from` and student builders.
+
+``distill_from`` was ``ts.distill`` before ``torchslim.distill`` named this package again;
+``ts.distill(...)`` and ``torchslim.distill.distill`` still work for one release, with a DeprecationWarning.
 
 Example:
     A wide teacher with dropout, trained first, then a narrow student trained to
@@ -10,7 +13,7 @@ Example:
     >>> teacher = ts.create_model("mlp", in_features=64, hidden=[256, 256], dropout=0.5)
     >>> _ = ts.finetune(teacher, data, {"epochs": 3, "lr": 0.05})
     >>> student = ts.create_model("mlp", in_features=64, hidden=[32, 32])
-    >>> report = ts.distill(student, teacher, data, {"epochs": 3, "temperature": 20})
+    >>> report = ts.distill_from(student, teacher, data, {"epochs": 3, "temperature": 20})
     >>> sorted(k for k in report.meta if k.endswith("val_accuracy"))
     ['student_val_accuracy', 'teacher_val_accuracy']
 """
@@ -27,7 +30,11 @@ from torchslim.distill.losses import (
     soft_target_loss,
 )
 from torchslim.distill.students import find_layer_stack, keep_layers, thinner
-from torchslim.distill.trainer import Distiller, distill
+from torchslim._compat import callable_module, deprecated_alias
+from torchslim.distill.trainer import Distiller, distill_from
+
+distill = deprecated_alias(distill_from, "torchslim.distill.distill", "torchslim.distill_from")
+callable_module(__name__, distill_from, "ts.distill", "ts.distill_from")
 
 __all__ = [
     "DistillConfig",
@@ -36,6 +43,7 @@ __all__ = [
     "attention_map",
     "attention_transfer_loss",
     "distill",
+    "distill_from",
     "embedding_loss",
     "feature_loss",
     "find_layer_stack",

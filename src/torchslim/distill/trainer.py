@@ -11,7 +11,7 @@ Example:
     >>> data = ts.load_data("digits")
     >>> teacher = ts.create_model("mlp", in_features=64, hidden=[128, 128])
     >>> student = ts.create_model("mlp", in_features=64, hidden=[32, 32])
-    >>> report = ts.distill(student, teacher, data, {"epochs": 1, "lr": 0.05, "temperature": 4,
+    >>> report = ts.distill_from(student, teacher, data, {"epochs": 1, "lr": 0.05, "temperature": 4,
     ...                     "hints": [{"student": "act2", "teacher": "act2"}]})
     >>> report.layers[0].details["adapter"]        # 32 -> 128 features: a linear adapter, trained then dropped
     'Linear'
@@ -278,7 +278,7 @@ def _some(names: dict[str, Any], limit: int = 12) -> str:
     return ", ".join(shown) + (f", ... ({more} more)" if more > 0 else "")
 
 
-def distill(
+def distill_from(
     student: nn.Module,
     teacher: nn.Module,
     data: DataBundle,
@@ -321,7 +321,7 @@ def distill(
         >>> teacher = ts.create_model("mlp", in_features=64, hidden=[256, 256], dropout=0.5)
         >>> _ = ts.finetune(teacher, data, {"epochs": 3, "lr": 0.05})
         >>> student = ts.create_model("mlp", in_features=64, hidden=[32, 32])
-        >>> report = ts.distill(student, teacher, data,
+        >>> report = ts.distill_from(student, teacher, data,
         ...                     {"epochs": 3, "lr": 0.05, "temperature": 20, "alpha": 0.9})
         >>> report.technique, report.meta["temperature"], len(report.meta["history"])
         ('distill', 20.0, 3)

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from torchslim.config import Config
+from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.surgery import get_module, remove_from_container
 from torchslim.measure.macs import call_model, eval_mode
@@ -63,14 +63,17 @@ class DropLayersConfig(Config):
         criterion: ``block_influence``, ``output_similarity``, ``weight_similarity``, ``random`` or ``last``.
         blocks: regex (``re.fullmatch``) over qualified names of candidate blocks;
             default: every item of the model's longest Sequential/ModuleList of same-class modules.
-        calibration_batches: calibration batches used by ``block_influence`` and ``output_similarity``.
+        calibration: the calibration batches ``block_influence`` and ``output_similarity`` use
+            (``batches`` of them; a recipe stage draws ``batch_size`` samples each from ``split``).
         seed: seed of ``random``.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
 
     k: int = Field(default=1, ge=1)
     criterion: Literal["block_influence", "output_similarity", "weight_similarity", "random", "last"] = "block_influence"
     blocks: str | None = None
-    calibration_batches: int = Field(default=8, ge=1)
+    calibration: CalibrationConfig = calibration_field(batches=8, batch_size=128)
     seed: int = 0
 
 
@@ -279,7 +282,7 @@ def drop_layers_(
         if calibration is None:
             raise TransformRefusedError(f"{cfg.criterion} needs calibration batches")
         for i, batch in enumerate(calibration):
-            if i >= cfg.calibration_batches:
+            if i >= cfg.calibration.batches:
                 break
             batches.append(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -28,14 +28,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from torchslim.config import Config
+from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.surgery import replace_module
 from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_linear, svd_rank_for_ratio, whitening_factor
@@ -88,10 +88,13 @@ class FactorizeConfig(Config):
             (``energy`` on the plain singular values of ``W``). Tucker-2 layers ignore it
             (their report says ``data_aware: False``); layers the calibration batches never
             reach are skipped.
-        calibration_batches: at most this many calibration batches are used (``data_aware``).
+        calibration: the calibration batches of ``data_aware`` (at most ``batches`` of them are
+            used; a recipe stage draws ``batch_size`` samples each from ``split``).
         whitening_eps: ``C`` is regularised as ``C + eps·mean(diag C)·I`` before its Cholesky
             factorisation; ``eps`` is multiplied by 10 (up to 8 times) while it fails.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
 
     rank: int | None = Field(default=None, ge=1)
     energy: float | None = Field(default=None, gt=0, le=1)
@@ -102,7 +105,7 @@ class FactorizeConfig(Config):
     hooi_iters: int = Field(default=5, ge=0, le=50)
     targets: dict[str, LayerFactorizeConfig | None] | None = None
     data_aware: bool = False
-    calibration_batches: int = Field(default=8, ge=1)
+    calibration: CalibrationConfig = calibration_field(batches=8, batch_size=128)
     whitening_eps: float = Field(default=1e-6, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -297,7 +300,7 @@ def factorize_(
         example_input: one batch; needed for ``macs_ratio`` (and gives ``meta`` MAC counts).
         calibration: batches for ``data_aware`` (each a tensor, a dict of keyword tensors,
             or an ``(x, y)`` pair whose ``x`` is the model input); at most
-            ``calibration_batches`` of them are run through the model.
+            ``calibration.batches`` of them are run through the model.
 
     Returns:
         A :class:`Report` with one ``factorized`` layer per swap (method, ranks, params
@@ -369,7 +372,7 @@ def factorize_(
     if cfg.data_aware and calibration is not None:
         svd_layers = [l for l, _ in todo if l.method == "svd"]
         if svd_layers:
-            grams, calibration_used = _input_grams(model, svd_layers, calibration, cfg.calibration_batches)
+            grams, calibration_used = _input_grams(model, svd_layers, calibration, cfg.calibration.batches)
     plans: list[tuple[_Layer, tuple[int, ...], nn.Module, dict[str, Any]]] = []
     for l, ranks in todo:
         whitening: dict[str, Any] = {"data_aware": False}

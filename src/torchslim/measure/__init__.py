@@ -1,17 +1,17 @@
 """Measure in one place: every figure in a report, a test or a benchmark comes from here.
 
 Example:
-    >>> from torchslim.measure import format_value, measure
+    >>> from torchslim.measure import evaluate, format_value
     >>> data = ts.load_data("digits")
     >>> model = ts.create_model("lenet300", in_features=64)
     >>> test_loader, x = data.loader("test"), data.test.x
-    >>> m = measure(model, test_loader, example_input=x[:1], latency_runs=5)
+    >>> m = evaluate(model, test_loader, example_input=x[:1], latency_runs=5)
     >>> format_value(m.params, "int"), 0.0 <= m.accuracy <= 1.0
     ('50,610', True)
 
-    Import names from ``torchslim.measure`` as above: ``torchslim`` re-exports
-    :func:`measure` under the subpackage's name, so ``ts.measure`` (and
-    ``import torchslim.measure as tm``) is that function, not this module.
+    :func:`evaluate` (``ts.evaluate``) was ``ts.measure`` before, a function that
+    shadowed this subpackage; ``ts.measure(...)`` and ``torchslim.measure.measure``
+    still work for one release, with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -23,15 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._compat import callable_module, deprecated_alias, moved_names
 from torchslim.measure.accuracy import evaluate_accuracy, evaluate_loss_and_accuracy, logits_of
-from torchslim.measure.latency import (
-    LatencyResult,
-    measure_latency,
-    measure_ort_latency,
-    num_threads,
-    onnx_export_bytes,
-    ort_session,
-)
+from torchslim.measure.latency import LatencyResult, measure_latency, num_threads
 from torchslim.measure.macs import ExampleInput, count_macs
 from torchslim.measure.memory import model_state_bytes, peak_inference_memory
 from torchslim.measure.probe import ProbeResult, linear_probe
@@ -66,20 +60,23 @@ __all__ = [
     "layer_stats",
     "linear_probe",
     "logits_of",
+    "evaluate",
     "measure",
     "measure_latency",
-    "measure_ort_latency",
     "model_state_bytes",
     "num_threads",
-    "onnx_export_bytes",
-    "ort_session",
     "peak_inference_memory",
     "sparse_bytes",
     "tensor_sparse_bytes",
 ]
 
+# ONNX export and ONNX Runtime moved to torchslim.deploy: forwarded lazily (measure imports no package above it)
+__getattr__ = moved_names(
+    __name__, {name: f"torchslim.deploy:{name}" for name in ("measure_ort_latency", "onnx_export_bytes", "ort_session")}
+)
 
-def measure(
+
+def evaluate(
     model: nn.Module,
     loader: Iterable[Any] | None = None,
     *,
@@ -108,7 +105,7 @@ def measure(
     Example:
         >>> mlp = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
         ...                     nn.ReLU(), nn.Linear(100, 10))
-        >>> m = measure(mlp, example_input=torch.randn(1, 784), with_latency=False)
+        >>> m = evaluate(mlp, example_input=torch.randn(1, 784), with_latency=False)
         >>> m.params, m.macs
         (266610, 266200)
     """
@@ -214,3 +211,7 @@ def layer_stats(model: nn.Module) -> list[LayerStat]:
             )
         )
     return stats
+
+
+measure = deprecated_alias(evaluate, "torchslim.measure.measure", "torchslim.evaluate")
+callable_module(__name__, evaluate, "ts.measure", "ts.evaluate")

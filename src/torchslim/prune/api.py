@@ -18,16 +18,18 @@ from torchslim.prune import unstructured
 from torchslim.prune.config import PruneConfig
 from torchslim.prune.structured import STRUCTURED_GRANULARITIES, StructuredPruneConfig, prune_structured_
 from torchslim.report import Report
+from torchslim.technique import Inputs, legacy_inputs
 
 
 def prune_(
     model: nn.Module,
-    config: PruneConfig | StructuredPruneConfig | dict[str, Any],
+    config: PruneConfig | StructuredPruneConfig | dict[str, Any] | None = None,
     *,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
-    loader: Iterable[Any] | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    calibration: Iterable[Any] | None = None,
     example_input: Any = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    **deprecated: Any,
 ) -> Report:
     """Prune ``model`` in place; the config's ``granularity`` picks masks or surgery.
 
@@ -36,7 +38,7 @@ def prune_(
         config: a :class:`PruneConfig` (``element``/``nm``), a
             :class:`StructuredPruneConfig` (``channel``/``head``/``block``) or a mapping.
         filter_fn: ``(module, name) -> bool``; rejected layers are skipped.
-        loader: calibration batches for data-driven criteria.
+        calibration: calibration batches for data-driven criteria (earlier ``loader=``).
         loss_fn: loss for gradient-based criteria (cross-entropy by default).
         example_input: one input batch (structured pruning traces the model with it).
 
@@ -51,6 +53,8 @@ def prune_(
         >>> model.layer1[0].conv1
         Conv2d(16, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
+    inputs = legacy_inputs("prune_", Inputs(calibration, example_input, loss_fn), deprecated)
+    loader, example_input, loss_fn = inputs.calibration, inputs.example_input, inputs.loss_fn
     structured = isinstance(config, StructuredPruneConfig) or (
         isinstance(config, dict) and config.get("granularity") in STRUCTURED_GRANULARITIES
     )

@@ -20,6 +20,7 @@ after each optimizer step), so pruned weights are exactly zero at the end.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -231,8 +232,8 @@ def _merge(first: Report, last: Report, meta: dict[str, Any]) -> Report:
 
 def prune_with_schedule(
     model: nn.Module,
-    config: ScheduledPruneConfig | dict[str, Any],
-    data: DataBundle,
+    data: DataBundle | ScheduledPruneConfig | dict[str, Any],
+    config: ScheduledPruneConfig | dict[str, Any] | DataBundle | None = None,
     *,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     loss_fn: LossFn | None = None,
@@ -252,11 +253,20 @@ def prune_with_schedule(
     Example:
         >>> data = ts.load_data("digits")
         >>> model = ts.create_model("lenet300", in_features=64)
-        >>> report = prune_with_schedule(model, {"sparsity": 0.92, "keep_first_last": False,
-        ...     "schedule": {"kind": "iterative", "rounds": 4, "finetune": {"epochs": 2, "lr": 0.01}}}, data)
+        >>> report = prune_with_schedule(model, data, {"sparsity": 0.92, "keep_first_last": False,
+        ...     "schedule": {"kind": "iterative", "rounds": 4, "finetune": {"epochs": 2, "lr": 0.01}}})
         >>> [round(r["sparsity"], 2) for r in report.meta["schedule"]["rounds"]]
         [0.47, 0.72, 0.85, 0.92]
     """
+    if isinstance(config, DataBundle) and not isinstance(data, DataBundle):
+        warnings.warn(
+            "prune_with_schedule(model, config, data) is deprecated; call prune_with_schedule(model, data, config)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        data, config = config, data
+    if not isinstance(data, DataBundle):
+        raise TypeError(f"prune_with_schedule(model, data, config): data must be a DataBundle, got {type(data).__name__}")
     cfg = ScheduledPruneConfig.parse(config)
     sched = cfg.schedule
     loader = calibration_loader(data, cfg.calibration)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from torchslim.config import Config
+from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.errors import TorchslimError, TransformRefusedError
 from torchslim.graph.deps import Dependencies, Group, dependency_groups, is_attention
 from torchslim.graph.slicing import apply_structure
@@ -68,9 +68,12 @@ class StructuredPruneConfig(Config):
         min_channels: no group keeps fewer channels than this.
         targets: ``{name | "re:pattern": override | null}`` keyed by producer layers.
         keep_first_last: leave the group fed by the first layer alone unless named exactly.
-        calibration_batches: batches of the loader used by data-driven criteria.
+        calibration: the calibration batches data-driven criteria and block scoring use
+            (``batches`` of them; a recipe stage draws ``batch_size`` samples each from ``split``).
         seed: for ``random``.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
 
     granularity: Literal["channel", "head", "block"] = "channel"
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
@@ -82,7 +85,7 @@ class StructuredPruneConfig(Config):
     min_channels: int = Field(default=1, ge=1)
     targets: dict[str, LayerStructuredConfig | None] | None = None
     keep_first_last: bool = True
-    calibration_batches: int = Field(default=8, ge=1)
+    calibration: CalibrationConfig = calibration_field(batches=8, batch_size=64)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -127,7 +130,7 @@ def _weight_scores(model: nn.Module, modules: list[str], cfg: StructuredPruneCon
     compute = getattr(importance, "compute_scores", None)
     if compute is None:
         raise TorchslimError(f"criterion {cfg.criterion!r} is not available for structured pruning; use l2, l1 or random")
-    return compute(model, layers, cfg.criterion, loader=loader, batches=cfg.calibration_batches, seed=cfg.seed)
+    return compute(model, layers, cfg.criterion, loader=loader, batches=cfg.calibration.batches, seed=cfg.seed)
 
 
 def _group_scores(model: nn.Module, group: Group, scores: dict[str, torch.Tensor], cfg: StructuredPruneConfig) -> torch.Tensor:
@@ -303,7 +306,7 @@ def prune_structured_(
         if cfg.remove_blocks is not None:
             # decide on a copy: blocks first, then channels of the thinner-in-depth copy
             block_cfg = StructuredPruneConfig(granularity="block", sparsity=cfg.remove_blocks,
-                                              calibration_batches=cfg.calibration_batches)
+                                              calibration_batches=cfg.calibration.batches)
             named = [k for k, v in (cfg.targets or {}).items() if v is not None and not k.startswith("re:")]
 
             def keep_named(mod: nn.Module, name: str) -> bool:  # a block holding a layer named in targets stays
@@ -474,7 +477,7 @@ def _block_step(
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                if i >= cfg.calibration_batches:
+                if i >= cfg.calibration.batches:
                     break
                 inp = batch[0] if isinstance(batch, (tuple, list)) else batch
                 model(inp)

@@ -1,7 +1,11 @@
-"""Quantization: affine math, observers, fake quantization, PTQ, QAT, mixed precision, ONNX export.
+"""Quantization: affine math, observers, fake quantization, PTQ, QAT, mixed precision.
+
+ONNX export (``export_fp32``, ``export_qdq``, ``ort_optimize``, ``OrtModel``) lives in
+:mod:`torchslim.deploy`; the names here still work and warn.
 
 Example:
     >>> import torchslim as ts
+    >>> from torchslim.deploy import OrtModel, export_qdq
     >>> data = ts.load_data("digits")
     >>> model = ts.create_model("lenet300", in_features=64)
     >>> report = ts.quantize_(model, {"weight": {"bits": 8}}, calibration=data.loader("train"))
@@ -10,6 +14,7 @@ Example:
     torch.Size([4, 10])
 """
 
+from torchslim._compat import moved_names
 from torchslim.quant.affine import (
     QParams,
     QuantSpec,
@@ -23,7 +28,6 @@ from torchslim.quant.config import ActQuantConfig, LayerQuantConfig, QuantizeCon
 from torchslim.quant.fake import FakeQuantize, ste_fake_quantize
 from torchslim.quant.mixed import MixedPrecisionConfig, allocate_bits, layer_sensitivity, mixed_precision_
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
-from torchslim.quant.onnx import OrtModel, export_fp32, export_qdq, ort_optimize
 from torchslim.quant.packed import load_packed, packed_bytes, save_packed
 from torchslim.quant.ptq import quantize_
 from torchslim.quant.qat import KDConfig, QATCallback, qat_finetune
@@ -36,7 +40,6 @@ __all__ = [
     "LayerQuantConfig",
     "MixedPrecisionConfig",
     "Observer",
-    "OrtModel",
     "QATCallback",
     "QParams",
     "QuantSpec",
@@ -44,14 +47,11 @@ __all__ = [
     "WeightQuantConfig",
     "allocate_bits",
     "dequantize",
-    "export_fp32",
-    "export_qdq",
     "fake_quantize",
     "layer_sensitivity",
     "load_packed",
     "make_observer",
     "mixed_precision_",
-    "ort_optimize",
     "packed_bytes",
     "qat_finetune",
     "qparams_from_range",
@@ -61,3 +61,8 @@ __all__ = [
     "save_packed",
     "ste_fake_quantize",
 ]
+
+# ONNX export moved to torchslim.deploy, which imports this package: forwarded lazily, with a warning
+__getattr__ = moved_names(
+    __name__, {name: f"torchslim.deploy:{name}" for name in ("OrtModel", "export_fp32", "export_qdq", "ort_optimize")}
+)

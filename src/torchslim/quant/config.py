@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from torchslim.config import Config
+from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.quant.affine import QuantSpec
 from torchslim.quant.observers import OBSERVERS
 from torchslim.targets import check_target_keys
@@ -136,9 +136,12 @@ class QuantizeConfig(Config):
             ``null`` skips a layer. When omitted every Linear/Conv layer is quantized.
         keep_first_last: leave the first and last layers in float unless named exactly.
         fold_batchnorm: fold BatchNorm into the preceding layer first.
-        calibration_batches: at most this many calibration batches are used.
+        calibration: the calibration batches of ``static`` mode (at most ``batches`` of them are
+            used; a recipe stage draws ``batch_size`` samples each from ``split``).
         learn_scale: make scales learnable (LSQ) for a following QAT stage.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
 
     mode: Literal["weight_only", "static"] = "static"
     weight: WeightQuantConfig = Field(default_factory=WeightQuantConfig)
@@ -146,7 +149,7 @@ class QuantizeConfig(Config):
     targets: dict[str, LayerQuantConfig | None] | None = None
     keep_first_last: bool = False
     fold_batchnorm: bool = True
-    calibration_batches: int = Field(default=16, ge=1)
+    calibration: CalibrationConfig = calibration_field(batches=16, batch_size=128)
     learn_scale: bool = False
 
     @model_validator(mode="after")

@@ -189,7 +189,7 @@ def mixed_precision_(
     cfg = MixedPrecisionConfig.parse(config)
     if calibration is None:
         raise TransformRefusedError("mixed precision needs calibration data (pass calibration=loader)")
-    batches = list(itertools.islice(iter(calibration), max(cfg.sensitivity_batches, cfg.quantize.calibration_batches)))
+    batches = list(itertools.islice(iter(calibration), max(cfg.sensitivity_batches, cfg.quantize.calibration.batches)))
     if not batches:
         raise TransformRefusedError("the calibration loader is empty: mixed precision needs at least one batch")
     probe = copy.deepcopy(model)

@@ -139,7 +139,7 @@ def quantize_(
 
     BatchNorm is folded first (when the model can be traced), weights are
     quantized per the config, and in ``static`` mode activation quantization
-    points are placed and calibrated on up to ``calibration_batches`` batches
+    points are placed and calibrated on up to ``calibration.batches`` batches
     (with ``activation.smooth``, Linear layers reading a LayerNorm are smoothed
     on the same batches first: :mod:`torchslim.quant.smooth`).
     Export with :func:`torchslim.quant.onnx.export_qdq` for real int8 execution
@@ -168,7 +168,7 @@ def quantize_(
     """
     config = QuantizeConfig.parse(config)
     chosen, skipped = _select(model, config, filter_fn)
-    batches = _take(calibration, config.calibration_batches) if config.mode == "static" else []
+    batches = _take(calibration, config.calibration.batches) if config.mode == "static" else []
     if config.mode == "static" and not batches:
         raise TransformRefusedError("the calibration loader is empty: static quantization needs at least one batch")
     work = copy.deepcopy(model)

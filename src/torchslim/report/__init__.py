@@ -18,9 +18,9 @@ Example:
     >>> tmp = tempfile.TemporaryDirectory()
     >>> model = ts.create_model("lenet300")
     >>> x = torch.randn(1, 784)
-    >>> m0 = ts.measure(model, example_input=x, with_latency=False)
+    >>> m0 = ts.evaluate(model, example_input=x, with_latency=False)
     >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
-    >>> m1 = ts.measure(model, example_input=x, with_latency=False)
+    >>> m1 = ts.evaluate(model, example_input=x, with_latency=False)
     >>> report = Report("Prune LeNet-300-100", technique="prune", before=m0, after=m1)
     >>> paths = report.save(f"{tmp.name}/lenet300")
     >>> {kind: path.name for kind, path in paths.items()}

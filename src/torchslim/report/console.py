@@ -15,7 +15,7 @@ def render_console_table(before: Measurement | None, after: Measurement | None) 
         >>> import io
         >>> from rich.console import Console
         >>> model = ts.create_model("lenet300")
-        >>> m0 = ts.measure(model, example_input=torch.randn(1, 784), with_latency=False)
+        >>> m0 = ts.evaluate(model, example_input=torch.randn(1, 784), with_latency=False)
         >>> console = Console(file=io.StringIO(), width=100)   # Console() prints to the terminal
         >>> console.print(render_console_table(m0, m0))
         >>> "│ Parameters" in console.file.getvalue()

@@ -73,9 +73,9 @@ def comparison_rows(before: Measurement | None, after: Measurement | None) -> li
     Example:
         >>> model = ts.create_model("lenet300")
         >>> x = torch.randn(1, 784)
-        >>> m0 = ts.measure(model, example_input=x, with_latency=False)
+        >>> m0 = ts.evaluate(model, example_input=x, with_latency=False)
         >>> _ = ts.prune_(model, {"sparsity": 0.9, "keep_first_last": False})
-        >>> m1 = ts.measure(model, example_input=x, with_latency=False)
+        >>> m1 = ts.evaluate(model, example_input=x, with_latency=False)
         >>> comparison_rows(m0, m1)[1]
         ('Parameters', '266,610', '266,610', 'same')
         >>> comparison_rows(m0, m1)[2]

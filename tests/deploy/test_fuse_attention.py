@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchslim.quant import OrtModel, export_fp32, export_qdq, ort_optimize, quantize_
-from torchslim.quant.onnx import qdq_summary
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, ort_optimize, qdq_summary
+from torchslim.quant import quantize_
 
 transformers = pytest.importorskip("transformers")
 

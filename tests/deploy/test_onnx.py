@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, ort_optimize, passes, qdq_summary
 from torchslim.errors import TorchslimError
 from torchslim.measure import evaluate_accuracy
-from torchslim.quant import OrtModel, export_fp32, export_qdq, quantize_
+from torchslim.quant import quantize_
 from torchslim.quant.affine import quantize
-from torchslim.quant.onnx import qdq_summary
 
 
 def _optimized_ops(proto: onnx.ModelProto, tmp_path) -> dict[str, int]:
@@ -102,8 +102,6 @@ class _QKV(torch.nn.Module):
 
 
 def test_shared_inputs_quantize_once_and_ort_optimize_fuses_bias_bit_exactly(tmp_path) -> None:
-    from torchslim.quant import ort_optimize
-
     torch.manual_seed(0)
     model = _QKV().eval()
     x = torch.randn(64, 6, 16)
@@ -126,12 +124,17 @@ def test_shared_inputs_quantize_once_and_ort_optimize_fuses_bias_bit_exactly(tmp
         ort_optimize(123)
 
 
-def test_quantize_hoisted_above_flatten_is_bit_exact(trained, digits, monkeypatch) -> None:
-    import torchslim.quant.onnx as qonnx
+def _without_hoist(monkeypatch) -> None:
+    """export_qdq without the pass that moves QuantizeLinear above Flatten/Reshape."""
+    kept = tuple(p for p in passes.QDQ_PASSES if p.name != "hoist_quantize_linear")
+    assert len(kept) == len(passes.QDQ_PASSES) - 1
+    monkeypatch.setattr(passes, "QDQ_PASSES", kept)
 
+
+def test_quantize_hoisted_above_flatten_is_bit_exact(trained, digits, monkeypatch) -> None:
     quantize_(trained, {"mode": "static"}, calibration=digits.loader("train", 128))
     hoisted = export_qdq(trained, digits.example_input())
-    monkeypatch.setattr(qonnx, "_hoist_quantize_linear", lambda graph: 0)
+    _without_hoist(monkeypatch)
     plain = export_qdq(trained, digits.example_input())
     order = [n.op_type for n in hoisted.graph.node]
     assert order.index("Flatten") == order.index("QuantizeLinear", order.index("GlobalAveragePool")) + 1
@@ -155,13 +158,11 @@ class _TwoHeads(torch.nn.Module):
 
 
 def test_every_quantizer_behind_a_flatten_is_moved(digits, monkeypatch) -> None:
-    import torchslim.quant.onnx as qonnx
-
     torch.manual_seed(0)
     model = _TwoHeads().eval()
     quantize_(model, {"mode": "static"}, calibration=digits.loader("train", 128))
     hoisted = export_qdq(model, digits.example_input())
-    monkeypatch.setattr(qonnx, "_hoist_quantize_linear", lambda graph: 0)
+    _without_hoist(monkeypatch)
     plain = export_qdq(model, digits.example_input())
     producers = {o: n for n in hoisted.graph.node for o in n.output}
     flattens = [n for n in hoisted.graph.node if n.op_type == "Flatten"]

@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from torchslim.measure.latency import eager_attention, onnx_export_bytes, ort_feed, ort_session
+from torchslim.deploy import eager_attention, onnx_export_bytes, ort_feed, ort_session
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from torchslim.deploy import measure_ort_latency, onnx_export_bytes, ort_feed, ort_session
 from torchslim.errors import TorchslimError
-from torchslim.measure import measure_ort_latency, onnx_export_bytes, ort_session
-from torchslim.measure.latency import ort_feed
 from torchslim.zoo import create_model
 
 
