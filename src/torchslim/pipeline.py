@@ -149,6 +149,49 @@ def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool) ->
     return {"fingerprint": recipe.fingerprint(), "status": "running", "completed": [], "initial": None}
 
 
+def _run_one_stage(
+    recipe: Recipe, index: int, model: nn.Module, data: DataBundle, out: Path, state: dict[str, Any], progress: bool,
+    console: Console,
+) -> None:
+    """Run stage ``index`` on ``model`` (all or nothing), measure, checkpoint, and record it in ``state``."""
+    done = state["completed"]
+    stage = recipe.stages[index]
+    label = f"{index + 1}/{len(recipe.stages)} {stage.label}"
+    console.log(f"stage {label} ({stage.type})")
+    torch.manual_seed(_stage_seed(recipe.seed, index))
+    t_stage = time.perf_counter()
+    ctx = StageContext(
+        data,
+        label,
+        progress,
+        initial_model=lambda: _baseline_model(recipe, data, out, done),
+        output=out,
+        arch=model_arch(recipe.model, data),
+        finetune=stage.finetune,
+        build_model=lambda spec: build_model(spec, data),
+    )
+    result = run_stage(STAGES.get(stage.type), model, stage.config, ctx)
+    seconds = time.perf_counter() - t_stage
+    m = measure_model(model, data, recipe.measure)
+    if result.artefact is not None:  # the stage wrote the deployed model file (encode)
+        m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
+    ckpt = f"stage-{index + 1:02d}-{stage.type}"
+    save_checkpoint(model, out / ckpt, {"recipe": recipe.name, "stage": index, "type": stage.type})
+    done.append(
+        {
+            "index": index,
+            "type": stage.type,
+            "label": stage.label,
+            "checkpoint": ckpt,
+            "seconds": seconds,
+            "measurement": m.to_dict(),
+            "report": result.report.to_dict(),
+        }
+    )
+    _write_state(out, state)
+    console.log(f"stage {label} done in {seconds:.1f}s: accuracy {100 * (m.accuracy or 0):.2f}%, non-zeros {m.nonzeros:,}")
+
+
 def run_recipe(
     recipe: Recipe | str | Path,
     *,
@@ -212,42 +255,7 @@ def run_recipe(
     _write_state(out, state)
     try:
         for index in range(len(done), len(recipe.stages)):
-            stage = recipe.stages[index]
-            label = f"{index + 1}/{len(recipe.stages)} {stage.label}"
-            console.log(f"stage {label} ({stage.type})")
-            torch.manual_seed(_stage_seed(recipe.seed, index))
-            t_stage = time.perf_counter()
-            ctx = StageContext(
-                data,
-                label,
-                progress,
-                initial_model=lambda: _baseline_model(recipe, data, out, done),
-                output=out,
-                arch=model_arch(recipe.model, data),
-                finetune=stage.finetune,
-                build_model=lambda spec: build_model(spec, data),
-            )
-            result = run_stage(STAGES.get(stage.type), model, stage.config, ctx)
-            stage_report = result.report
-            seconds = time.perf_counter() - t_stage
-            m = measure_model(model, data, recipe.measure)
-            if result.artefact is not None:  # the stage wrote the deployed model file (encode)
-                m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
-            ckpt = f"stage-{index + 1:02d}-{stage.type}"
-            save_checkpoint(model, out / ckpt, {"recipe": recipe.name, "stage": index, "type": stage.type})
-            done.append(
-                {
-                    "index": index,
-                    "type": stage.type,
-                    "label": stage.label,
-                    "checkpoint": ckpt,
-                    "seconds": seconds,
-                    "measurement": m.to_dict(),
-                    "report": stage_report.to_dict(),
-                }
-            )
-            _write_state(out, state)
-            console.log(f"stage {label} done in {seconds:.1f}s: accuracy {100 * (m.accuracy or 0):.2f}%, non-zeros {m.nonzeros:,}")
+            _run_one_stage(recipe, index, model, data, out, state, progress, console)
     except KeyboardInterrupt:
         state["status"] = "interrupted"
         _write_state(out, state)

@@ -199,6 +199,81 @@ def _abort(
     )
 
 
+@dataclass
+class _Run:
+    """One training run's fixed parts, shared by the epoch and step functions."""
+
+    model: nn.Module
+    data: DataBundle
+    cfg: TrainConfig
+    loader: Any
+    state: TrainState
+    callbacks: list[Callback]
+    criterion: LossFn
+    console: Console
+    description: str
+    before: dict[str, torch.Tensor]
+    was_training: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """One optimizer step on ``(x, y)``; returns ``(loss, lr)``. Aborts (restoring the model) on a non-finite loss."""
+    state, cfg = run.state, run.cfg
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    lr = cfg.lr * lr_factor(cfg, state.step, state.total_steps, len(run.loader))
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    loss = run.criterion(run.model(x), y)
+    for cb in run.callbacks:
+        loss = cb.on_loss(state, loss)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        _abort(run.model, run.before, run.callbacks, state, run.was_training, run.description, loss_value, lr)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for cb in run.callbacks:
+        cb.on_before_step(state)
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.step += 1
+    state.loss = loss_value
+    for cb in run.callbacks:
+        cb.on_step(state)
+    return loss_value, lr
+
+
+def _epoch(run: _Run, epoch: int, advance: Callable[[float], None]) -> None:
+    """One pass over the training split (until the step budget or a callback stops it), then validation."""
+    state = run.state
+    state.epoch = epoch
+    run.model.train()
+    run.loader.set_epoch(epoch)
+    t_epoch, loss_sum, n_batches, lr = time.perf_counter(), 0.0, 0, float("nan")
+    for x, y in run.loader:
+        if state.step >= state.total_steps or state.stop:
+            break
+        loss_value, lr = _step(run, x, y)
+        loss_sum, n_batches = loss_sum + loss_value, n_batches + 1
+        advance(loss_value)
+    val_acc = evaluate_accuracy(run.model, run.data.loader("val", 512)) if len(run.data.val) else float("nan")
+    row = {
+        "epoch": epoch + 1,
+        "loss": loss_sum / max(1, n_batches),
+        "val_accuracy": val_acc,
+        "lr": lr if n_batches else float("nan"),
+        "seconds": time.perf_counter() - t_epoch,
+    }
+    state.history.append(row)
+    run.console.log(
+        f"{run.description} epoch {epoch + 1}/{run.cfg.epochs}: loss {row['loss']:.4f}, "
+        f"val acc {100 * val_acc:.2f}%, {row['seconds']:.1f}s"
+    )
+    for cb in run.callbacks:
+        cb.on_epoch_end(state)
+
+
 def finetune(
     model: nn.Module,
     data: DataBundle,
@@ -240,75 +315,33 @@ def finetune(
     console = Console(stderr=True)
     torch.manual_seed(cfg.seed)
     loader = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed)
-    steps_per_epoch = len(loader)
-    total = steps_per_epoch * cfg.epochs
+    total = len(loader) * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     optimizer = build_optimizer(model.parameters(), cfg)
     all_callbacks = list(callbacks)
     if constraints.active(model) and not any(isinstance(c, KeepConstraints) for c in all_callbacks):
         all_callbacks.append(KeepConstraints())
-    state = TrainState(model, optimizer, cfg, total_steps=total)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # restored if the loss diverges
-    criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    run = _Run(
+        model, data, cfg, loader, TrainState(model, optimizer, cfg, total_steps=total), all_callbacks,
+        loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), console, description,
+        before={k: v.detach().clone() for k, v in model.state_dict().items()},  # restored if the loss diverges
+    )
     for cb in all_callbacks:
-        cb.on_train_start(state)
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # batches follow the model
+        cb.on_train_start(run.state)
+    run.was_training = model.training
+    run.device = next((p.device for p in model.parameters()), torch.device("cpu"))  # batches follow the model
     t_start = time.perf_counter()
     with _progress(progress and console.is_terminal, console) as bar:
         task = bar.add_task(description, total=total, loss=float("nan"))
         for epoch in range(cfg.epochs):
-            if state.step >= total or state.stop:
+            if run.state.step >= total or run.state.stop:
                 break
-            state.epoch = epoch
-            model.train()
-            loader.set_epoch(epoch)
-            t_epoch, loss_sum, n_batches = time.perf_counter(), 0.0, 0
-            for x, y in loader:
-                if state.step >= total or state.stop:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                lr = cfg.lr * lr_factor(cfg, state.step, total, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = criterion(model(x), y)
-                for cb in all_callbacks:
-                    loss = cb.on_loss(state, loss)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    _abort(model, before, all_callbacks, state, was_training, description, loss_value, lr)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for cb in all_callbacks:
-                    cb.on_before_step(state)
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                state.step += 1
-                state.loss = loss_value
-                loss_sum, n_batches = loss_sum + state.loss, n_batches + 1
-                for cb in all_callbacks:
-                    cb.on_step(state)
-                bar.update(task, advance=1, loss=state.loss)
-            val_acc = evaluate_accuracy(model, data.loader("val", 512)) if len(data.val) else float("nan")
-            row = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / max(1, n_batches),
-                "val_accuracy": val_acc,
-                "lr": lr if n_batches else float("nan"),
-                "seconds": time.perf_counter() - t_epoch,
-            }
-            state.history.append(row)
-            console.log(
-                f"{description} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
-                f"val acc {100 * val_acc:.2f}%, {row['seconds']:.1f}s"
-            )
-            for cb in all_callbacks:
-                cb.on_epoch_end(state)
+            _epoch(run, epoch, lambda loss: bar.update(task, advance=1, loss=loss))
     for cb in all_callbacks:
-        cb.on_finalize(state)
-    model.train(was_training)
+        cb.on_finalize(run.state)
+    model.train(run.was_training)
+    state = run.state
     return Report(
         title=description,
         technique="finetune",
