@@ -1,7 +1,16 @@
 """Recipe stages: :mod:`~torchslim.stages.base` (the spec, the context, the registry; imports no
 technique) and :mod:`~torchslim.stages.catalog` (the one explicit list of stage types)."""
 
-from torchslim.stages.base import STAGES, StageContext, StageResult, StageRunner, StageSpec, as_result, run_stage
+from torchslim.stages.base import (
+    STAGES,
+    StageContext,
+    StageResult,
+    StageRunner,
+    StageSpec,
+    as_result,
+    run_stage,
+    technique_stage,
+)
 from torchslim.stages.catalog import CATALOG, DistillStage, EncodeStage, QuantizeStage, TeacherSpec, build_teacher
 
 __all__ = [
@@ -18,4 +27,5 @@ __all__ = [
     "as_result",
     "build_teacher",
     "run_stage",
+    "technique_stage",
 ]

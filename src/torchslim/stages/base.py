@@ -24,6 +24,7 @@ from torchslim.data import DataBundle
 from torchslim.graph.transaction import transaction
 from torchslim.registry import Registry
 from torchslim.report import Report
+from torchslim.technique import Inputs, Technique, run
 from torchslim.train import Callback, TrainConfig, finetune
 
 
@@ -100,6 +101,32 @@ class StageSpec:
 STAGES: Registry[StageSpec] = Registry("stage type")
 
 
+def technique_stage(tech: Technique[Any, Any], *, help: str, prepare: Callable[[nn.Module], None] | None = None) -> StageSpec:
+    """The stage of an in-place technique: its config, :func:`torchslim.technique.run`, its callbacks.
+
+    Calibration batches come from the recipe's data set as the config's ``calibration``
+    block says (when the config has one); the example input is one test sample.
+    ``prepare`` runs on the model first (``fold`` puts it in eval mode).
+
+    Example:
+        >>> from torchslim.lowrank import FACTORIZE
+        >>> technique_stage(FACTORIZE, help="low-rank").config.__name__
+        'FactorizeConfig'
+    """
+
+    def run_technique(model: nn.Module, cfg: Any, ctx: StageContext) -> Report:
+        calibration = getattr(cfg, "calibration", None)
+        inputs = Inputs(
+            calibration=ctx.data.calibration_loader(calibration) if calibration is not None else None,
+            example_input=ctx.data.example_input(),
+        )
+        if prepare is not None:
+            prepare(model)
+        return run(tech, model, cfg, inputs=inputs)
+
+    return StageSpec(tech.config, run_technique, help=help, callbacks=tech.callbacks)
+
+
 def as_result(out: Report | StageResult) -> StageResult:
     """A runner's return value as a :class:`StageResult`."""
     return out if isinstance(out, StageResult) else StageResult(out)
@@ -121,4 +148,6 @@ def run_stage(spec: StageSpec, model: nn.Module, config: Any, ctx: StageContext)
     return result
 
 
-__all__ = ["STAGES", "StageContext", "StageResult", "StageRunner", "StageSpec", "as_result", "run_stage"]
+__all__ = [
+    "STAGES", "StageContext", "StageResult", "StageRunner", "StageSpec", "as_result", "run_stage", "technique_stage",
+]
