@@ -162,7 +162,7 @@ def inspect(
     import json
     import math
 
-    from torchslim.encode import layer_table, read
+    from torchslim.io.tslim import layer_table, read
     from torchslim.measure import format_value
 
     f = read(file)

@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors tensors + a JSON sidecar, both written atomically.
+"""Checkpoints: safetensors tensors + a JSON sidecar (a :mod:`torchslim.io.bundle`), both written atomically.
 
 ``<stem>.safetensors`` holds the state dict (constraint buffers such as pruning
 masks included); ``<stem>.json`` holds the format version, the SHA-256 of the
@@ -12,30 +12,22 @@ it; nothing is unpickled.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import load_file as st_load_file
-from safetensors.torch import save as st_save
 from torch import nn
 
 from torchslim.errors import CheckpointError, TorchslimError
 from torchslim.graph import constraints, provenance
 from torchslim.graph.transaction import transplant
-from torchslim.io.atomic import atomic_write_bytes, atomic_write_text
+from torchslim.io.bundle import bundle_paths, read_sidecar_file, read_verified, write_bundle
 
 FORMAT = "torchslim-checkpoint"
 FORMAT_VERSION = 1
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+_paths = bundle_paths  # the name this module used before the bundle
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -44,65 +36,19 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
     Returns the path of the tensors file. The sidecar is written last, so a
     sidecar always describes a complete tensors file.
     """
-    tensors_path, sidecar = _paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = st_save(state, metadata={"format": "pt"})
-    atomic_write_bytes(tensors_path, blob)
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tensors": tensors_path.name,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
-        "provenance": provenance.records(model),
-        "meta": meta or {},
-    }
-    atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
-    return tensors_path
-
-
-def read_sidecar_file(sidecar: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
-    """Read a JSON sidecar and check its ``format`` and ``format_version`` (``what`` names the file kind in errors)."""
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} sidecar {sidecar} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{what} sidecar {sidecar} is corrupt: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != fmt:
-        raise CheckpointError(f"{sidecar} is not a torchslim {what} sidecar")
-    if info.get("format_version") != version:
-        raise CheckpointError(
-            f"{sidecar}: unsupported {what} format_version {info.get('format_version')!r} (this torchslim reads {version})"
-        )
-    return info
-
-
-def read_verified(
-    tensors_path: Path, sidecar: Path, fmt: str, version: int, what: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The checked sidecar and the safetensors tensors, verified against the sidecar's SHA-256 (nothing unpickled)."""
-    info = read_sidecar_file(sidecar, fmt, version, what)
-    try:
-        blob = tensors_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} tensors {tensors_path} not found") from None
-    if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
-        raise CheckpointError(f"{what} {tensors_path} is corrupt: its SHA-256 does not match the sidecar")
-    try:
-        return info, st_load(blob)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is corruption
-        raise CheckpointError(f"{what} {tensors_path} is corrupt: {exc}") from None
+    fields = {"provenance": provenance.records(model), "meta": meta or {}}
+    return write_bundle(path, state, FORMAT, FORMAT_VERSION, fields, tensors_format="pt")
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint's sidecar JSON."""
-    return read_sidecar_file(_paths(path)[1], FORMAT, FORMAT_VERSION, "checkpoint")
+    return read_sidecar_file(bundle_paths(path)[1], FORMAT, FORMAT_VERSION, "checkpoint")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
-    tensors_path, sidecar = _paths(path)
+    tensors_path, sidecar = bundle_paths(path)
     info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
     load_structured_state(model, sidecar_provenance(info, str(sidecar)), state, source=str(tensors_path))
     return dict(info.get("meta", {}))
@@ -219,7 +165,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"weights file {p} not found")
-    if p.suffix == ".safetensors" and _paths(p)[1].exists():
+    if p.suffix == ".safetensors" and bundle_paths(p)[1].exists():
         load_checkpoint(model, p)
         return
     try:

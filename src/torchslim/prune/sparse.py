@@ -2,7 +2,7 @@
 
 ``save_sparse(model, path)`` writes ``<stem>.safetensors`` and a JSON sidecar
 ``<stem>.json`` (format ``torchslim-sparse``, the SHA-256 of the tensors file;
-both written atomically, as :mod:`torchslim.train.checkpoint` does). Every
+both written atomically: a :mod:`torchslim.io.bundle`, as checkpoints are). Every
 state-dict entry is stored in the smallest of these encodings:
 
 - ``dense``: as it is (small or dense tensors, integer buffers);
@@ -24,31 +24,24 @@ kept, against 1.25 for the bitmap); for denser tensors the bitmap does.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
-from torchslim.io import atomic_write_bytes, atomic_write_text
 from torchslim.errors import CheckpointError
+from torchslim.io.bundle import bundle_paths, read_bundle, write_bundle
+from torchslim.io.checkpoint import load_state
 from torchslim.prune.mask import MASK_SUFFIX
 
 FORMAT = "torchslim-sparse"
 FORMAT_VERSION = 1
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float64: torch.int64}
 _GAP_WIDTH = {"gap8": (8, np.uint8), "gap16": (16, np.uint16)}
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+_paths = bundle_paths  # the name this module used before the bundle
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -145,7 +138,6 @@ def save_sparse(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
         True
         >>> tmp.cleanup()
     """
-    tensors_path, sidecar = _paths(path)
     state = model.state_dict()
     store: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -177,19 +169,7 @@ def save_sparse(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
         for part, tensor in parts.items():
             store[f"{key}::{part}" if part else key] = tensor
         entries[key] = entry
-    blob = st_save(store, metadata={"format": FORMAT})
-    atomic_write_bytes(tensors_path, blob)
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tensors": tensors_path.name,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
-        "entries": entries,
-        "meta": meta or {},
-    }
-    atomic_write_text(sidecar, json.dumps(info, separators=(",", ":"), sort_keys=True))
-    return tensors_path
+    return write_bundle(path, store, FORMAT, FORMAT_VERSION, {"entries": entries, "meta": meta or {}}, compact=True)
 
 
 def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -208,10 +188,15 @@ def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
         True
         >>> tmp.cleanup()
     """
-    from torchslim.train.checkpoint import read_verified  # late: torchslim.train imports torchslim.prune
+    return _read(path)[1]
 
-    tensors_path, sidecar = _paths(path)
-    info, raw = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "sparse")
+
+def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The verified sidecar and the decoded state dict of a sparse file."""
+    tensors_path = bundle_paths(path)[0]
+    info, raw = read_bundle(path, FORMAT, FORMAT_VERSION, "sparse")
+    if not isinstance(info.get("entries"), dict):
+        raise CheckpointError(f"sparse sidecar {bundle_paths(path)[1]} has no entries table")
     state: dict[str, torch.Tensor] = {}
     deferred: list[tuple[str, dict[str, Any]]] = []
     for key, entry in info["entries"].items():
@@ -240,7 +225,7 @@ def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
             except KeyError as exc:
                 raise CheckpointError(f"sparse file {tensors_path} lacks tensor {exc} of {key}") from None
         state[key] = mask
-    return {k: state[k] for k in info["entries"]}
+    return info, {k: state[k] for k in info["entries"]}
 
 
 def load_sparse(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -262,11 +247,8 @@ def load_sparse(model: nn.Module, path: str | Path) -> dict[str, Any]:
         True
         >>> tmp.cleanup()
     """
-    from torchslim.train.checkpoint import load_state
-
-    state = read_sparse_state(path)
-    load_state(model, state, source=str(_paths(path)[0]))
-    info = json.loads(_paths(path)[1].read_text(encoding="utf-8"))
+    info, state = _read(path)
+    load_state(model, state, source=str(bundle_paths(path)[0]))
     return dict(info.get("meta", {}))
 
 
@@ -287,5 +269,5 @@ def sparse_file_bytes(path: str | Path) -> int:
     """
     from torchslim.measure import file_bytes
 
-    tensors_path, sidecar = _paths(path)
+    tensors_path, sidecar = bundle_paths(path)
     return file_bytes(tensors_path) + file_bytes(sidecar)

@@ -225,6 +225,11 @@ def _expand(t: torch.Tensor, x: torch.Tensor, axis: int | None, group_size: int 
     return t.reshape(shape)
 
 
+#: Public name of :func:`_expand`: broadcast a scale or zero-point tensor against the tensor it quantizes
+#: (per-tensor: as it is; per-channel: along ``axis``; per-group: each entry repeated ``group_size`` times).
+expand_qparam = _expand
+
+
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Integers of ``x``: ``clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` (int32).
 

@@ -5,7 +5,8 @@ bytes carrying ``bits`` bits per value, little-endian bit order, values offset b
 ``-qmin``), ``<layer>.weight.scale`` (float32) and ``<layer>.weight.zero_point``
 (int16), plus every other state-dict tensor as is (biases, activation scales...).
 ``<stem>.json`` holds the format, the SHA-256 of the tensors file, the quantize
-config and each layer's shape, bits and layout. :func:`load_packed` rebuilds the
+config and each layer's shape, bits and layout (the two files are a
+:mod:`torchslim.io.bundle`, written and verified as checkpoints are). :func:`load_packed` rebuilds the
 quantized structure on a fresh float model of the same architecture and loads the
 integers back: the model's outputs are bit-identical to the saved model's.
 
@@ -25,21 +26,18 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from torchslim.errors import CheckpointError, TorchslimError
 from torchslim.graph import provenance
 from torchslim.graph.transaction import transplant
-from torchslim.io import atomic_write_bytes, atomic_write_text
+from torchslim.io.bundle import bundle_paths, read_bundle, write_bundle
 from torchslim.quant.affine import QParams, dequantize, quantize
 from torchslim.quant.config import QuantizeConfig, WeightQuantConfig
 from torchslim.quant.model import QUANT_LAYERS
@@ -76,10 +74,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy((flat.reshape(count, bits).astype(np.int64) * weights).sum(1).astype(np.int32))
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+_paths = bundle_paths  # the name this module used before the bundle
 
 
 def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -132,21 +127,7 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
     for key, value in model.state_dict().items():
         if key not in skip:
             tensors[key] = value.detach().cpu().contiguous()
-    blob = st_save(tensors, metadata={"format": FORMAT})
-    tensors_path, sidecar = _paths(path)
-    atomic_write_bytes(tensors_path, blob)
-    record = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tensors": tensors_path.name,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
-        "quantize": info,
-        "layers": layers,
-        "meta": meta or {},
-    }
-    atomic_write_text(sidecar, json.dumps(record, indent=2, sort_keys=True))
-    return tensors_path
+    return write_bundle(path, tensors, FORMAT, FORMAT_VERSION, {"quantize": info, "layers": layers, "meta": meta or {}})
 
 
 def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
@@ -174,18 +155,8 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         'QuantLinear'
         >>> tmp.cleanup()
     """
-    import copy
-
-    tensors_path, sidecar = _paths(path)
-    if not tensors_path.exists() or not sidecar.exists():
-        raise CheckpointError(f"packed checkpoint {tensors_path} / {sidecar} not found")
-    record = json.loads(sidecar.read_text())
-    if record.get("format") != FORMAT or int(record.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{sidecar} is not a torchslim packed checkpoint this version can read")
-    blob = tensors_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != record["sha256"]:
-        raise CheckpointError(f"{tensors_path} does not match its checksum (corrupt or replaced)")
-    tensors = st_load(blob)
+    tensors_path = bundle_paths(path)[0]
+    record, tensors = read_bundle(path, FORMAT, FORMAT_VERSION, "packed checkpoint")
     config = QuantizeConfig.parse(record["quantize"]["config"])
     wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
     work = copy.deepcopy(model)
@@ -257,5 +228,5 @@ def packed_bytes(path: str | Path) -> int:
         True
         >>> tmp.cleanup()
     """
-    tensors_path, sidecar = _paths(path)
+    tensors_path, sidecar = bundle_paths(path)
     return tensors_path.stat().st_size + sidecar.stat().st_size

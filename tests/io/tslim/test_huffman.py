@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from torchslim.encode import huffman
-from torchslim.encode.huffman import MAX_LENGTH, HuffmanCode, HuffmanError, entropy_bits
 from torchslim.errors import TorchslimError
+from torchslim.io.tslim import huffman, huffman_windows
+from torchslim.io.tslim.huffman import MAX_LENGTH, HuffmanCode, HuffmanError, entropy_bits
 
 # ----------------------------------------------------------------------------- references and helpers
 
@@ -160,6 +160,8 @@ def test_small_known_code():
 def test_docstring_examples():
     result = doctest.testmod(huffman, extraglobs={"np": np})
     assert result.attempted > 10 and result.failed == 0
+    result = doctest.testmod(huffman_windows, extraglobs={"np": np})
+    assert result.attempted >= 1 and result.failed == 0
 
 
 # ----------------------------------------------------------------------------- optimality and code structure
@@ -457,7 +459,8 @@ def test_small_chunks_and_segments(monkeypatch):
     long_code = HuffmanCode.from_counts(fibonacci(45), max_length=MAX_LENGTH)  # codes longer than a segment
     long_sym = rng.permutation(np.repeat(np.arange(45), 30))
     cases.append((long_code, long_sym, long_code.encode(long_sym)))
-    monkeypatch.setattr(huffman, "_CHUNK", 16)
+    monkeypatch.setattr(huffman, "_CHUNK", 16)  # symbols encoded per pass
+    monkeypatch.setattr(huffman_windows, "_CHUNK", 16)  # bit positions read per pass
     monkeypatch.setattr(huffman, "_SEGMENT", 40)
     for code, sym, payload in cases:
         assert code.encode(sym) == payload
