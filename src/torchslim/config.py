@@ -78,6 +78,11 @@ class Config(BaseModel):
 def _move(raw: dict[str, Any], old: str, new: str, owner: str) -> None:
     """Move ``raw[old]`` to the dotted path ``new`` (creating sub-mappings), warning about the old spelling."""
     value = raw.pop(old)
+    warnings.warn(
+        f"{owner}: '{old}' is deprecated and will be removed in the next release; write '{new}' instead",
+        DeprecationWarning,
+        stacklevel=6,
+    )
     *parents, leaf = new.split(".")
     node = raw
     for part in parents:
@@ -89,11 +94,6 @@ def _move(raw: dict[str, Any], old: str, new: str, owner: str) -> None:
     if leaf in node:
         raise ValueError(f"'{old}' is the deprecated spelling of '{new}': give only '{new}'")
     node[leaf] = value
-    warnings.warn(
-        f"{owner}: '{old}' is deprecated and will be removed in the next release; write '{new}' instead",
-        DeprecationWarning,
-        stacklevel=6,
-    )
 
 
 class CalibrationConfig(Config):

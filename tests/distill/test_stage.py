@@ -6,11 +6,11 @@ from torch import nn
 
 import torchslim as ts
 from torchslim.data import DataBundle, load_data
-from torchslim.stages.catalog import DistillStage, TeacherSpec, build_teacher
 from torchslim.errors import ConfigError, TorchslimError
 from torchslim.measure import evaluate_accuracy
 from torchslim.recipe import parse_recipe
 from torchslim.stages import STAGES, StageContext
+from torchslim.stages.catalog import DistillStage, TeacherSpec, build_teacher
 from torchslim.train import save_checkpoint
 
 

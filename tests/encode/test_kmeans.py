@@ -155,3 +155,74 @@ def test_inconsistent_codes_in_a_checkpoint_are_refused(tmp_path):
     save_file(state, str(tmp_path / "w.safetensors"))
     with pytest.raises(ts.CheckpointError, match="not contiguous"):
         ts.load_weights(ts.create_model("lenet300"), tmp_path / "w.safetensors")
+
+
+def test_share_is_a_technique_object_run_by_the_verb():
+    import inspect
+
+    from torchslim.encode import SHARE
+    from torchslim.technique import Technique, run
+
+    assert isinstance(SHARE, Technique) and SHARE.name == "share"
+    params = inspect.signature(share_weights_).parameters
+    assert list(params) == ["model", "config", "filter_fn", "calibration", "example_input", "deprecated"]
+    a, b = _pruned_lenet300(), _pruned_lenet300()
+    ra, rb = share_weights_(a, {"bits": 3}), run(SHARE, b, {"bits": 3})
+    assert ra.layers == rb.layers and ra.skipped == rb.skipped and ra.meta == rb.meta
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert (ra.title, ra.technique) == ("weight sharing", "share")
+
+
+def test_calibration_is_accepted_and_unused_and_loader_is_deprecated():
+    a, b = _pruned_lenet300(), _pruned_lenet300()
+    share_weights_(a, {"bits": 3}, calibration=[torch.randn(2, 784)], example_input=torch.randn(1, 784))
+    with pytest.warns(DeprecationWarning, match=r"share_weights_\(\.\.\., calibration=\.\.\.\)"):
+        share_weights_(b, {"bits": 3}, loader=[torch.randn(2, 784)])
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bits'"):
+        share_weights_(b, bits=3)
+
+
+def test_live_weights_come_from_the_mask_constraint_without_importing_prune():
+    import ast
+    import pathlib
+
+    import torchslim.encode.kmeans as kmeans
+
+    tree = ast.parse(pathlib.Path(kmeans.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("torchslim.prune")]
+    layer = nn.Linear(4, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0, 2.0, 3.0], [0.0, 4.0, 5.0, 6.0]]))
+    assert kmeans.live_weights(layer).sum() == 6  # no mask: the non-zeros
+    ts.prune_(nn.Sequential(layer), {"sparsity": 0.5, "keep_first_last": False})
+    assert torch.equal(kmeans.live_weights(layer), layer.weight_mask)
+
+
+def test_a_failure_while_applying_leaves_the_model_bit_identical(monkeypatch):
+    import torchslim.encode.kmeans as kmeans
+
+    model = _pruned_lenet300()
+    before = copy.deepcopy(model.state_dict())
+    calls = []
+
+    def failing(module, name, codes):
+        calls.append(module)
+        if len(calls) == 2:  # the first layer is already shared
+            raise RuntimeError("injected")
+        return attach(module, name, codes)
+
+    attach = kmeans.attach_codes
+    monkeypatch.setattr(kmeans, "attach_codes", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        share_weights_(model, {"bits": 3})
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(iter_shared(model))
+
+
+def test_a_model_without_linear_or_conv_layers_is_refused():
+    with pytest.raises(TransformRefusedError, match=r"no layer to share \(Linear or Conv weight\)"):
+        share_weights_(nn.Sequential(nn.ReLU()))

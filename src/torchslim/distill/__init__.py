@@ -1,4 +1,4 @@
-"""Knowledge distillation: losses, the trainer callbacks, :func:`distill_from` and student builders.
+"""Knowledge distillation: losses, the teacher hook, the trainer callbacks, :func:`distill_from` and student builders.
 
 ``distill_from`` was ``ts.distill`` before ``torchslim.distill`` named this package again;
 ``ts.distill(...)`` and ``torchslim.distill.distill`` still work for one release, with a DeprecationWarning.
@@ -18,6 +18,7 @@ Example:
     ['student_val_accuracy', 'teacher_val_accuracy']
 """
 
+from torchslim._compat import callable_module, deprecated_alias
 from torchslim.distill.config import DistillConfig, HintConfig
 from torchslim.distill.losses import (
     attention_map,
@@ -30,7 +31,7 @@ from torchslim.distill.losses import (
     soft_target_loss,
 )
 from torchslim.distill.students import find_layer_stack, keep_layers, thinner
-from torchslim._compat import callable_module, deprecated_alias
+from torchslim.distill.tap import TeacherTap
 from torchslim.distill.trainer import Distiller, distill_from
 
 distill = deprecated_alias(distill_from, "torchslim.distill.distill", "torchslim.distill_from")
@@ -40,6 +41,7 @@ __all__ = [
     "DistillConfig",
     "Distiller",
     "HintConfig",
+    "TeacherTap",
     "attention_map",
     "attention_transfer_loss",
     "distill",

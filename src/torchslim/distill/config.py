@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from torchslim.train.loop import TrainConfig
 from torchslim.config import Config
+from torchslim.train.loop import TrainConfig
 
 
 class HintConfig(Config):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import nn
 
@@ -86,7 +86,7 @@ def keep_layers(
     if not name:
         raise TorchslimError("the layer stack cannot be the model itself; wrap it or name a sub-stack")
     student = copy.deepcopy(teacher)
-    old = get_module(student, name)
+    old = cast("nn.ModuleList | nn.Sequential", get_module(student, name))  # the copy of the checked stack
     kept = [old[i] for i in idx]
     replace_module(student, name, nn.ModuleList(kept) if isinstance(old, nn.ModuleList) else nn.Sequential(*kept))
     for module in student.modules():
@@ -96,7 +96,7 @@ def keep_layers(
     for i, layer in enumerate(kept):  # HF attention layers carry their index (caches); renumber
         for m in layer.modules():
             if isinstance(getattr(m, "layer_idx", None), int):
-                m.layer_idx = i
+                cast(Any, m).layer_idx = i
     return student
 
 

@@ -1,9 +1,9 @@
 """Distillation as callbacks of the training loop, and the ``distill`` verb.
 
 The :class:`Distiller` is a :class:`~torchslim.train.Callback` plus the loop's
-``loss_fn``: a forward pre-hook on the student runs the frozen teacher (eval
-mode, ``no_grad``) on the same batch, forward hooks capture hinted features by
-layer name, and the loss mixes soft targets (or an embedding loss), the hard
+``loss_fn``: a :class:`~torchslim.distill.tap.TeacherTap` on the student runs the
+frozen teacher (eval mode, ``no_grad``) on the same batch, forward hooks capture
+hinted features by layer name, and the loss mixes soft targets (or an embedding loss), the hard
 label loss and the hints. Adapters are added to the optimizer as an extra
 parameter group in ``on_train_start``, trained, and dropped afterwards.
 
@@ -37,6 +37,7 @@ from torchslim.distill.losses import (
     make_adapter,
     pooled,
 )
+from torchslim.distill.tap import TeacherTap
 from torchslim.errors import ConfigError, ConfigIssue, TorchslimError
 from torchslim.graph import get_module
 from torchslim.measure import evaluate_accuracy, logits_of
@@ -68,13 +69,42 @@ def _probe_batch(data: DataBundle, n: int = 2) -> torch.Tensor:
     return split.x[:n].clone()
 
 
+def _check_pair(student: nn.Module, teacher: nn.Module, config: DistillConfig) -> None:
+    """Refuse a student that is (or shares tensors with) the teacher, unknown hint layers, or two devices."""
+    if student is teacher:
+        raise TorchslimError("the student and the teacher are the same module; distil from a copy (copy.deepcopy)")
+    shared = {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
+    if shared:
+        raise TorchslimError(f"the student shares {len(shared)} parameter tensor(s) with the teacher; distil from a copy")
+    issues = []
+    s_names, t_names = dict(student.named_modules()), dict(teacher.named_modules())
+    for i, h in enumerate(config.hints):
+        if h.student not in s_names:
+            issues.append(ConfigIssue(f"hints.{i}.student", f"no such layer in the student; layers: {_some(s_names)}", h.student))
+        if h.teacher not in t_names:
+            issues.append(ConfigIssue(f"hints.{i}.teacher", f"no such layer in the teacher; layers: {_some(t_names)}", h.teacher))
+    if issues:
+        raise ConfigError(issues, "distill config")
+    s_dev, t_dev = _device_of(student), _device_of(teacher)
+    if s_dev != t_dev:
+        raise TorchslimError(
+            f"the student is on {s_dev} and the teacher on {t_dev}; the teacher reads the student's batches, "
+            f"so move both to one device (teacher.to({str(s_dev)!r}))"
+        )
+
+
 class Distiller(Callback):
     """Runs the teacher alongside the student and computes the distillation loss.
 
     Build it with :meth:`prepare`, which checks teacher and student against each
-    other on a probe batch (and raises before any training); pass it to
-    :func:`~torchslim.train.finetune` as a callback and its :meth:`loss` as
-    ``loss_fn``; call :meth:`close` afterwards (``distill`` does all of this).
+    other on a probe batch (and raises before any training); pass
+    :meth:`callbacks` to :func:`~torchslim.train.finetune` and :meth:`loss` as
+    ``loss_fn``; call :meth:`close` afterwards (``distill_from`` does all of this).
+    Like a technique's ``callbacks(cfg)``, the distiller says what to do during
+    training and the loop decides when: ``on_train_start`` puts the teacher in
+    eval mode, attaches a :class:`~torchslim.distill.tap.TeacherTap` and the hint
+    hooks and adds the adapters to the optimizer; ``on_finalize``/``on_abort``
+    remove them and restore the teacher's mode.
 
     Example:
         >>> data = ts.load_data("digits")
@@ -82,7 +112,7 @@ class Distiller(Callback):
         >>> student = ts.create_model("mlp", in_features=64, hidden=[32, 32])
         >>> d = Distiller.prepare(student, teacher, data, DistillConfig(epochs=1))
         >>> try:
-        ...     report = finetune(student, data, d.config.train_config(), callbacks=[d], loss_fn=d.loss)
+        ...     report = finetune(student, data, d.config.train_config(), callbacks=d.callbacks(), loss_fn=d.loss)
         ... finally:
         ...     d.close()
         >>> sorted(d.last_terms)                        # the terms of the last batch's loss
@@ -91,57 +121,44 @@ class Distiller(Callback):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, adapters: nn.ModuleDict) -> None:
         self.student, self.teacher, self.config, self.adapters = student, teacher, config, adapters
+        self.tap = TeacherTap(teacher)
         self._handles: list[RemovableHandle] = []
-        self._teacher_out: Any = None
         self._s_feats: dict[int, torch.Tensor] = {}
         self._t_feats: dict[int, torch.Tensor] = {}
-        self._teacher_was_training = teacher.training
         self.last_terms: dict[str, float] = {}
 
     # ----------------------------------------------------------------- set-up
     @classmethod
     def prepare(cls, student: nn.Module, teacher: nn.Module, data: DataBundle, config: DistillConfig) -> Distiller:
         """Validate the pair on a probe batch and build the adapters; raises before training on any mismatch."""
-        if student is teacher:
-            raise TorchslimError("the student and the teacher are the same module; distil from a copy (copy.deepcopy)")
-        shared = {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
-        if shared:
-            raise TorchslimError(f"the student shares {len(shared)} parameter tensor(s) with the teacher; distil from a copy")
-        issues = []
-        s_names, t_names = dict(student.named_modules()), dict(teacher.named_modules())
-        for i, h in enumerate(config.hints):
-            if h.student not in s_names:
-                issues.append(ConfigIssue(f"hints.{i}.student", f"no such layer in the student; layers: {_some(s_names)}", h.student))
-            if h.teacher not in t_names:
-                issues.append(ConfigIssue(f"hints.{i}.teacher", f"no such layer in the teacher; layers: {_some(t_names)}", h.teacher))
-        if issues:
-            raise ConfigError(issues, "distill config")
-        s_dev, t_dev = _device_of(student), _device_of(teacher)
-        if s_dev != t_dev:
-            raise TorchslimError(
-                f"the student is on {s_dev} and the teacher on {t_dev}; the teacher reads the student's batches, "
-                f"so move both to one device (teacher.to({str(s_dev)!r}))"
-            )
+        _check_pair(student, teacher, config)
         self = cls(student, teacher, config, nn.ModuleDict())
-        x = _probe_batch(data).to(s_dev)
-        s_modes = {m: m.training for m in student.modules()}
-        t_modes = {m: m.training for m in teacher.modules()}
+        s_out, t_out, s_feats, t_feats = self._probe(_probe_batch(data).to(_device_of(student)))
+        self._check_outputs(s_out, t_out, data)
+        self._build_adapters(s_feats, t_feats, _device_of(student))
+        return self
+
+    def _probe(self, x: torch.Tensor) -> tuple[Any, Any, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Both models' outputs and hinted features on ``x``, in eval mode (every module's mode restored)."""
+        s_modes = {m: m.training for m in self.student.modules()}
         try:
-            student.eval()
-            teacher.eval()
-            self._attach(probe=True)
+            self.student.eval()
+            self._attach(probe=True)  # the tap puts the teacher in eval mode and restores it on detach
             with torch.no_grad():
-                s_out = call_model(student, x)
-            s_feats, t_feats, t_out = dict(self._s_feats), dict(self._t_feats), self._teacher_out
+                s_out = call_model(self.student, x)
+            found = (s_out, self.tap.output, dict(self._s_feats), dict(self._t_feats))
         finally:
             self._detach()
             for m, mode in s_modes.items():
                 m.training = mode
-            for m, mode in t_modes.items():
-                m.training = mode
-        self._check_outputs(s_out, t_out, data)
-        device = s_dev
-        for i, h in enumerate(config.hints):
+        self.tap.output = None
+        self._s_feats.clear()
+        self._t_feats.clear()
+        return found
+
+    def _build_adapters(self, s_feats: dict[int, torch.Tensor], t_feats: dict[int, torch.Tensor], device: torch.device) -> None:
+        """One adapter per hint whose student features do not have the teacher's shape (checked on the probe)."""
+        for i, h in enumerate(self.config.hints):
             s, t = s_feats.get(i), t_feats.get(i)
             if s is None or t is None:
                 missing = h.student if s is None else h.teacher
@@ -159,10 +176,6 @@ class Distiller(Callback):
                 raise TorchslimError(f"hint {i} ({h.student} -> {h.teacher}): {exc}") from None
             if adapter is not None:
                 self.adapters[str(i)] = adapter.to(device)
-        self._teacher_out = None
-        self._s_feats.clear()
-        self._t_feats.clear()
-        return self
 
     def _check_outputs(self, s_out: Any, t_out: Any, data: DataBundle) -> None:
         kind, alpha = self.config.loss, self.config.alpha
@@ -194,13 +207,9 @@ class Distiller(Callback):
 
     # ------------------------------------------------------------------ hooks
     def _attach(self, probe: bool = False) -> None:
-        def run_teacher(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if not (module.training or probe):
-                return
-            with torch.no_grad():
-                self._teacher_out = self.teacher(*args, **kwargs)
-
-        self._handles.append(self.student.register_forward_pre_hook(run_teacher, with_kwargs=True))
+        """The teacher tap (the teacher runs on training batches only, or on every call for the probe) and the hint hooks."""
+        self.tap.training_only = not probe
+        self.tap.attach(self.student)
         for i, h in enumerate(self.config.hints):
             self._handles.append(get_module(self.student, h.student).register_forward_hook(self._capture(self._s_feats, i, probe)))
             self._handles.append(get_module(self.teacher, h.teacher).register_forward_hook(self._capture(self._t_feats, i, True)))
@@ -213,6 +222,8 @@ class Distiller(Callback):
         return hook
 
     def _detach(self) -> None:
+        """Remove the tap (restoring the teacher's modes) and the hint hooks (idempotent)."""
+        self.tap.detach()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -220,38 +231,43 @@ class Distiller(Callback):
     def close(self) -> None:
         """Remove every hook and restore the teacher's training mode (idempotent)."""
         self._detach()
-        self._teacher_out = None
+        self.tap.output = None
         self._s_feats.clear()
         self._t_feats.clear()
-        self.teacher.train(self._teacher_was_training)
 
     # -------------------------------------------------------------- callbacks
+    def callbacks(self) -> list[Callback]:
+        """What the training loop runs for distillation (with :meth:`loss` as its ``loss_fn``): this distiller."""
+        return [self]
+
     def on_train_start(self, state: TrainState) -> None:
-        self._teacher_was_training = self.teacher.training
-        self.teacher.eval()
+        """Add the adapters to the optimizer; attach the teacher tap (teacher in eval mode) and the hint hooks."""
         params = [p for p in self.adapters.parameters() if p.requires_grad]
         if params:
             state.optimizer.add_param_group({"params": params})
         self._attach()
 
     def on_finalize(self, state: TrainState) -> None:
+        """Remove the hooks and restore the teacher's mode."""
         self.close()
 
     def on_abort(self, state: TrainState) -> None:
+        """Remove the hooks and restore the teacher's mode."""
         self.close()
 
     # ------------------------------------------------------------------- loss
     def loss(self, output: Any, labels: torch.Tensor) -> torch.Tensor:
         """The distillation loss of the batch just run (``loss_fn`` of the training loop)."""
         cfg = self.config
-        if self._teacher_out is None:
+        teacher_out = self.tap.output
+        if teacher_out is None:
             raise TorchslimError("the distillation loss was called before the student ran on a batch in training mode")
         terms: dict[str, torch.Tensor] = {}
         if cfg.loss == "kl":
-            terms["kd"] = hinton_loss(logits_of(output), logits_of(self._teacher_out), labels, cfg.temperature, cfg.alpha)
+            terms["kd"] = hinton_loss(logits_of(output), logits_of(teacher_out), labels, cfg.temperature, cfg.alpha)
         else:
             if cfg.loss in ("cosine", "mse") and cfg.alpha > 0:
-                terms["embedding"] = cfg.alpha * embedding_loss(pooled(output), pooled(self._teacher_out).detach(), cfg.loss)
+                terms["embedding"] = cfg.alpha * embedding_loss(pooled(output), pooled(teacher_out).detach(), cfg.loss)
             if cfg.loss == "none" or cfg.alpha < 1:
                 weight = 1.0 if cfg.loss == "none" else 1 - cfg.alpha
                 terms["ce"] = weight * F.cross_entropy(logits_of(output), labels)
@@ -264,7 +280,7 @@ class Distiller(Callback):
                     s = self.adapters[str(i)](s)
                 value = feature_loss(s, t, h.loss)
             terms[f"hint{i}"] = h.weight * value
-        self._teacher_out = None
+        self.tap.output = None
         self._s_feats.clear()
         self._t_feats.clear()
         total = sum(terms.values(), start=torch.zeros((), device=labels.device))
@@ -333,33 +349,14 @@ def distill_from(
             student,
             data,
             cfg.train_config(),
-            callbacks=[distiller, *callbacks],
+            callbacks=[*distiller.callbacks(), *callbacks],
             loss_fn=distiller.loss,
             progress=progress,
             description=description,
         )
     finally:
         distiller.close()
-    layers = []
-    s_modules = dict(student.named_modules())
-    for i, h in enumerate(cfg.hints):
-        module = s_modules[h.student]
-        weight = getattr(module, "weight", None)
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
-        params = weight.numel() if isinstance(weight, torch.Tensor) else 0
-        nonzeros = int(torch.count_nonzero(weight.detach())) if isinstance(weight, torch.Tensor) else 0
-        adapter = distiller.adapters[str(i)] if str(i) in distiller.adapters else None
-        layers.append(
-            LayerReport(
-                h.student,
-                type(module).__name__,
-                shape,
-                params,
-                nonzeros,
-                "distilled",
-                {"teacher_layer": h.teacher, "loss": h.loss, "weight": h.weight, "adapter": type(adapter).__name__ if adapter is not None else None},
-            )
-        )
+    layers = _hint_reports(student, distiller)
     meta = dict(train_report.meta)
     meta.update(
         {
@@ -374,3 +371,18 @@ def distill_from(
         meta["teacher_val_accuracy"] = evaluate_accuracy(teacher, data.loader("val", 512))
         meta["student_val_accuracy"] = evaluate_accuracy(student, data.loader("val", 512))
     return Report(title=description, technique="distill", layers=layers, skipped=[], meta=meta)
+
+
+def _hint_reports(student: nn.Module, distiller: Distiller) -> list[LayerReport]:
+    """One ``distilled`` entry per hinted student layer: its weight, the teacher layer, the loss and the adapter."""
+    layers = []
+    s_modules = dict(student.named_modules())
+    for i, h in enumerate(distiller.config.hints):
+        module = s_modules[h.student]
+        adapter = distiller.adapters[str(i)] if str(i) in distiller.adapters else None
+        details = {"teacher_layer": h.teacher, "loss": h.loss, "weight": h.weight, "adapter": type(adapter).__name__ if adapter is not None else None}
+        if isinstance(getattr(module, "weight", None), torch.Tensor):
+            layers.append(LayerReport.of(h.student, module, "distilled", details))
+        else:
+            layers.append(LayerReport(h.student, type(module).__name__, (), 0, 0, "distilled", details))
+    return layers

@@ -1,4 +1,4 @@
-"""Encoding: weight sharing (k-means), Huffman coding, the ``.tslim`` container.
+"""Encoding: weight sharing (k-means), and saving a model as a ``.tslim`` file (:mod:`torchslim.io.tslim`).
 
 Example:
     >>> import tempfile
@@ -13,13 +13,15 @@ Example:
     >>> tmp.cleanup()
 """
 
-from torchslim.encode.container import TslimFile, TslimFormatError, layer_table, load, read, save
-from torchslim.encode.huffman import HuffmanCode, HuffmanError
-from torchslim.encode.kmeans import ShareConfig, kmeans_1d, share_weights_
+from torchslim.encode import container, huffman, streams  # noqa: F401 - moved to torchslim.io.tslim; kept importable
+from torchslim.encode.kmeans import SHARE, ShareConfig, kmeans_1d, share_weights_
+from torchslim.encode.tslim import save
+from torchslim.io.tslim import HuffmanCode, HuffmanError, TslimFile, TslimFormatError, layer_table, load, read
 
 __all__ = [
     "HuffmanCode",
     "HuffmanError",
+    "SHARE",
     "ShareConfig",
     "TslimFile",
     "TslimFormatError",

@@ -1,7 +1,8 @@
 """Weight sharing: per-layer k-means on the non-zero weights (Deep Compression, Han et al. 2016).
 
-``share_weights_(model, config)`` clusters each targeted layer's live weights
-into ``2**bits`` centroids and replaces every weight by its centroid. The
+``share_weights_(model, config)``, the driver's run of the technique object
+:data:`SHARE`, clusters each targeted layer's live weights into ``2**bits``
+centroids and replaces every weight by its centroid. The
 cluster of each weight is kept in an ``int16`` buffer ``<param>_codes`` (``-1``
 where the weight is pruned), so the sharing survives a checkpoint and training:
 
@@ -37,8 +38,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -48,9 +50,9 @@ from torch import nn
 from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
 from torchslim.graph import constraints
-from torchslim.prune.mask import get_mask
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import check_target_keys, select_layers
+from torchslim.targets import check_target_keys
+from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
 CODES_SUFFIX = "_codes"
 SHAREABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -201,17 +203,12 @@ def get_codes(module: nn.Module, param_name: str = "weight") -> torch.Tensor | N
 
 def iter_shared(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
     """Yield ``(module_name, module, param_name, codes)`` for every shared parameter."""
-    for mname, module in model.named_modules():
-        for bname, buf in module._buffers.items():
-            if buf is not None and bname.endswith(CODES_SUFFIX):
-                pname = bname[: -len(CODES_SUFFIX)]
-                if isinstance(getattr(module, pname, None), torch.Tensor):
-                    yield mname, module, pname, buf
+    return constraints.members(model, SHARING)
 
 
 def _cache(module: nn.Module, pname: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(flat codes int64, live positions, first member of each cluster)``, cached per codes buffer."""
-    codes = module._buffers[pname + CODES_SUFFIX]
+    codes = cast(torch.Tensor, module._buffers[pname + CODES_SUFFIX])
     store: dict[str, Any] = module.__dict__.setdefault(_CACHE_ATTR, {})
     hit = store.get(pname)
     if hit is None or hit[0] is not codes or hit[1] != codes._version:
@@ -325,7 +322,7 @@ SHARING = constraints.register(
 )
 
 
-# -- the verb ---------------------------------------------------------------------------------------
+# -- the technique ----------------------------------------------------------------------------------
 
 
 def shareable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -333,22 +330,140 @@ def shareable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SHAREABLE) and n]
 
 
+@dataclass(frozen=True)
+class LayerSharing:
+    """One layer's planned sharing.
+
+    Attributes:
+        name: the layer's qualified name.
+        module: the layer.
+        codes: ``int32`` cluster of each weight (``-1`` where the weight is not live), on the CPU.
+        shared: the shared value of each live weight, in the order of ``codes >= 0``, in the weight's dtype.
+        report: the layer's :class:`LayerReport`.
+    """
+
+    name: str
+    module: nn.Module
+    codes: torch.Tensor
+    shared: torch.Tensor
+    report: LayerReport
+
+
+def live_weights(module: nn.Module) -> torch.Tensor:
+    """Which weights of ``module`` are live: its pruning mask (the ``mask`` constraint), else the non-zeros."""
+    mask = module._buffers.get("weight" + constraints.get("mask").suffix)
+    return (_weight(module) != 0) if mask is None else mask.bool()
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, detached (every shareable layer has a tensor weight)."""
+    return cast(torch.Tensor, module.weight).detach()
+
+
+def plan_layer(name: str, module: nn.Module, bits: int, init: str, cfg: ShareConfig, index: int) -> LayerSharing | str:
+    """The k-means of one layer's live weights, or why the layer is skipped (reads only)."""
+    weight = _weight(module)
+    live = live_weights(module)
+    n_live = int(live.sum())
+    if n_live == 0 or n_live < cfg.min_weights:
+        return f"{n_live} live weights (min_weights {cfg.min_weights})"
+    values = weight[live].cpu().double().numpy()
+    centroids, labels = kmeans_1d(
+        values, 2**bits, init=init, iterations=cfg.iterations, seed=cfg.seed + index, relocate_empty=cfg.relocate_empty
+    )
+    codes = torch.full(weight.shape, -1, dtype=torch.int32)
+    codes[live.cpu()] = torch.from_numpy(labels.astype(np.int32))
+    shared = torch.from_numpy(centroids[labels]).to(weight.dtype)
+    change = float((shared.double() - torch.from_numpy(values)).abs().mean())
+    details = {"bits": bits, "clusters": int(centroids.size), "init": init, "mean_abs_change": change}
+    # counted on the live weights: the report's nonzeros are the weights clustered
+    return LayerSharing(name, module, codes, shared, LayerReport.of(name, module, "shared", details, weight=live))
+
+
+class Share(Technique[ShareConfig, Plan]):
+    """Weight sharing as a technique object: plan the k-means of every chosen layer, apply the codes.
+
+    ``plan`` clusters each chosen layer's live weights (a pruning mask, or the
+    non-zeros) and refuses when no layer is left; ``apply`` writes the shared
+    values and attaches the ``<param>_codes`` buffers (:data:`SHARING`).
+
+    Example:
+        >>> from torchslim.technique import run
+        >>> model = ts.create_model("lenet300")
+        >>> report = run(SHARE, model, {"bits": 2, "targets": {"fc3": {}}})
+        >>> [(l.name, l.details["clusters"]) for l in report.layers], len(model.fc3.weight.unique())
+        ([('fc3', 4)], 4)
+    """
+
+    name = "share"
+    title = "weight sharing"
+    config = ShareConfig
+    verb = "share"
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The Linear and Conv layers (:func:`shareable_layers`)."""
+        return shareable_layers(model)
+
+    def select(self, model: nn.Module, cfg: ShareConfig, filter_fn: FilterFn | None) -> Selection:
+        """The targets grammar over :meth:`candidates`; refuses a model with no Linear or Conv layer."""
+        if not self.candidates(model):
+            raise TransformRefusedError("the model has no layer to share (Linear or Conv weight)")
+        return super().select(model, cfg, filter_fn)
+
+    def plan(self, model: nn.Module, cfg: ShareConfig, selection: Selection, inputs: Inputs) -> Plan:
+        """Cluster every chosen layer (``Plan.work``: :class:`LayerSharing` list); refuses when none is left."""
+        skipped = list(selection.skipped)
+        work: list[LayerSharing] = []
+        for index, (name, module, match) in enumerate(selection.chosen):
+            override = match.value if match is not None and match.value is not None else LayerShareConfig()
+            bits = override.bits if override.bits is not None else cfg.bits
+            init = override.init if override.init is not None else cfg.init
+            layer = plan_layer(name, module, bits, init, cfg, index)
+            if isinstance(layer, str):
+                skipped.append(SkippedLayer(name, layer))
+            else:
+                work.append(layer)
+        refuse_if_empty(work, skipped, "share")
+        return Plan(skipped, {"config": cfg.model_dump()}, work)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
+        """Write each layer's shared values, then attach its codes (snapping is then a no-op)."""
+        for layer in plan.work:
+            # the centroids go in first, so snapping to each cluster's first member keeps them
+            weight = cast(torch.Tensor, layer.module.weight)
+            new = torch.zeros(weight.shape, dtype=weight.dtype)
+            new[layer.codes >= 0] = layer.shared
+            weight.data.copy_(new.to(weight.device))
+            attach_codes(layer.module, "weight", layer.codes)
+        return [layer.report for layer in plan.work]
+
+
+#: the weight-sharing technique object (``share_weights_`` is ``run(SHARE, ...)``)
+SHARE = Share()
+
+
 def share_weights_(
     model: nn.Module,
     config: ShareConfig | dict[str, Any] | None = None,
     *,
-    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    filter_fn: FilterFn | None = None,
+    calibration: Iterable[Any] | None = None,
+    example_input: Any = None,
+    **deprecated: Any,
 ) -> Report:
     """Share the weights of ``model``'s Linear/Conv layers by per-layer k-means, in place.
 
     Only live weights are clustered (a pruning mask, or the non-zeros when the
     layer has none); pruned weights stay exactly zero. Every cluster is computed
-    before any layer changes, so a refusal leaves the model bit-identical.
+    before any layer changes, and a refusal or failure leaves the model bit-identical.
 
     Args:
         model: modified in place (weights replaced by centroids, ``<param>_codes`` buffers added).
         config: a :class:`ShareConfig` or a mapping validated into one.
         filter_fn: optional ``(module, name) -> bool``; layers it rejects are skipped.
+        calibration: unused (weight sharing needs no data); accepted for the common signature.
+        example_input: unused; accepted for the common signature.
 
     Returns:
         A :class:`Report`: per layer the clusters used, bits, live weights and the
@@ -364,62 +479,5 @@ def share_weights_(
         >>> [layer.details["clusters"] for layer in report.layers]
         [32, 32, 32]
     """
-    cfg = ShareConfig.parse(config)
-    layers = shareable_layers(model)
-    if not layers:
-        raise TransformRefusedError("the model has no layer to share (Linear or Conv weight)")
-    picked, skipped_raw = select_layers(layers, cfg.targets, filter_fn=filter_fn)
-    skipped = [SkippedLayer(n, r) for n, r in skipped_raw]
-    plans: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
-    reports: list[LayerReport] = []
-    for index, (name, module, match) in enumerate(picked):
-        override = match.value if match is not None and match.value is not None else LayerShareConfig()
-        bits = override.bits if override.bits is not None else cfg.bits
-        init = override.init if override.init is not None else cfg.init
-        weight = module.weight.detach()
-        mask = get_mask(module, "weight")
-        live = (weight != 0) if mask is None else mask.bool()
-        n_live = int(live.sum())
-        if n_live == 0 or n_live < cfg.min_weights:
-            skipped.append(SkippedLayer(name, f"{n_live} live weights (min_weights {cfg.min_weights})"))
-            continue
-        values = weight[live].cpu().double().numpy()
-        centroids, labels = kmeans_1d(
-            values, 2**bits, init=init, iterations=cfg.iterations, seed=cfg.seed + index, relocate_empty=cfg.relocate_empty
-        )
-        codes = torch.full(weight.shape, -1, dtype=torch.int32)
-        codes[live.cpu()] = torch.from_numpy(labels.astype(np.int32))
-        shared = torch.from_numpy(centroids[labels]).to(weight.dtype)
-        change = float((shared.double() - torch.from_numpy(values)).abs().mean())
-        plans.append((name, module, codes, shared))
-        reports.append(
-            LayerReport(
-                name,
-                type(module).__name__,
-                tuple(weight.shape),
-                weight.numel(),
-                n_live,
-                "shared",
-                {"bits": bits, "clusters": int(centroids.size), "init": init, "mean_abs_change": change},
-            )
-        )
-    if not plans:
-        raise TransformRefusedError(
-            "no layer was shared: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
-        )
-    with torch.no_grad():
-        for _name, module, codes, shared in plans:
-            # the centroids go in first, so snapping to each cluster's first member keeps them
-            weight = module.weight
-            new = torch.zeros(weight.shape, dtype=weight.dtype)
-            new[codes >= 0] = shared
-            weight.data.copy_(new.to(weight.device))
-            attach_codes(module, "weight", codes)
-    return Report(
-        title="weight sharing",
-        technique="share",
-        layers=reports,
-        skipped=skipped,
-        meta={"config": cfg.model_dump()},
-    )
-
+    inputs = legacy_inputs("share_weights_", Inputs(calibration, example_input), deprecated)
+    return run(SHARE, model, config, filter_fn=filter_fn, inputs=inputs)
