@@ -108,7 +108,7 @@ CASES = [
 @pytest.mark.parametrize(("spec", "elem"), CASES, ids=[f"{s.bits}b-{s.granularity}-{'s' if s.signed else 'u'}{'sym' if s.symmetric else 'asym'}" for s, _ in CASES])
 def test_bit_exact_against_onnxruntime(spec: QuantSpec, elem: int) -> None:
     gen = torch.Generator().manual_seed(spec.bits * 10 + len(spec.granularity))
-    for trial in range(5):
+    for _trial in range(5):
         x = torch.randn(6, 32, 5, generator=gen) * 3
         qp = qparams_from_tensor(x * 0.7, spec)  # a clipped range: saturation is exercised
         if qp.axis is None:  # exact ties x / scale = k + 0.5 exercise round-half-to-even

@@ -7,10 +7,11 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 
 from torchslim.errors import ConfigError, TransformRefusedError
 from torchslim.measure import evaluate_accuracy
-from torchslim.quant import allocate_bits, layer_sensitivity, mixed_precision_, quantize_
+from torchslim.quant import MIXED_PRECISION, allocate_bits, layer_sensitivity, mixed_precision_, quantize_
 from torchslim.quant.mixed import MixedPrecisionConfig
 
 
@@ -57,3 +58,57 @@ def test_mixed_meets_budget_and_beats_uniform(trained, digits) -> None:
 def test_bad_candidate_bits() -> None:
     with pytest.raises(ConfigError, match=r"candidate_bits.*\[9\]"):
         MixedPrecisionConfig.parse({"candidate_bits": [4, 9]})
+
+
+def _batches(digits, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(digits.train.x[i : i + 128], digits.train.y[i : i + 128]) for i in range(0, 128 * n, 128)]
+
+
+CFG = {"average_bits": 4, "candidate_bits": [2, 4, 8], "quantize": {"mode": "weight_only"}}
+
+
+def test_filter_fn_skips_layers_and_the_technique_names_itself(trained, digits) -> None:
+    report = mixed_precision_(trained, CFG, calibration=_batches(digits), filter_fn=lambda m, name: name != "fc")
+    assert report.technique == MIXED_PRECISION.name == "quantize-mixed" and report.title == "quantize"
+    assert set(report.meta["bits"]) == set(report.meta["sensitivity"]) == {"conv1", "conv2", "conv3"}
+    assert [(s.name, s.reason) for s in report.skipped] == [("fc", "rejected by filter_fn")]
+    assert isinstance(trained.fc, nn.Linear) and type(trained.fc) is nn.Linear
+
+
+def test_deprecated_loader_keyword_warns(trained, digits) -> None:
+    other = copy.deepcopy(trained)
+    with pytest.warns(DeprecationWarning, match=r"call mixed_precision_\(\.\.\., calibration=\.\.\.\)"):
+        old = mixed_precision_(trained, CFG, loader=_batches(digits))
+    assert old == mixed_precision_(other, CFG, calibration=_batches(digits))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(144, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
+            x = self.bn(self.conv(x))
+        return self.fc(x.flatten(1))
+
+
+def test_an_untraceable_model_is_measured_unfolded_and_the_report_says_why(digits) -> None:
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    report = mixed_precision_(model, CFG, calibration=_batches(digits))
+    assert "cannot trace _Untraceable" in report.meta["batchnorm_note"]
+    assert report.meta["batchnorm_folded"] == [] and isinstance(model.bn, nn.BatchNorm2d)
+    assert set(report.meta["bits"]) == {"conv", "fc"}
+
+
+def test_refusals_leave_the_model_unchanged(trained, digits) -> None:
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    with pytest.raises(TransformRefusedError, match="needs calibration data"):
+        mixed_precision_(trained, CFG)
+    with pytest.raises(TransformRefusedError, match="no layer left to quantize: conv1: rejected by filter_fn"):
+        mixed_precision_(trained, CFG, calibration=_batches(digits), filter_fn=lambda m, name: False)
+    with pytest.raises(TransformRefusedError, match="below the smallest allocation"):
+        mixed_precision_(trained, {**CFG, "average_bits": 2, "candidate_bits": [4, 8]}, calibration=_batches(digits))
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert type(trained.conv1) is nn.Conv2d and isinstance(trained.bn1, nn.BatchNorm2d)

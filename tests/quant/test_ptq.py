@@ -1,4 +1,4 @@
-"""PTQ on real data (digits): accuracy bounds, report contents, BatchNorm folding, refusals."""
+"""PTQ on real data (digits): accuracy bounds, report contents, BatchNorm folding, refusals, the technique object."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from torch import nn
 
 from torchslim.errors import ConfigError, TransformRefusedError
 from torchslim.measure import evaluate_accuracy
-from torchslim.quant import quantize_
+from torchslim.quant import QUANTIZE, QuantizeConfig, quantize_
 from torchslim.quant.model import QuantConv2d, activation_quantizers
+from torchslim.quant.ptq import quant_info
+from torchslim.technique import Inputs
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -111,3 +113,104 @@ def test_verb_is_exported_and_report_renders(trained, digits) -> None:
     md = report.to_markdown()
     assert "conv1" in md and "quantized" in md
     assert ts.Report.from_dict(report.to_dict()) == report
+
+
+def _batches(digits, n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(digits.train.x[i : i + 128], digits.train.y[i : i + 128]) for i in range(0, 128 * n, 128)]
+
+
+def test_deprecated_loader_keyword_warns_and_quantizes_the_same(trained, digits) -> None:
+    other = copy.deepcopy(trained)
+    with pytest.warns(DeprecationWarning, match=r"call quantize_\(\.\.\., calibration=\.\.\.\)"):
+        old = quantize_(trained, {"mode": "static"}, loader=_batches(digits))
+    new = quantize_(other, {"mode": "static"}, calibration=_batches(digits))
+    assert old == new
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in trained.state_dict().items())
+
+
+def test_plan_only_reads_and_apply_transplants(trained, digits) -> None:
+    before = _state(trained)
+    cfg = QuantizeConfig.parse({"mode": "static", "weight": {"bits": 4}})
+    plan = QUANTIZE.plan(trained, cfg, QUANTIZE.select(trained, cfg, None), Inputs(calibration=_batches(digits)))
+    assert [layer.name for layer in plan.work.layers] == ["conv1", "conv2", "conv3", "fc"]
+    assert plan.meta["calibration_batches"] == 2 and "output_sqnr_db" in plan.meta
+    assert type(trained.conv1) is nn.Conv2d and isinstance(trained.bn1, nn.BatchNorm2d) and quant_info(trained) is None
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    module = trained.conv1
+    layers = QUANTIZE.apply(trained, plan)
+    assert layers is plan.work.layers and trained.conv1 is not module  # the quantized copy's modules moved in
+    assert isinstance(trained.conv1, QuantConv2d) and quant_info(trained)["layers"]["fc"]["bits"] == 4
+
+
+class _Outputs(nn.Module):
+    """Two Linear layers whose output is wrapped the way ``kind`` says (not a logits tensor)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor):
+        h = self.fc2(torch.relu(self.fc1(x)))
+        if self.kind == "hidden":
+            return {"last_hidden_state": h, "pooled": h.mean(0)}
+        if self.kind == "tuple":
+            return (None, h)
+        if self.kind == "dict":
+            return {"pooled": h.mean(0), "h": h}
+        if self.kind == "model_output":
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return BaseModelOutput(last_hidden_state=h)
+        if self.kind == "integer":
+            return h.argmax(-1)
+        return {"size": 3}
+
+
+@pytest.mark.parametrize(
+    ("kind", "compared"),
+    [("hidden", "last_hidden_state"), ("tuple", "output[1]"), ("dict", "output['pooled']"),
+     ("model_output", "last_hidden_state"), ("integer", None), ("no_tensor", None)],
+)
+def test_output_metrics_never_fail_the_verb(kind: str, compared: str | None) -> None:
+    if kind == "model_output":
+        pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = _Outputs(kind)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    report = quantize_(model, {"mode": "static"}, calibration=[x])
+    assert [layer.name for layer in report.layers] == ["fc1", "fc2"] and isinstance(model.fc1, nn.Linear)
+    if compared is None:
+        assert "output_sqnr_db" not in report.meta and "output_top1_agreement" not in report.meta
+        assert "left out" in report.meta["output_note"]
+    else:
+        assert report.meta["output_compared"] == compared and report.meta["output_sqnr_db"] > 20
+        assert 0.0 <= report.meta["output_top1_agreement"] <= 1.0 and "output_note" not in report.meta
+
+
+def test_logits_outputs_keep_the_report_as_it_was(trained, digits) -> None:
+    report = quantize_(trained, {"mode": "static"}, calibration=_batches(digits))
+    assert "output_compared" not in report.meta and "output_note" not in report.meta
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(144, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
+            x = self.bn(self.conv(x))
+        return self.fc(x.flatten(1))
+
+
+def test_an_untraceable_model_falls_back_and_the_report_says_why(digits) -> None:
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    report = quantize_(model, {"mode": "static"}, calibration=_batches(digits))
+    placement = report.meta["activation_placement"]
+    assert placement["method"] == "layer_inputs" and placement["points"] == ["conv", "fc"]
+    assert "activation placement: torch.fx cannot trace _Untraceable" in placement["note"]
+    assert "control flow" in placement["note"] and "each quantized layer quantizes its own input" in placement["note"]
+    assert "cannot trace" in report.meta["batchnorm_note"] and report.meta["batchnorm_folded"] == []
+    assert isinstance(model.bn, nn.BatchNorm2d) and model.conv.input_fq is not None

@@ -61,3 +61,14 @@ def test_diverging_qat_restores_the_model_and_its_observers(trained, digits) -> 
     x = digits.test.x[:8]
     with torch.no_grad():
         assert torch.isfinite(trained(x)).all()
+
+
+def test_the_teacher_runs_through_the_distill_tap_and_is_left_as_it_was(trained, digits) -> None:
+    teacher = copy.deepcopy(trained).train()
+    quantize_(trained, {"mode": "weight_only", "weight": {"bits": 4}})
+    seen: list[bool] = []
+    teacher.register_forward_hook(lambda m, a, o: seen.append(m.training))
+    qat_finetune(trained, digits, {"epochs": 1, "lr": 0.005, "batch_size": 256}, teacher=teacher, progress=False)
+    assert seen and not any(seen)  # the teacher ran on the training batches, in eval mode
+    assert teacher.training and all(m.training for m in teacher.modules())  # its mode is restored
+    assert not trained._forward_pre_hooks

@@ -1,5 +1,8 @@
 """Quantization: affine math, observers, fake quantization, PTQ, QAT, mixed precision.
 
+The technique objects are :data:`QUANTIZE` (:func:`quantize_`) and
+:data:`MIXED_PRECISION` (:func:`mixed_precision_`), run by :func:`torchslim.technique.run`.
+
 ONNX export (``export_fp32``, ``export_qdq``, ``ort_optimize``, ``OrtModel``) lives in
 :mod:`torchslim.deploy`; the names here still work and warn.
 
@@ -26,14 +29,22 @@ from torchslim.quant.affine import (
 )
 from torchslim.quant.config import ActQuantConfig, LayerQuantConfig, QuantizeConfig, WeightQuantConfig
 from torchslim.quant.fake import FakeQuantize, ste_fake_quantize
-from torchslim.quant.mixed import MixedPrecisionConfig, allocate_bits, layer_sensitivity, mixed_precision_
+from torchslim.quant.mixed import (
+    MIXED_PRECISION,
+    MixedPrecisionConfig,
+    allocate_bits,
+    layer_sensitivity,
+    mixed_precision_,
+)
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
 from torchslim.quant.packed import load_packed, packed_bytes, save_packed
-from torchslim.quant.ptq import quantize_
+from torchslim.quant.ptq import QUANTIZE, quantize_
 from torchslim.quant.qat import KDConfig, QATCallback, qat_finetune
 
 __all__ = [
+    "MIXED_PRECISION",
     "OBSERVERS",
+    "QUANTIZE",
     "ActQuantConfig",
     "FakeQuantize",
     "KDConfig",

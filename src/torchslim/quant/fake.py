@@ -197,7 +197,7 @@ def _export_fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
     Integers of narrower widths live inside the 8-bit container; the exporter
     sees an int8/uint8 range while the values stay on the narrower grid because
-    the QDQ post-processing in :mod:`torchslim.quant.onnx` writes weights as
+    the QDQ post-processing in :mod:`torchslim.deploy` writes weights as
     pre-quantized initializers.
     """
     lo, hi = (-128, 127) if qp.signed else (0, 255)

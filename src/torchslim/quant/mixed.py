@@ -21,9 +21,10 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
@@ -36,8 +37,9 @@ from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import fake_quantize, qparams_from_tensor
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig
 from torchslim.quant.model import quantizable_layers
-from torchslim.quant.ptq import quantize_
-from torchslim.report import Report
+from torchslim.quant.ptq import QUANTIZE, fold_batchnorm, quantizable_selection
+from torchslim.report import LayerReport, Report
+from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
 
 class MixedPrecisionConfig(Config):
@@ -124,8 +126,6 @@ def allocate_bits(
         >>> allocate_bits({"a": {2: 1.0, 8: 0.0}, "b": {2: 0.1, 8: 0.0}}, {"a": 8, "b": 8}, 10, resolution=1)
         {'a': 8, 'b': 2}
     """
-    import numpy as np
-
     names = list(sensitivity)
     cap = int(math.floor(budget_bytes / resolution + 1e-9))
     inf = float("inf")
@@ -158,24 +158,102 @@ def allocate_bits(
     return {n: choice[n] for n in names}
 
 
+def _batches(cfg: MixedPrecisionConfig, calibration: Iterable[Any] | None) -> list[Any]:
+    """The batches both sensitivity and the quantization's calibration read."""
+    if calibration is None:
+        raise TransformRefusedError("mixed precision needs calibration data (pass calibration=loader)")
+    batches = list(itertools.islice(iter(calibration), max(cfg.sensitivity_batches, cfg.quantize.calibration.batches)))
+    if not batches:
+        raise TransformRefusedError("the calibration loader is empty: mixed precision needs at least one batch")
+    return batches
+
+
+def _probe(model: nn.Module, config: QuantizeConfig) -> tuple[nn.Module, str]:
+    """A copy of ``model`` with BatchNorm folded as the quantization will fold it; the note says why not."""
+    probe = copy.deepcopy(model)
+    note = ""
+    if config.fold_batchnorm:
+        _, note = fold_batchnorm(probe)  # an untraceable model is measured unfolded, as it is quantized
+    return probe, note
+
+
+class MixedPrecision(Technique[MixedPrecisionConfig, Plan]):
+    """Mixed-precision quantization (:func:`mixed_precision_`): sensitivity, allocation, then :data:`QUANTIZE`'s plan."""
+
+    name = "quantize-mixed"
+    title = "quantize"
+    config = MixedPrecisionConfig
+    verb = "quantize"
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The float Linear/Conv layers (exact classes)."""
+        return quantizable_layers(model)
+
+    def select(self, model: nn.Module, cfg: MixedPrecisionConfig, filter_fn: FilterFn | None) -> Selection:
+        """Every float Linear/Conv layer ``filter_fn`` accepts (the bits per layer replace ``quantize.targets``)."""
+        return quantizable_selection(model, filter_fn=filter_fn)
+
+    def plan(self, model: nn.Module, cfg: MixedPrecisionConfig, selection: Selection, inputs: Inputs) -> Plan:
+        """Measure sensitivity on a folded copy, allocate bits under the budget, plan the quantization with them."""
+        batches = _batches(cfg, inputs.calibration)
+        refuse_if_empty(selection.chosen, selection.skipped, "quantize")
+        probe, note = _probe(model, cfg.quantize)
+        names = [n for n, _, _ in selection.chosen]
+        sens = layer_sensitivity(probe, batches[: cfg.sensitivity_batches], cfg.candidate_bits, cfg.quantize, names)
+        params = {n: probe.get_submodule(n).weight.numel() for n in names}
+        budget = sum(params.values()) * cfg.average_bits / 8
+        bits = allocate_bits(sens, params, budget, resolution=cfg.resolution)
+        qcfg = QuantizeConfig.parse({**cfg.quantize.model_dump(), "targets": {n: {"bits": b} for n, b in bits.items()}})
+        qselection = QUANTIZE.select(model, qcfg, lambda _module, name: name in bits)
+        qplan = QUANTIZE.plan(model, qcfg, qselection, Inputs(calibration=batches))
+        meta = qplan.meta
+        if note:
+            meta.setdefault("batchnorm_note", note)
+        meta["bits"] = bits
+        meta["sensitivity"] = {n: {str(b): v for b, v in d.items()} for n, d in sens.items()}
+        meta["budget_bytes"] = budget
+        meta["weight_bytes"] = sum(params[n] * b / 8 for n, b in bits.items())
+        return Plan(qplan.skipped, meta, qplan.work)
+
+    def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
+        """As :data:`QUANTIZE`: transplant the quantized copy."""
+        return QUANTIZE.apply(model, plan)
+
+
+#: the mixed-precision quantization technique (:func:`mixed_precision_` runs it)
+MIXED_PRECISION = MixedPrecision()
+
+
 def mixed_precision_(
     model: nn.Module,
     config: MixedPrecisionConfig | dict[str, Any] | None = None,
     *,
+    filter_fn: FilterFn | None = None,
     calibration: Iterable[Any] | None = None,
-    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    example_input: Any = None,
+    **deprecated: Any,
 ) -> Report:
-    """Measure sensitivity, allocate bits under the budget, then ``quantize_`` with per-layer bits.
+    """Measure sensitivity, allocate bits under the budget, then quantize with per-layer bits.
+
+    Sensitivity is measured on a copy with BatchNorm folded as the quantization
+    folds it (a model ``torch.fx`` cannot trace is measured unfolded and
+    ``meta["batchnorm_note"]`` says why).
 
     Args:
-        model: the float model (quantized in place).
+        model: the float model (quantized in place; left bit-identical when the verb refuses or fails).
         config: a :class:`MixedPrecisionConfig` or a mapping validated into one.
-        calibration: batches for sensitivity (and for static calibration).
         filter_fn: layers it rejects stay float.
+        calibration: batches for sensitivity (and for static calibration); earlier ``loader=`` (deprecated).
+        example_input: unused (accepted for the one verb signature).
+        **deprecated: old keyword names (``loader=``), with a ``DeprecationWarning``.
 
     Returns:
         The quantization :class:`Report`, with ``meta["bits"]`` (chosen bits per layer),
-        ``meta["sensitivity"]`` and ``meta["budget_bytes"]``.
+        ``meta["sensitivity"]``, ``meta["budget_bytes"]`` and ``meta["weight_bytes"]``.
+
+    Raises:
+        ConfigError: a bad config.
+        TransformRefusedError: no calibration data, nothing to quantize, or a budget below the smallest widths.
 
     Example:
         >>> model = ts.create_model("lenet300", in_features=64)
@@ -186,32 +264,5 @@ def mixed_precision_(
         >>> sum(params[n] * b for n, b in report.meta["bits"].items()) / 8 <= report.meta["budget_bytes"]
         True
     """
-    cfg = MixedPrecisionConfig.parse(config)
-    if calibration is None:
-        raise TransformRefusedError("mixed precision needs calibration data (pass calibration=loader)")
-    batches = list(itertools.islice(iter(calibration), max(cfg.sensitivity_batches, cfg.quantize.calibration.batches)))
-    if not batches:
-        raise TransformRefusedError("the calibration loader is empty: mixed precision needs at least one batch")
-    probe = copy.deepcopy(model)
-    if cfg.quantize.fold_batchnorm:
-        from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_
-
-        probe.eval()
-        try:
-            fold_batchnorms_(probe, find_conv_bn_pairs(probe))
-        except Exception:  # untraceable: measure without folding
-            pass
-    names = [n for n, m in quantizable_layers(probe) if filter_fn is None or filter_fn(m, n)]
-    sens = layer_sensitivity(probe, batches[: cfg.sensitivity_batches], cfg.candidate_bits, cfg.quantize, names)
-    params = {n: probe.get_submodule(n).weight.numel() for n in names}
-    budget = sum(params.values()) * cfg.average_bits / 8
-    bits = allocate_bits(sens, params, budget, resolution=cfg.resolution)
-    targets = {n: {"bits": b} for n, b in bits.items()}
-    qcfg = QuantizeConfig.parse({**cfg.quantize.model_dump(), "targets": targets})
-    report = quantize_(model, qcfg, calibration=batches, filter_fn=filter_fn)
-    report.meta["bits"] = bits
-    report.meta["sensitivity"] = {n: {str(b): v for b, v in d.items()} for n, d in sens.items()}
-    report.meta["budget_bytes"] = budget
-    report.meta["weight_bytes"] = sum(params[n] * b / 8 for n, b in bits.items())
-    report.technique = "quantize-mixed"
-    return report
+    inputs = legacy_inputs("mixed_precision_", Inputs(calibration, example_input), deprecated)
+    return run(MIXED_PRECISION, model, config, filter_fn=filter_fn, inputs=inputs)

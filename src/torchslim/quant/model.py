@@ -17,7 +17,8 @@ pattern ONNX Runtime runs as integer kernels:
 * the model's final outputs stay float.
 
 A model ``torch.fx`` cannot trace falls back to quantizing each layer's input
-only (the layers' own modules carry the points).
+only (the layers' own modules carry the points); the placement's ``note`` (in the
+report's ``meta["activation_placement"]``) gives the trace error.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.errors import TorchslimError
+from torchslim.errors import TorchslimError, TransformRefusedError
+from torchslim.graph.trace import TraceError, fx_trace
+from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import QParams
 from torchslim.quant.config import ActQuantConfig, WeightQuantConfig
 from torchslim.quant.fake import FakeQuantize
@@ -228,7 +231,8 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
     On success the model's ``forward`` runs the traced graph with the points in it
     (the graph module shares every submodule with ``model``); the quantizers live
     in ``model.quant_act``. If the model cannot be traced each quantized layer
-    quantizes its own input instead.
+    quantizes its own input instead, and the placement's ``note`` says why
+    (the :class:`~torchslim.graph.trace.TraceError`).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -238,100 +242,121 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
         ('graph', ['_1', 'input_0'])
     """
     try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # torch.fx raises many types on untraceable code
-        points = []
-        for name, module in model.named_modules():
-            if isinstance(module, QUANT_LAYERS):
-                module.input_fq = _make_act_fq(act, learn_scale)
-                points.append(name)
-        return Placement("layer_inputs", points, note=f"torch.fx could not trace the model ({type(exc).__name__})")
+        graph = fx_trace(model, tracer=_Tracer(), what="activation placement")
+    except TraceError as exc:  # a reported fallback: each layer quantizes its own input
+        return _layer_input_points(model, act, learn_scale, note=f"{exc}; each quantized layer quantizes its own input")
     modules = dict(model.named_modules())
-    for node in list(graph.nodes):  # folded BatchNorms are Identity: drop them from the graph
-        if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.Identity) and node.args:
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-    acts = nn.ModuleDict()
-    quantized: dict[torch.fx.Node, str] = {}  # node -> act key whose output is on that grid
-    placement = Placement("graph")
-
-    def insert_after(node: torch.fx.Node, key: str) -> torch.fx.Node:
-        acts[key] = _make_act_fq(act, learn_scale)
-        with graph.inserting_after(node):
-            new = graph.call_module(f"{ACT_DICT}.{key}", (node,))
-        node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
-        placement.points.append(key)
-        return new
-
-    def key_of(node: torch.fx.Node) -> str:
-        key = node.name
-        while key in acts:
-            key += "_"
-        return key
-
-    nodes = list(graph.nodes)
-    output_node = next(n for n in nodes if n.op == "output")
-    # 1. outputs of layers and adds (or of their sole ReLU consumer), except final outputs
-    for node in nodes:
-        kind = _kind(node, modules)
-        if kind not in ("layer", "add"):
-            continue
-        users = list(node.users)
-        if users and all(_kind(u, modules) == "relu" for u in users):
-            targets = users
-        else:
-            targets = [node]
-        for t in targets:
-            if t in quantized or output_node in t.users:
-                continue
-            key = key_of(t)
-            q = insert_after(t, key)
-            quantized[q] = key
-    # 2. inputs of quantized layers
-    own_inputs: dict[torch.fx.Node, torch.fx.Node] = {}
-    for node in nodes:
-        if _kind(node, modules) != "layer" or not node.args:
-            continue
-        layer = modules[str(node.target)]
-        if getattr(layer, "input_smooth", None) is not None:  # its input is rescaled inside it: own quantizer after
-            layer.input_fq = _make_act_fq(act, learn_scale)
-            placement.points.append(str(node.target))
-            continue
-        src = node.args[0]
-        if not isinstance(src, torch.fx.Node):
-            continue
-        cur, hops = src, 0
-        while cur not in quantized and _kind(cur, modules) in ("pass", "relu"):
-            if not cur.args or not isinstance(cur.args[0], torch.fx.Node):
-                break
-            cur, hops = cur.args[0], hops + 1
-        if cur in quantized:
-            if hops == 0:
-                continue
-            ref = acts[quantized[cur]]
-            shared_key = key_of(src) + "_shared"
-            acts[shared_key] = SharedFakeQuantize(ref)
-            with graph.inserting_before(node):
-                new = graph.call_module(f"{ACT_DICT}.{shared_key}", (src,))
-            node.replace_input_with(src, new)
-            placement.shared.append(str(node.target))
-            continue
-        if src in own_inputs:
-            node.replace_input_with(src, own_inputs[src])
-            continue
-        key = "input_0" if src.op == "placeholder" and "input_0" not in acts else key_of(src)
-        acts[key] = _make_act_fq(act, learn_scale)
-        with graph.inserting_before(node):
-            new = graph.call_module(f"{ACT_DICT}.{key}", (src,))
-        node.replace_input_with(src, new)
-        own_inputs[src] = new
-        placement.points.append(key)
-    model.add_module(ACT_DICT, acts)
+    _drop_identities(graph, modules)
+    placer = _GraphPlacer(graph, modules, act, learn_scale)
+    nodes = list(graph.nodes)  # the nodes as traced: points inserted by step 1 are not revisited by step 2
+    placer.quantize_outputs(nodes)
+    placer.quantize_layer_inputs(nodes)
+    model.add_module(ACT_DICT, placer.acts)
     graph.lint()
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__ + "Quantized")
     model.__dict__["_torchslim_quant_graph"] = gm
     model.__dict__["forward"] = gm.forward
-    return placement
+    return placer.placement
+
+
+def _layer_input_points(model: nn.Module, act: ActQuantConfig, learn_scale: bool, note: str) -> Placement:
+    """The fallback placement: every quantized layer quantizes its own input."""
+    points = []
+    for name, module in model.named_modules():
+        if isinstance(module, QUANT_LAYERS):
+            module.input_fq = _make_act_fq(act, learn_scale)
+            points.append(name)
+    return Placement("layer_inputs", points, note=note)
+
+
+def _drop_identities(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Remove ``Identity`` calls (folded BatchNorms) from ``graph``."""
+    for node in list(graph.nodes):
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.Identity) and node.args:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+
+
+class _GraphPlacer:
+    """Puts activation quantizers into a traced graph (the steps of :func:`place_activation_quant`)."""
+
+    def __init__(self, graph: torch.fx.Graph, modules: dict[str, nn.Module], act: ActQuantConfig, learn_scale: bool) -> None:
+        self.graph, self.modules, self.act, self.learn_scale = graph, modules, act, learn_scale
+        self.acts = nn.ModuleDict()
+        self.quantized: dict[torch.fx.Node, str] = {}  # node -> act key whose output is on that grid
+        self.own_inputs: dict[torch.fx.Node, torch.fx.Node] = {}  # source -> its own input quantizer node
+        self.placement = Placement("graph")
+
+    def kind(self, node: torch.fx.Node) -> str:
+        return _kind(node, self.modules)
+
+    def key_of(self, node: torch.fx.Node) -> str:
+        key = node.name
+        while key in self.acts:
+            key += "_"
+        return key
+
+    def insert_after(self, node: torch.fx.Node, key: str) -> torch.fx.Node:
+        self.acts[key] = _make_act_fq(self.act, self.learn_scale)
+        with self.graph.inserting_after(node):
+            new = self.graph.call_module(f"{ACT_DICT}.{key}", (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+        self.placement.points.append(key)
+        return new
+
+    def insert_before(self, node: torch.fx.Node, src: torch.fx.Node, key: str, fq: nn.Module) -> torch.fx.Node:
+        self.acts[key] = fq
+        with self.graph.inserting_before(node):
+            new = self.graph.call_module(f"{ACT_DICT}.{key}", (src,))
+        node.replace_input_with(src, new)
+        return new
+
+    def quantize_outputs(self, nodes: list[torch.fx.Node]) -> None:
+        """Step 1: outputs of layers and adds (or of their sole ReLU consumers), except the model's outputs."""
+        output_node = next(n for n in nodes if n.op == "output")
+        for node in nodes:
+            if self.kind(node) not in ("layer", "add"):
+                continue
+            users = list(node.users)
+            targets = users if users and all(self.kind(u) == "relu" for u in users) else [node]
+            for t in targets:
+                if t in self.quantized or output_node in t.users:
+                    continue
+                key = self.key_of(t)
+                self.quantized[self.insert_after(t, key)] = key
+
+    def quantize_layer_inputs(self, nodes: list[torch.fx.Node]) -> None:
+        """Step 2: the input of every quantized layer (shared through grid-preserving ops, else its own)."""
+        for node in nodes:
+            if self.kind(node) != "layer" or not node.args:
+                continue
+            layer = self.modules[str(node.target)]
+            if getattr(layer, "input_smooth", None) is not None:  # its input is rescaled inside it: own quantizer after
+                layer.input_fq = _make_act_fq(self.act, self.learn_scale)
+                self.placement.points.append(str(node.target))
+                continue
+            src = node.args[0]
+            if isinstance(src, torch.fx.Node):
+                self._quantize_input(node, src)
+
+    def _quantize_input(self, node: torch.fx.Node, src: torch.fx.Node) -> None:
+        cur, hops = src, 0
+        while cur not in self.quantized and self.kind(cur) in ("pass", "relu"):
+            if not cur.args or not isinstance(cur.args[0], torch.fx.Node):
+                break
+            cur, hops = cur.args[0], hops + 1
+        if cur in self.quantized:  # on a quantized grid already (hops 0) or through grid-preserving ops
+            if hops > 0:
+                shared_key = self.key_of(src) + "_shared"
+                self.insert_before(node, src, shared_key, SharedFakeQuantize(self.acts[self.quantized[cur]]))
+                self.placement.shared.append(str(node.target))
+            return
+        if src in self.own_inputs:
+            node.replace_input_with(src, self.own_inputs[src])
+            return
+        key = "input_0" if src.op == "placeholder" and "input_0" not in self.acts else self.key_of(src)
+        self.own_inputs[src] = self.insert_before(node, src, key, _make_act_fq(self.act, self.learn_scale))
+        self.placement.points.append(key)
 
 
 def activation_quantizers(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
@@ -405,9 +430,6 @@ def calibrate(model: nn.Module, batches: Iterable[Any], mask_key: str | None = N
         >>> calibrate(nn.Linear(2, 2), [torch.randn(4, 2)])
         1
     """
-    from torchslim.errors import TransformRefusedError
-    from torchslim.measure.macs import batch_inputs, call_model, eval_mode
-
     set_enabled(model, activations=False)
     set_observing(model, activations=True)
     n = 0

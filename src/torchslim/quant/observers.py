@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from torchslim.errors import TorchslimError
-from torchslim.quant.affine import QParams, QuantSpec, _blocks, qparams_from_range, quantize, dequantize, reduce_min_max
+from torchslim.quant.affine import QParams, QuantSpec, _blocks, dequantize, qparams_from_range, quantize, reduce_min_max
 from torchslim.registry import Registry
 
 

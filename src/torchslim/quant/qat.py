@@ -30,8 +30,9 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.data import DataBundle
+from torchslim.distill import TeacherTap
+from torchslim.distill.losses import hinton_loss
 from torchslim.errors import TransformRefusedError
-from torchslim.measure.accuracy import logits_of
 from torchslim.quant.model import QUANT_LAYERS, activation_quantizers, set_observing, weight_quantizers
 from torchslim.report import Report
 from torchslim.train.loop import Callback, TrainConfig, TrainState, finetune
@@ -82,20 +83,6 @@ class QATCallback(Callback):
             fq.freeze_learned_scale()
 
 
-class _TeacherTap:
-    """Forward pre-hook running the frozen teacher on the student's training inputs."""
-
-    def __init__(self, teacher: nn.Module) -> None:
-        self.teacher = teacher
-        self.logits: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
-        if not module.training:
-            return
-        with torch.no_grad():
-            self.logits = logits_of(self.teacher(*args))
-
-
 def qat_finetune(
     model: nn.Module,
     data: DataBundle,
@@ -112,7 +99,9 @@ def qat_finetune(
         model: a model quantized by ``quantize_`` (trained in place).
         data: training data.
         config: the :class:`TrainConfig` of the fine-tuning.
-        teacher: optional float model to distil from (kept frozen in eval mode).
+        teacher: optional float model to distil from: a :class:`~torchslim.distill.TeacherTap`
+            runs it in eval mode under ``no_grad`` on each training batch (its parameters
+            are frozen; its training mode is restored afterwards).
         kd: the :class:`KDConfig` (used with a teacher).
         progress: show a progress bar.
         description: label of the run.
@@ -138,28 +127,26 @@ def qat_finetune(
         raise TransformRefusedError("QAT needs a quantized model: run quantize_ first")
     kd_cfg = KDConfig.parse(kd)
     loss_fn = None
-    handle = None
+    tap = None
     if teacher is not None:
-        from torchslim.distill.losses import hinton_loss
-
-        teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        tap = _TeacherTap(teacher)
-        handle = model.register_forward_pre_hook(tap)
+        tap = TeacherTap(teacher)
+        tap.attach(model)
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            if tap.logits is None:
+            teacher_logits = tap.logits
+            if teacher_logits is None:
                 raise RuntimeError("teacher logits missing")
-            return hinton_loss(logits, tap.logits, labels, temperature=kd_cfg.temperature, alpha=kd_cfg.alpha)
+            return hinton_loss(logits, teacher_logits, labels, temperature=kd_cfg.temperature, alpha=kd_cfg.alpha)
 
     try:
         report = finetune(
             model, data, config, callbacks=[QATCallback()], loss_fn=loss_fn, progress=progress, description=description
         )
     finally:
-        if handle is not None:
-            handle.remove()
+        if tap is not None:
+            tap.detach()
     report.technique = "qat"
     report.meta["kd"] = kd_cfg.model_dump() if teacher is not None else None
     return report
