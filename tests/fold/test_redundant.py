@@ -109,3 +109,24 @@ def test_similarity_choice_heals_at_least_as_well_as_last_k_on_digits():
         accs[crit] = evaluate_accuracy(m, data.loader("test", 512))
     assert full > 0.85
     assert accs["block_influence"] >= accs["last"] - 0.02, accs
+
+
+def test_drop_layers_is_a_technique_with_the_one_signature():
+    from torchslim.fold import DROP_LAYERS
+    from torchslim.technique import Technique
+
+    assert isinstance(DROP_LAYERS, Technique) and DROP_LAYERS.name == "drop_layers"
+    torch.manual_seed(0)
+    model = nn.Sequential(Scaled(3.0), Scaled(0.0), Scaled(1.0), Scaled(0.1))
+    x = torch.randn(32, 8)
+    report = drop_layers_(model, calibration=[x], filter_fn=lambda m, n: n != "1")  # config=None: k=1, block_influence
+    assert report.meta["removed"] == ["3"] and len(model) == 3
+    assert [(s.name, s.reason) for s in report.skipped] == [("1", "rejected by filter_fn")]
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(TransformRefusedError, match="no candidate blocks"):
+        drop_layers_(model, {"blocks": "nothing"}, calibration=[x])
+    with pytest.raises(TransformRefusedError, match="only 3 removable"):
+        drop_layers_(model, {"k": 4}, calibration=[x])
+    with pytest.raises(TransformRefusedError, match="no layer left to remove: 0: rejected by filter_fn"):
+        drop_layers_(model, {"criterion": "weight_similarity"}, filter_fn=lambda m, n: False)
+    assert len(model) == 3 and all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -1,5 +1,9 @@
 """Folding: exact BatchNorm folds and linear merges (``fold_``), redundant-layer removal (``drop_layers_``).
 
+Each verb runs a technique object (:data:`FOLD`, :data:`DROP_LAYERS`) through
+:func:`torchslim.technique.run`; BatchNorm folding for quantization
+(:func:`find_conv_bn_pairs`, :func:`fold_batchnorms_`) decides with the same planner as ``fold_``.
+
 Example:
     >>> model = ts.create_model("mobilenet_v2", width_mult=0.5, num_classes=10)
     >>> report = ts.fold_(model.eval())              # every BatchNorm into its conv, exactly
@@ -12,15 +16,25 @@ Example:
     2
 """
 
-from torchslim.fold.api import FoldConfig, fold_, plan_folds
+from torchslim.fold.api import FOLD, FoldConfig, FoldPlan, fold_, plan_folds
 from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_, fold_bn, folded_weight_bias
 from torchslim.fold.linear import merge_linear, merge_reason
-from torchslim.fold.redundant import REDUNDANCY, DropLayersConfig, block_influence, candidate_blocks, drop_layers_
+from torchslim.fold.redundant import (
+    DROP_LAYERS,
+    REDUNDANCY,
+    DropLayersConfig,
+    block_influence,
+    candidate_blocks,
+    drop_layers_,
+)
 
 __all__ = [
+    "DROP_LAYERS",
+    "FOLD",
     "REDUNDANCY",
     "DropLayersConfig",
     "FoldConfig",
+    "FoldPlan",
     "block_influence",
     "candidate_blocks",
     "drop_layers_",

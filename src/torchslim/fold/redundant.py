@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -49,6 +50,8 @@ from torchslim.graph.surgery import get_module, remove_from_container
 from torchslim.measure.macs import call_model, eval_mode
 from torchslim.registry import Registry
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.targets import select_layers
+from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
 FilterFn = Callable[[nn.Module, str], bool]
 Scorer = Callable[[nn.Module, list[str], "list[Any]", torch.Generator], dict[str, float]]
@@ -237,29 +240,114 @@ def last_scores(model: nn.Module, blocks: list[str], batches: list[Any], gen: to
     return {b: float(i) for i, b in enumerate(blocks)}
 
 
-@torch.no_grad()
+@dataclass
+class DropPlan(Plan):
+    """The blocks ``drop_layers_`` removes, in rank order, with each one's report."""
+
+    removed: list[LayerReport] = field(default_factory=list)
+
+
+def _batches(cfg: DropLayersConfig, calibration: Iterable[Any] | None) -> list[Any]:
+    """The inputs (labels dropped) of at most ``cfg.calibration.batches`` batches, when the criterion needs data."""
+    if cfg.criterion not in ("block_influence", "output_similarity"):
+        return []
+    if calibration is None:
+        raise TransformRefusedError(f"{cfg.criterion} needs calibration batches")
+    batches: list[Any] = []
+    for i, batch in enumerate(calibration):
+        if i >= cfg.calibration.batches:
+            break
+        batches.append(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
+    return batches
+
+
+class DropLayersTechnique(Technique[DropLayersConfig, DropPlan]):
+    """``drop_layers_`` as a technique: candidates are blocks; plan scores them; apply removes the chosen ones."""
+
+    name: ClassVar[str] = "drop_layers"
+    title: ClassVar[str] = "drop_layers"
+    config: ClassVar[type[Config]] = DropLayersConfig
+    verb: ClassVar[str] = "remove"
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The default candidate blocks (see :func:`candidate_blocks`)."""
+        return [(b, get_module(model, b)) for b in candidate_blocks(model)]
+
+    def select(self, model: nn.Module, cfg: DropLayersConfig, filter_fn: FilterFn | None) -> Selection:
+        """The blocks of ``cfg.blocks`` (or the default ones) that ``filter_fn`` accepts."""
+        blocks = candidate_blocks(model, cfg.blocks)
+        if not blocks:
+            raise TransformRefusedError("no candidate blocks (give `blocks`, a regex over module names)")
+        no_targets: dict[str, Any] | None = None  # blocks are chosen by the `blocks` regex; filter_fn still applies
+        chosen, skipped = select_layers([(b, get_module(model, b)) for b in blocks], no_targets, filter_fn=filter_fn)
+        return Selection(chosen, [SkippedLayer(n, r) for n, r in skipped])
+
+    @torch.no_grad()
+    def plan(self, model: nn.Module, cfg: DropLayersConfig, selection: Selection, inputs: Inputs) -> DropPlan:
+        """Score the chosen blocks on the calibration batches and pick the ``k`` most redundant (the model only runs)."""
+        blocks = [name for name, _, _ in selection.chosen]
+        refuse_if_empty(blocks, selection.skipped, "remove")
+        batches = _batches(cfg, inputs.calibration)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        chosen: list[str]
+        if cfg.criterion == "output_similarity":
+            chosen, scores = output_similarity_choice(model, blocks, batches, cfg.k)
+        else:
+            scores = REDUNDANCY.get(cfg.criterion)(model, blocks, batches, gen)
+        valid = [b for b in blocks if scores[b] == scores[b]]  # not NaN
+        skipped = selection.skipped + [
+            SkippedLayer(b, "cannot be removed: its output shape differs from its input's") for b in blocks if b not in valid
+        ]
+        if len(valid) < cfg.k:
+            raise TransformRefusedError(f"only {len(valid)} removable block(s) for k={cfg.k}: {', '.join(valid)}")
+        if cfg.criterion != "output_similarity":
+            chosen = sorted(valid, key=lambda b: (-scores[b], blocks.index(b)))[: cfg.k]
+        removed = []
+        for rank, b in enumerate(chosen):
+            mod = get_module(model, b)
+            n = sum(p.numel() for p in mod.parameters())
+            details = {"criterion": cfg.criterion, "score": scores[b], "rank": rank + 1}
+            removed.append(LayerReport(b, type(mod).__name__, (), n, 0, "removed", details))
+        meta = {"criterion": cfg.criterion, "scores": scores, "removed": chosen}
+        return DropPlan(skipped=skipped, meta=meta, removed=removed)
+
+    def apply(self, model: nn.Module, plan: DropPlan) -> list[LayerReport]:
+        """Remove the chosen blocks from their containers."""
+        remove_from_container(model, [l.name for l in plan.removed])
+        return plan.removed
+
+
+#: the ``drop_layers_`` technique
+DROP_LAYERS = DropLayersTechnique()
+
+
 def drop_layers_(
     model: nn.Module,
-    config: DropLayersConfig | dict[str, Any],
+    config: DropLayersConfig | dict[str, Any] | None = None,
     *,
-    calibration: Iterable[Any] | None = None,
     filter_fn: FilterFn | None = None,
+    calibration: Iterable[Any] | None = None,
+    example_input: Any = None,
+    **deprecated: Any,
 ) -> Report:
     """Remove the ``k`` most redundant blocks of ``model`` in place (heal afterwards by fine-tuning or distillation).
 
     Args:
-        model: the model (modified in place).
-        config: a :class:`DropLayersConfig` or a mapping validated into one.
-        calibration: batches (``x`` or ``(x, y)``) for ``block_influence``; labels are ignored.
+        model: the model (modified in place; left bit-identical when anything fails).
+        config: a :class:`DropLayersConfig` or a mapping validated into one (``None``: defaults).
         filter_fn: optional ``(module, name) -> bool``; rejected blocks are kept.
+        calibration: batches (``x`` or ``(x, y)``) for ``block_influence`` and
+            ``output_similarity``; labels are ignored.
+        example_input: unused (the criteria run on ``calibration``); accepted for the common signature.
 
     Returns:
         A :class:`Report`: removed blocks (action ``removed``, with score and rank) and kept ones
         under ``meta["scores"]``; blocks that could not be scored are listed as skipped.
 
     Raises:
-        TransformRefusedError: no candidate blocks, fewer removable blocks than ``k``,
-            or ``block_influence`` without calibration data. The model is then unchanged.
+        TransformRefusedError: no candidate blocks (or ``filter_fn`` rejects them all), fewer
+            removable blocks than ``k``, or ``block_influence``/``output_similarity`` without
+            calibration data. The model is then unchanged.
 
     Example:
         >>> model = ts.create_model("transformer_encoder", image_size=8, patch_size=4)
@@ -268,40 +356,5 @@ def drop_layers_(
         >>> [l.action for l in report.layers], len(model.blocks)
         (['removed', 'removed'], 2)
     """
-    cfg = DropLayersConfig.parse(config)
-    blocks = candidate_blocks(model, cfg.blocks)
-    if not blocks:
-        raise TransformRefusedError("no candidate blocks (give `blocks`, a regex over module names)")
-    skipped = []
-    if filter_fn is not None:
-        kept = [b for b in blocks if filter_fn(get_module(model, b), b)]
-        skipped += [SkippedLayer(b, "rejected by filter_fn") for b in blocks if b not in kept]
-        blocks = kept
-    batches: list[Any] = []
-    if cfg.criterion in ("block_influence", "output_similarity"):
-        if calibration is None:
-            raise TransformRefusedError(f"{cfg.criterion} needs calibration batches")
-        for i, batch in enumerate(calibration):
-            if i >= cfg.calibration.batches:
-                break
-            batches.append(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.criterion == "output_similarity":
-        chosen, scores = output_similarity_choice(model, blocks, batches, cfg.k)
-    else:
-        scores = REDUNDANCY.get(cfg.criterion)(model, blocks, batches, gen)
-    valid = [b for b in blocks if scores[b] == scores[b]]  # not NaN
-    skipped += [SkippedLayer(b, "cannot be removed: its output shape differs from its input's") for b in blocks if b not in valid]
-    if len(valid) < cfg.k:
-        raise TransformRefusedError(f"only {len(valid)} removable block(s) for k={cfg.k}: {', '.join(valid)}")
-    if cfg.criterion != "output_similarity":
-        chosen = sorted(valid, key=lambda b: (-scores[b], blocks.index(b)))[: cfg.k]
-    layers = []
-    for rank, b in enumerate(chosen):
-        mod = get_module(model, b)
-        n = sum(p.numel() for p in mod.parameters())
-        layers.append(LayerReport(b, type(mod).__name__, (), n, 0, "removed",
-                                  {"criterion": cfg.criterion, "score": scores[b], "rank": rank + 1}))
-    remove_from_container(model, chosen)
-    return Report(title="drop_layers", technique="drop_layers", layers=layers, skipped=skipped,
-                  meta={"criterion": cfg.criterion, "scores": scores, "removed": chosen})
+    inputs = legacy_inputs("drop_layers_", Inputs(calibration, example_input), deprecated)
+    return run(DROP_LAYERS, model, config, filter_fn=filter_fn, inputs=inputs)

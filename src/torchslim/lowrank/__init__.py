@@ -1,5 +1,7 @@
 """Low-rank factorisation (``factorize_``): truncated SVD of Linear layers (optionally data-aware), Tucker-2 of convs.
 
+``factorize_`` runs the technique object :data:`FACTORIZE` through :func:`torchslim.technique.run`.
+
 Example:
     >>> model = ts.create_model("lenet300")
     >>> report = ts.factorize_(model, {"ratio": 0.5})       # first and last layers kept by default
@@ -12,7 +14,14 @@ Example:
     )
 """
 
-from torchslim.lowrank.api import FactorizeConfig, LayerFactorizeConfig, factorize_
+from torchslim.lowrank.api import (
+    FACTORIZE,
+    WEIGHT_READERS,
+    FactorizeConfig,
+    LayerFactorizeConfig,
+    factorize_,
+    weight_read_by_parent,
+)
 from torchslim.lowrank.svd import (
     rank_for_energy,
     singular_values,
@@ -24,6 +33,8 @@ from torchslim.lowrank.svd import (
 from torchslim.lowrank.tucker import tucker2_conv, tucker2_factors, tucker2_ranks_for_ratio
 
 __all__ = [
+    "FACTORIZE",
+    "WEIGHT_READERS",
     "FactorizeConfig",
     "LayerFactorizeConfig",
     "factorize_",
@@ -35,5 +46,6 @@ __all__ = [
     "tucker2_conv",
     "tucker2_factors",
     "tucker2_ranks_for_ratio",
+    "weight_read_by_parent",
     "whitening_factor",
 ]

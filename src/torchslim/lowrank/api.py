@@ -5,9 +5,16 @@
 
 The rank of each layer comes from one rule: a fixed ``rank``, the retained
 ``energy`` of the squared singular values, a parameter ``ratio`` per layer, or a
-whole-model MAC budget ``macs_ratio`` (the per-layer ratio is found by bisection on
-the layers' measured output sizes). Layers whose factorisation would not be
-smaller are skipped and reported.
+whole-model MAC budget ``macs_ratio`` (the per-layer ratio is found by
+:func:`torchslim.budget.bisect` on the layers' measured output sizes). Layers whose
+factorisation would not be smaller are skipped and reported; so are layers whose
+parent reads their ``.weight`` directly (``nn.MultiheadAttention``'s ``out_proj``,
+:data:`WEIGHT_READERS`), which a low-rank ``Sequential`` would break.
+
+``factorize_`` runs :data:`FACTORIZE` through :func:`torchslim.technique.run`
+(select with the one targets grammar, plan every new module, swap them in), so a
+refusal or a failure leaves the model as it was. The per-layer arithmetic is in
+:mod:`torchslim.lowrank.layers`.
 
 With ``data_aware`` the SVD layers are truncated against their inputs on
 calibration batches (SVD-LLM's truncation-aware data whitening): the second moment
@@ -25,41 +32,48 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from torchslim.budget import bisect
 from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.surgery import replace_module
-from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_linear, svd_rank_for_ratio, whitening_factor
-from torchslim.lowrank.tucker import tucker2_conv, tucker2_ranks_for_ratio
+from torchslim.lowrank.layers import (
+    LayerFactorizeConfig,
+    LowRankLayer,
+    input_grams,
+    layer_cost,
+    layer_method,
+    layer_ranks,
+    measure_pixels,
+)
+from torchslim.lowrank.svd import svd_linear, whitening_factor
+from torchslim.lowrank.tucker import tucker2_conv
 from torchslim.measure import count_macs
-from torchslim.measure.macs import ExampleInput, batch_inputs, call_model, eval_mode
+from torchslim.measure.macs import ExampleInput
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import resolve_targets
+from torchslim.targets import Match, select_layers
+from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, run
 
 FilterFn = Callable[[nn.Module, str], bool]
 
-
-class LayerFactorizeConfig(Config):
-    """Per-layer override of the rank rule (set at most one)."""
-
-    rank: int | None = Field(default=None, ge=1)
-    energy: float | None = Field(default=None, gt=0, le=1)
-    ratio: float | None = Field(default=None, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> LayerFactorizeConfig:
-        if sum(v is not None for v in (self.rank, self.energy, self.ratio)) > 1:
-            raise ValueError("set at most one of rank, energy, ratio")
-        return self
+__all__ = [
+    "FACTORIZE",
+    "WEIGHT_READERS",
+    "FactorizeConfig",
+    "FactorizePlan",
+    "FactorizeTechnique",
+    "LayerFactorizeConfig",
+    "LowRankSwap",
+    "factorize_",
+    "weight_read_by_parent",
+]
 
 
 class FactorizeConfig(Config):
@@ -115,192 +129,286 @@ class FactorizeConfig(Config):
         return self
 
 
-@dataclass
-class _Layer:
-    name: str
-    module: nn.Module
-    method: str  # "svd" | "tucker2"
-    rule: LayerFactorizeConfig
-    in_pixels: int = 1  # spatial positions (or tokens) of the input per sample
-    out_pixels: int = 1
+#: Modules whose own forward reads a child layer's ``.weight`` directly instead of calling the child:
+#: replacing that child by a low-rank ``nn.Sequential`` (which has no ``.weight``) breaks the parent's
+#: forward. ``{parent class: {child attribute: what reads it}}``; :func:`factorize_` skips those children.
+WEIGHT_READERS: dict[type[nn.Module], dict[str, str]] = {
+    nn.MultiheadAttention: {"out_proj": "F.multi_head_attention_forward reads out_proj.weight and out_proj.bias"},
+    nn.TransformerEncoderLayer: {
+        "linear1": "its inference fast path reads linear1.weight and linear1.bias",
+        "linear2": "its inference fast path reads linear2.weight and linear2.bias",
+    },
+}
 
 
-def _method(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
-        return "svd"
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return "svd" if module.kernel_size == (1, 1) else "tucker2"
-    return None
+def weight_read_by_parent(model: nn.Module) -> dict[str, str]:
+    """``{layer name: why}`` for every layer whose parent reads its ``.weight`` directly (see :data:`WEIGHT_READERS`).
 
-
-def _ranks(layer: _Layer, rule: LayerFactorizeConfig) -> tuple[int, ...]:
-    m = layer.module
-    w = m.weight
-    if layer.method == "svd":
-        out_f, in_f = w.shape[0], w[0].numel()
-        if rule.rank is not None:
-            return (min(rule.rank, out_f, in_f),)
-        if rule.energy is not None:
-            return (rank_for_energy(singular_values(w), rule.energy),)
-        return (min(out_f, in_f, svd_rank_for_ratio(in_f, out_f, rule.ratio or 0.5)),)
-    c_out, c_in, k = w.shape[0], w.shape[1], w.shape[2] * w.shape[3]
-    if rule.rank is not None:
-        return (min(rule.rank, c_in), min(rule.rank, c_out))
-    if rule.energy is not None:
-        r_out = rank_for_energy(singular_values(w), rule.energy)
-        r_in = rank_for_energy(singular_values(w.transpose(0, 1)), rule.energy)
-        return (r_in, r_out)
-    r_in, r_out = tucker2_ranks_for_ratio(c_in, c_out, k, rule.ratio or 0.5)
-    return (min(r_in, c_in), min(r_out, c_out))
-
-
-def _cost(layer: _Layer, ranks: tuple[int, ...] | None) -> tuple[int, int]:
-    """``(params, macs)`` of a layer's weights, dense (``ranks=None``) or factorised."""
-    w = layer.module.weight
-    out_f, in_f = w.shape[0], w[0].numel()
-    if ranks is None:
-        return w.numel(), w.numel() * layer.out_pixels
-    if layer.method == "svd":
-        (r,) = ranks
-        return r * (in_f + out_f), r * (in_f + out_f) * layer.out_pixels
-    r_in, r_out = ranks
-    c_in, kk = w.shape[1], w.shape[2] * w.shape[3]
-    params = c_in * r_in + r_in * r_out * kk + r_out * out_f
-    macs = c_in * r_in * layer.in_pixels + (r_in * r_out * kk + r_out * out_f) * layer.out_pixels
-    return params, macs
-
-
-def _measure_pixels(model: nn.Module, layers: list[_Layer], example_input: ExampleInput) -> None:
-    hooks = []
-
-    def make(layer: _Layer) -> Any:
-        def hook(_m: nn.Module, args: Any, out: torch.Tensor) -> None:
-            x = args[0]
-            if isinstance(layer.module, nn.Linear):
-                layer.in_pixels = layer.out_pixels = max(1, x[:1].numel() // layer.module.in_features)
-            else:
-                layer.in_pixels, layer.out_pixels = x[0, 0].numel(), out[0, 0].numel()
-
-        return hook
-
-    for layer in layers:
-        hooks.append(layer.module.register_forward_hook(make(layer)))
-    try:
-        from torchslim.measure.macs import first_sample
-
-        with eval_mode(model), torch.no_grad():
-            call_model(model, first_sample(example_input))
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows ``(n, in)``: tokens of a Linear, the strided (padded) pixels a 1×1 conv sees."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, module.in_features)
-    if not isinstance(module, nn.Conv2d):
-        raise TypeError(f"expected a Linear or 1×1 Conv2d, got {type(module).__name__}")
-    padding: Any = 0 if isinstance(module.padding, str) else module.padding  # 'same'/'valid' pad nothing at 1×1
-    if module.padding_mode != "zeros" and any(padding):
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-        padding = 0
-    cols = F.unfold(x, 1, padding=padding, stride=module.stride)  # (N, C, L); zero padding adds nothing to C
-    return cols.transpose(1, 2).reshape(-1, module.in_channels)
-
-
-def _input_grams(
-    model: nn.Module, layers: list[_Layer], calibration: Iterable[Any], batches: int
-) -> tuple[dict[str, tuple[torch.Tensor, int]], int]:
-    """``{name: (Σ x xᵀ in float64, rows)}`` of each layer's inputs over the calibration batches, and the batches run.
-
-    The model is only run (eval mode, no grad); its hooks are removed and modes restored afterwards.
+    Example:
+        >>> model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 8))
+        >>> reasons = weight_read_by_parent(model)
+        >>> list(reasons), reasons["0.out_proj"].split(":")[0]
+        (['0.out_proj'], 'its parent 0 (MultiheadAttention) reads it directly (F.multi_head_attention_forward reads out_proj.weight and out_proj.bias)')
     """
-    grams: dict[str, tuple[torch.Tensor, int]] = {}
-
-    def make(layer: _Layer) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            rows = _input_rows(module, args[0].detach())
-            dev = rows.device if rows.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
-            rows = rows.to(device=dev, dtype=torch.float64)
-            empty = (torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=dev), 0)
-            gram, n = grams.get(layer.name, empty)
-            grams[layer.name] = (gram.addmm_(rows.T, rows), n + rows.shape[0])
-
-        return hook
-
-    hooks = [l.module.register_forward_pre_hook(make(l)) for l in layers]
-    used = 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in itertools.islice(iter(calibration), batches):
-                call_model(model, batch_inputs(batch))
-                used += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    if used == 0:
-        raise TransformRefusedError("the calibration batches are empty: data_aware factorisation needs at least one")
-    return grams, used
+    out: dict[str, str] = {}
+    for parent_name, parent in model.named_modules():
+        for cls, children in WEIGHT_READERS.items():
+            if not isinstance(parent, cls):
+                continue
+            for child, why in children.items():
+                if isinstance(getattr(parent, child, None), nn.Module):
+                    name = f"{parent_name}.{child}" if parent_name else child
+                    out[name] = (
+                        f"its parent {parent_name or '<root>'} ({type(parent).__name__}) reads it directly ({why}): "
+                        "a low-rank replacement would break the model"
+                    )
+    return out
 
 
-def _select(model: nn.Module, cfg: FactorizeConfig, filter_fn: FilterFn | None) -> tuple[list[_Layer], list[SkippedLayer]]:
-    cands = [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not cands:
-        raise TransformRefusedError("the model has no Linear or Conv2d layer to factorise")
-    matches = resolve_targets([n for n, _ in cands], cfg.targets) if cfg.targets is not None else {}
-    first, last = cands[0][0], cands[-1][0]
-    chosen, skipped = [], []
-    base_rule = LayerFactorizeConfig(rank=cfg.rank, energy=cfg.energy, ratio=cfg.ratio)
-    for name, module in cands:
-        match = matches.get(name)
-        method = _method(module)
-        if filter_fn is not None and not filter_fn(module, name):
-            skipped.append(SkippedLayer(name, "rejected by filter_fn"))
-        elif cfg.targets is not None and match is None:
-            skipped.append(SkippedLayer(name, "not matched by any targets key"))
-        elif match is not None and match.skip:
-            skipped.append(SkippedLayer(name, f"excluded by targets[{match.key!r}] = null"))
-        elif method is None:
-            skipped.append(SkippedLayer(name, f"grouped/depthwise convolution (groups {module.groups}) has no low-rank form here"))
-        elif cfg.method != "auto" and method != cfg.method:
-            skipped.append(SkippedLayer(name, f"method {cfg.method} does not apply to {type(module).__name__} {tuple(module.weight.shape)}"))
-        elif cfg.keep_first_last and name in (first, last) and not (match and match.key == name):
-            which = "first" if name == first else "last"
-            skipped.append(SkippedLayer(name, f"{which} layer kept (keep_first_last; name it in targets to factorise it)"))
-        else:
-            rule = base_rule
-            if match is not None and match.value is not None and any(
-                v is not None for v in (match.value.rank, match.value.energy, match.value.ratio)
-            ):
-                rule = match.value
-            chosen.append(_Layer(name, module, method, rule))
-    return chosen, skipped
+def _rule(cfg: FactorizeConfig, match: Match[LayerFactorizeConfig] | None) -> LayerFactorizeConfig:
+    """The layer's rank rule: its targets entry when that sets one, else the config's."""
+    value = match.value if match is not None else None
+    if value is not None and any(v is not None for v in (value.rank, value.energy, value.ratio)):
+        return value
+    return LayerFactorizeConfig(rank=cfg.rank, energy=cfg.energy, ratio=cfg.ratio)
 
 
-@torch.no_grad()
+@dataclass
+class LowRankSwap:
+    """One planned factorisation: the layer, its ranks, the new module, the data-aware facts for the report."""
+
+    layer: LowRankLayer
+    ranks: tuple[int, ...]
+    new: nn.Sequential
+    whitening: dict[str, Any]
+
+    def report(self) -> LayerReport:
+        """The ``factorized`` report: the dense weight's shape, the factors' parameters and non-zeros."""
+        l, w = self.layer, cast(torch.Tensor, self.layer.module.weight)
+        weights = [m.weight for m in self.new if isinstance(m.weight, torch.Tensor)]
+        p_after = sum(t.numel() for t in weights)
+        details = {
+            "method": l.method,
+            "ranks": list(self.ranks),
+            "params_before": w.numel(),
+            "params_after": p_after,
+            "rule": {k: v for k, v in l.rule.model_dump(exclude={"version"}).items() if v is not None},
+            **self.whitening,
+        }
+        nonzeros = sum(int((t != 0).sum()) for t in weights)
+        return LayerReport(l.name, type(l.module).__name__, tuple(w.shape), p_after, nonzeros, "factorized", details)
+
+
+@dataclass
+class FactorizePlan(Plan):
+    """The factorisations ``factorize_`` will swap in (``work``), and the example input that counts MACs after."""
+
+    work: list[LowRankSwap] = field(default_factory=list)
+    example_input: Any = None
+
+
+def _fit_macs_budget(layers: list[LowRankLayer], macs_ratio: float, macs_before: int) -> None:
+    """Give every layer the one parameter ratio (bisected) that brings the model's MACs within ``macs_ratio``.
+
+    Raises:
+        TransformRefusedError: even the smallest ranks (ratio 0.01) exceed the budget.
+    """
+    budget = macs_ratio * macs_before
+    dense = sum(layer_cost(l, None)[1] for l in layers)
+    fixed = macs_before - dense
+
+    def total(ratio: float) -> float:
+        out = fixed
+        for l in layers:
+            ranks = layer_ranks(l, LayerFactorizeConfig(ratio=ratio))
+            p, m = layer_cost(l, ranks)
+            out += m if p < layer_cost(l, None)[0] else layer_cost(l, None)[1]
+        return out
+
+    lo, hi = 0.01, 0.99
+    if total(lo) > budget:
+        raise TransformRefusedError(
+            f"a MAC budget of {macs_ratio} cannot be met by factorising {len(layers)} layer(s): "
+            f"{int(total(lo))} MACs at the smallest ranks vs {int(budget)} allowed"
+        )
+    ratio = bisect(lambda r: total(r) <= budget, lo, hi, iters=40, fits_below=True)
+    for l in layers:
+        l.rule = LayerFactorizeConfig(ratio=ratio)
+
+
+def _shrinking(layers: list[LowRankLayer], skipped: list[SkippedLayer]) -> list[tuple[LowRankLayer, tuple[int, ...]]]:
+    """The layers whose ranks make them smaller, with those ranks; the others are added to ``skipped``."""
+    todo = []
+    for l in layers:
+        ranks = layer_ranks(l, l.rule)
+        p_dense, p_fact = layer_cost(l, None)[0], layer_cost(l, ranks)[0]
+        if p_fact >= p_dense:
+            skipped.append(SkippedLayer(l.name, f"rank {ranks} would not shrink the layer ({p_fact} >= {p_dense} weights)"))
+            continue
+        todo.append((l, ranks))
+    return todo
+
+
+def _factorise(
+    l: LowRankLayer, ranks: tuple[int, ...], cfg: FactorizeConfig, grams: dict[str, tuple[torch.Tensor, int]]
+) -> LowRankSwap | str:
+    """The low-rank replacement of one layer (whitened when ``data_aware``), or why there is none."""
+    whitening: dict[str, Any] = {"data_aware": False}
+    if l.method == "svd":
+        whitener = None
+        if cfg.data_aware:
+            if l.name not in grams:
+                return "data_aware: the calibration batches never reached this layer"
+            gram, rows = grams[l.name]
+            whitener, eps = whitening_factor(gram, cfg.whitening_eps)
+            whitening = {"data_aware": True, "whitening_eps": eps, "calibration_rows": rows}
+        new = svd_linear(l.module, ranks[0], whitener=whitener)
+    else:
+        new = tucker2_conv(cast(nn.Conv2d, l.module), ranks[0], ranks[1], cfg.hooi_iters)  # tucker2: Conv2d only
+    new.train(l.module.training)
+    return LowRankSwap(l, ranks, new, whitening)
+
+
+class FactorizeTechnique(Technique[FactorizeConfig, FactorizePlan]):
+    """``factorize_`` as a technique: select Linear/Conv2d layers, plan every factorisation, swap them in."""
+
+    name: ClassVar[str] = "factorize"
+    title: ClassVar[str] = "factorize"
+    config: ClassVar[type[Config]] = FactorizeConfig
+    verb: ClassVar[str] = "factorise"
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Every named Linear and Conv2d layer, in registration order."""
+        return [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def select(self, model: nn.Module, cfg: FactorizeConfig, filter_fn: FilterFn | None) -> Selection:
+        """The targets grammar, then (in this order) the layers a parent reads directly, the layers with no
+        low-rank form (or not of ``cfg.method``) and the first/last layers (``keep_first_last``).
+
+        Raises:
+            TransformRefusedError: no candidate layer, or ``targets`` names (by its exact name) a layer
+                whose parent reads its weight directly.
+        """
+        layers = self.candidates(model)
+        if not layers:
+            raise TransformRefusedError("the model has no Linear or Conv2d layer to factorise")
+        chosen, skipped = select_layers(layers, cfg.targets, filter_fn=filter_fn)
+        _, edges = select_layers(
+            layers, cfg.targets, keep_first_last=cfg.keep_first_last, kept_note="name it in targets to factorise it"
+        )
+        early, late, matches = dict(skipped), dict(edges), {n: m for n, _, m in chosen}
+        readers = weight_read_by_parent(model)
+        selection = Selection([])
+        for name, module in layers:
+            reason = early.get(name) or self._reason(name, module, cfg, matches.get(name), readers) or late.get(name)
+            if reason is None:
+                selection.chosen.append((name, module, matches.get(name)))
+            else:
+                selection.skipped.append(SkippedLayer(name, reason))
+        return selection
+
+    @staticmethod
+    def _reason(
+        name: str, module: nn.Module, cfg: FactorizeConfig, match: Match[Any] | None, readers: dict[str, str]
+    ) -> str | None:
+        """Why a layer the targets grammar chose cannot be factorised, or ``None``; refuses a named one a parent reads."""
+        if name in readers:
+            if match is not None and match.key == name:
+                raise TransformRefusedError(f"cannot factorise {name}: {readers[name]}; remove {name!r} from targets")
+            return readers[name]
+        method = layer_method(module)
+        if method is None:
+            return f"grouped/depthwise convolution (groups {module.groups}) has no low-rank form here"
+        if cfg.method != "auto" and method != cfg.method:
+            return f"method {cfg.method} does not apply to {type(module).__name__} {tuple(module.weight.shape)}"
+        return None
+
+    @torch.no_grad()
+    def plan(self, model: nn.Module, cfg: FactorizeConfig, selection: Selection, inputs: Inputs) -> FactorizePlan:
+        """Ranks (by rule or MAC budget), calibration statistics and every new module; the model is only run."""
+        if cfg.data_aware and inputs.calibration is None:
+            raise TransformRefusedError(
+                "data_aware factorisation needs calibration batches: pass factorize_(..., calibration=loader) "
+                "(batches of x or (x, y)), or set data_aware: false"
+            )
+        example_input = inputs.example_input
+        if cfg.macs_ratio is not None and example_input is None:
+            raise TransformRefusedError("macs_ratio needs example_input (one batch) to count MACs")
+        chosen = [LowRankLayer(n, m, layer_method(m) or "", _rule(cfg, match)) for n, m, match in selection.chosen]
+        skipped = list(selection.skipped)
+        macs_before = count_macs(model, example_input) if example_input is not None else None
+        if example_input is not None:
+            measure_pixels(model, chosen, example_input)
+        if cfg.macs_ratio is not None and macs_before is not None:
+            _fit_macs_budget(chosen, cfg.macs_ratio, macs_before)
+        todo = _shrinking(chosen, skipped)
+        grams: dict[str, tuple[torch.Tensor, int]] = {}
+        calibration_used = 0
+        svd_layers = [l for l, _ in todo if l.method == "svd"]
+        if cfg.data_aware and inputs.calibration is not None and svd_layers:
+            grams, calibration_used = input_grams(model, svd_layers, inputs.calibration, cfg.calibration.batches)
+        work: list[LowRankSwap] = []
+        for l, ranks in todo:
+            swap = _factorise(l, ranks, cfg, grams)
+            if isinstance(swap, str):
+                skipped.append(SkippedLayer(l.name, swap))
+            else:
+                work.append(swap)
+        if not work:
+            raise TransformRefusedError("no layer to factorise: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
+        meta: dict[str, Any] = {"factorized": len(work)}
+        if cfg.data_aware:
+            meta["calibration_batches"] = calibration_used
+        if macs_before is not None:
+            meta["macs_before"] = macs_before
+        return FactorizePlan(skipped=skipped, meta=meta, work=work, example_input=example_input)
+
+    def apply(self, model: nn.Module, plan: FactorizePlan) -> list[LayerReport]:
+        """Swap every planned low-rank module in."""
+        layers = []
+        for swap in plan.work:
+            replace_module(model, swap.layer.name, swap.new)
+            layers.append(swap.report())
+        return layers
+
+    def report(self, model: nn.Module, cfg: FactorizeConfig, plan: FactorizePlan, layers: list[LayerReport]) -> Report:
+        """The report, with the model's MACs after factorising when an example input was given."""
+        meta = dict(plan.meta)
+        if plan.example_input is not None:
+            meta["macs_after"] = count_macs(model, plan.example_input)
+        return Report(title=self.title, technique=self.name, layers=layers, skipped=plan.skipped, meta=meta)
+
+
+#: the ``factorize_`` technique
+FACTORIZE = FactorizeTechnique()
+
+
 def factorize_(
     model: nn.Module,
     config: FactorizeConfig | dict[str, Any] | None = None,
     *,
     filter_fn: FilterFn | None = None,
-    example_input: ExampleInput | None = None,
     calibration: Iterable[Any] | None = None,
+    example_input: ExampleInput | None = None,
+    **deprecated: Any,
 ) -> Report:
     """Factorise the model's Linear/Conv2d layers into low-rank products, in place.
 
-    Every factorisation is computed before any module is swapped, so a refusal
-    leaves the model unchanged. Heal the result with :func:`torchslim.finetune` or
+    Every factorisation is computed before any module is swapped (:data:`FACTORIZE`
+    run by :func:`torchslim.technique.run`), so a refusal or any failure leaves the
+    model unchanged. Layers whose parent reads their ``.weight`` directly (the
+    ``out_proj`` of ``nn.MultiheadAttention``, see :data:`WEIGHT_READERS`) are skipped
+    with the reason. Heal the result with :func:`torchslim.finetune` or
     :func:`torchslim.distill`.
 
     Args:
         model: the model (modified in place).
-        config: a :class:`FactorizeConfig` or a mapping validated into one.
+        config: a :class:`FactorizeConfig` or a mapping validated into one (``None``: defaults).
         filter_fn: optional ``(module, name) -> bool``; layers it rejects are skipped.
-        example_input: one batch; needed for ``macs_ratio`` (and gives ``meta`` MAC counts).
         calibration: batches for ``data_aware`` (each a tensor, a dict of keyword tensors,
             or an ``(x, y)`` pair whose ``x`` is the model input); at most
             ``calibration.batches`` of them are run through the model.
+        example_input: one batch; needed for ``macs_ratio`` (and gives ``meta`` MAC counts).
 
     Returns:
         A :class:`Report` with one ``factorized`` layer per swap (method, ranks, params
@@ -309,7 +417,8 @@ def factorize_(
 
     Raises:
         TransformRefusedError: nothing to factorise, ``macs_ratio`` without ``example_input``,
-            ``data_aware`` without (or with empty) ``calibration``. The model is then unchanged.
+            ``data_aware`` without (or with empty) ``calibration``, or ``targets`` naming a
+            layer whose parent reads its weight directly. The model is then unchanged.
 
     Example:
         >>> model = ts.create_model("lenet300", in_features=64)
@@ -322,105 +431,5 @@ def factorize_(
         >>> report.layers[0].details["data_aware"], report.layers[0].details["ranks"]
         (True, [37])
     """
-    cfg = FactorizeConfig.parse(config if config is not None else {})
-    if cfg.data_aware and calibration is None:
-        raise TransformRefusedError(
-            "data_aware factorisation needs calibration batches: pass factorize_(..., calibration=loader) "
-            "(batches of x or (x, y)), or set data_aware: false"
-        )
-    chosen, skipped = _select(model, cfg, filter_fn)
-    if cfg.macs_ratio is not None and example_input is None:
-        raise TransformRefusedError("macs_ratio needs example_input (one batch) to count MACs")
-    macs_before = count_macs(model, example_input) if example_input is not None else None
-    if example_input is not None:
-        _measure_pixels(model, chosen, example_input)
-    if cfg.macs_ratio is not None and macs_before is not None:
-        budget = cfg.macs_ratio * macs_before
-        dense = sum(_cost(l, None)[1] for l in chosen)
-        fixed = macs_before - dense
-
-        def total(ratio: float) -> float:
-            out = fixed
-            for l in chosen:
-                ranks = _ranks(l, LayerFactorizeConfig(ratio=ratio))
-                p, m = _cost(l, ranks)
-                out += m if p < _cost(l, None)[0] else _cost(l, None)[1]
-            return out
-
-        lo, hi = 0.01, 0.99
-        if total(lo) > budget:
-            raise TransformRefusedError(
-                f"a MAC budget of {cfg.macs_ratio} cannot be met by factorising {len(chosen)} layer(s): "
-                f"{int(total(lo))} MACs at the smallest ranks vs {int(budget)} allowed"
-            )
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
-        for l in chosen:
-            l.rule = LayerFactorizeConfig(ratio=lo)
-
-    todo: list[tuple[_Layer, tuple[int, ...]]] = []
-    for l in chosen:
-        ranks = _ranks(l, l.rule)
-        p_dense, p_fact = _cost(l, None)[0], _cost(l, ranks)[0]
-        if p_fact >= p_dense:
-            skipped.append(SkippedLayer(l.name, f"rank {ranks} would not shrink the layer ({p_fact} >= {p_dense} weights)"))
-            continue
-        todo.append((l, ranks))
-    grams: dict[str, tuple[torch.Tensor, int]] = {}
-    calibration_used = 0
-    if cfg.data_aware and calibration is not None:
-        svd_layers = [l for l, _ in todo if l.method == "svd"]
-        if svd_layers:
-            grams, calibration_used = _input_grams(model, svd_layers, calibration, cfg.calibration.batches)
-    plans: list[tuple[_Layer, tuple[int, ...], nn.Module, dict[str, Any]]] = []
-    for l, ranks in todo:
-        whitening: dict[str, Any] = {"data_aware": False}
-        if l.method == "svd":
-            whitener = None
-            if cfg.data_aware:
-                if l.name not in grams:
-                    skipped.append(SkippedLayer(l.name, "data_aware: the calibration batches never reached this layer"))
-                    continue
-                gram, rows = grams[l.name]
-                whitener, eps = whitening_factor(gram, cfg.whitening_eps)
-                whitening = {"data_aware": True, "whitening_eps": eps, "calibration_rows": rows}
-            new: nn.Module = svd_linear(l.module, ranks[0], whitener=whitener)
-        else:
-            new = tucker2_conv(l.module, ranks[0], ranks[1], cfg.hooi_iters)
-        new.train(l.module.training)
-        plans.append((l, ranks, new, whitening))
-    if not plans:
-        raise TransformRefusedError(
-            "no layer to factorise: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
-        )
-    layers = []
-    for l, ranks, new, whitening in plans:
-        w = l.module.weight
-        replace_module(model, l.name, new)
-        p_after = sum(m.weight.numel() for m in new)
-        layers.append(
-            LayerReport(
-                name=l.name,
-                kind=type(l.module).__name__,
-                shape=tuple(w.shape),
-                params=p_after,
-                nonzeros=sum(int((m.weight != 0).sum()) for m in new),
-                action="factorized",
-                details={
-                    "method": l.method,
-                    "ranks": list(ranks),
-                    "params_before": w.numel(),
-                    "params_after": p_after,
-                    "rule": {k: v for k, v in l.rule.model_dump(exclude={"version"}).items() if v is not None},
-                    **whitening,
-                },
-            )
-        )
-    meta: dict[str, Any] = {"factorized": len(layers)}
-    if cfg.data_aware:
-        meta["calibration_batches"] = calibration_used
-    if example_input is not None and macs_before is not None:
-        meta["macs_before"] = macs_before
-        meta["macs_after"] = count_macs(model, example_input)
-    return Report(title="factorize", technique="factorize", layers=layers, skipped=skipped, meta=meta)
+    inputs = legacy_inputs("factorize_", Inputs(calibration, example_input), deprecated)
+    return run(FACTORIZE, model, config, filter_fn=filter_fn, inputs=inputs)
