@@ -12,7 +12,7 @@ where the weight is pruned), so the sharing survives a checkpoint and training:
   paper's update; after each optimizer step every weight is snapped to its
   cluster's value (the value of the cluster's first member), so members stay
   bit-identical whatever the optimizer does; pruned weights stay ``+0.0``;
-* :mod:`torchslim.encode.container` stores a shared tensor as its codebook and
+* :mod:`torchslim.io.tslim` stores a shared tensor as its codebook and
   the (Huffman-coded) cluster index of each non-zero.
 
 Centroid initialisation, as compared in the paper: ``linear`` (evenly spaced
