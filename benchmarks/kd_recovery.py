@@ -47,7 +47,7 @@ def main() -> None:
     teacher_acc = evaluate_accuracy(teacher, test)
 
     pruned = copy.deepcopy(teacher)
-    report = prune_structured_(pruned, OURS, example_input=x, loader=calibration_batches(data))
+    report = prune_structured_(pruned, OURS, example_input=x, calibration=calibration_batches(data))
     one_shot = evaluate_accuracy(pruned, test)
 
     plain, healed = pruned, copy.deepcopy(pruned)

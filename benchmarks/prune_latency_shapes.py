@@ -44,12 +44,12 @@ def main() -> None:
 
     def channels(model: torch.nn.Module, target: float, **kw: object) -> torch.nn.Module:
         m = copy.deepcopy(model)
-        prune_structured_(m, {"granularity": "channel", "macs_target": target, **kw}, example_input=x, loader=calib)
+        prune_structured_(m, {"granularity": "channel", "macs_target": target, **kw}, example_input=x, calibration=calib)
         return m.eval()
 
     def blocks(model: torch.nn.Module, n: int) -> torch.nn.Module:
         m = copy.deepcopy(model)
-        prune_structured_(m, {"granularity": "block", "sparsity": n / 7}, example_input=x, loader=calib)
+        prune_structured_(m, {"granularity": "block", "sparsity": n / 7}, example_input=x, calibration=calib)
         return m.eval()
 
     variants = {"dense": base, "channels": channels(base, 0.5), "channels_round16": channels(base, 0.5, round_to=16)}

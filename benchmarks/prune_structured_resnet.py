@@ -88,7 +88,7 @@ def train_phase(out: Path) -> None:
     x = data.example_input().to(dev)
     macs0 = count_macs(base, x)
     ours = copy.deepcopy(base)
-    report = prune_structured_(ours, OURS, example_input=x, loader=calibration_batches(data, dev))
+    report = prune_structured_(ours, OURS, example_input=x, calibration=calibration_batches(data, dev))
     removed = [l.name for l in report.layers if "influence" in l.details]
     one_shot = {"torchslim": evaluate_accuracy(ours, data.loader("test", 1000))}
     finetune(ours, data, FINETUNE, description="ours fine-tune")

@@ -23,7 +23,7 @@ def test_every_criterion_beats_random_on_a_trained_model(criterion, digits, trai
     acc = {}
     for crit in (criterion, "random"):
         m = trained_lenet()
-        prune_(m, {"sparsity": 0.9, "criterion": crit, "keep_first_last": False}, loader=digits.loader("train", 128, shuffle=True))
+        prune_(m, {"sparsity": 0.9, "criterion": crit, "keep_first_last": False}, calibration=digits.loader("train", 128, shuffle=True))
         assert sum(int((mod.weight == 0).sum()) for mod in m.modules() if isinstance(mod, nn.Linear)) == round(0.9 * (64 * 300 + 300 * 100 + 100 * 10))
         acc[crit] = evaluate_accuracy(m, digits.loader("test", 512))
     assert acc[criterion] > acc["random"] + 0.15, acc
@@ -167,7 +167,7 @@ def test_per_layer_criteria_and_report_details(digits, trained_lenet):
     r = prune_(
         m,
         {"sparsity": 0.5, "scope": "layer", "keep_first_last": False, "targets": {"fc1": {"criterion": "taylor"}, "fc3": None, "re:.*": {}}},
-        loader=digits.loader("train", 128),
+        calibration=digits.loader("train", 128),
     )
     d = {l.name: l.details for l in r.layers}
     assert d["fc1"]["criterion"] == "taylor" and d["fc2"]["criterion"] == "magnitude"

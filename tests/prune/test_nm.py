@@ -26,7 +26,7 @@ def test_nm_mask_keeps_the_n_best_of_every_group():
 )
 def test_nm_pattern_holds_after_finetuning(n, m, criterion, pruned, digits, trained_lenet):
     model = trained_lenet()
-    report = prune_(model, {"granularity": "nm", "n": n, "m": m, "criterion": criterion, "keep_first_last": False}, loader=digits.loader("train", 128))
+    report = prune_(model, {"granularity": "nm", "n": n, "m": m, "criterion": criterion, "keep_first_last": False}, calibration=digits.loader("train", 128))
     assert [l.name for l in report.layers] == pruned
     assert all("input length" in s.reason for s in report.skipped)  # 300 and 100 inputs: not multiples of 8
     assert all(l.details["pattern"] == f"{n}:{m}" and abs(l.sparsity - (1 - n / m)) < 1e-9 for l in report.layers)

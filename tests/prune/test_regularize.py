@@ -6,7 +6,7 @@ from torchslim.errors import ConfigError, TransformRefusedError
 from torchslim.measure import evaluate_accuracy
 from torchslim.prune import SparseTrainConfig, SparsityRegularizer, iter_masks, sparse_train
 from torchslim.prune.regularize import penalty_value, prune_small_
-from torchslim.train import TrainState, finetune
+from torchslim.train import finetune
 from torchslim.zoo import create_model
 
 

@@ -1,10 +1,15 @@
 import pytest
-import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.measure import evaluate_accuracy
-from torchslim.prune import GradualPruning, PruneConfig, ScheduleConfig, ScheduledPruneConfig, gradual_sparsity, iterative_sparsity, prune_with_schedule
+from torchslim.prune import (
+    GradualPruning,
+    ScheduledPruneConfig,
+    gradual_sparsity,
+    iterative_sparsity,
+    prune_with_schedule,
+)
 from torchslim.train import finetune
 
 FT = {"epochs": 1, "lr": 0.02, "batch_size": 32, "momentum": 0.9, "weight_decay": 1e-4}
@@ -117,3 +122,14 @@ def test_prune_stage_in_a_recipe_runs_iterative_pruning(tmp_path):
     result = run_recipe(recipe, output=tmp_path / "run", progress=False)
     rep = result.report
     assert rep.after.nonzeros < 0.3 * rep.before.nonzeros
+
+
+def test_gradual_callback_takes_calibration_and_warns_on_loader(digits):
+    cfg, sched = {"sparsity": 0.5, "criterion": "taylor"}, {"kind": "gradual", "finetune": FT}
+    cb = GradualPruning(cfg, sched, calibration=digits.loader("train", 64))
+    assert cb.calibration is not None
+    with pytest.warns(DeprecationWarning, match=r"GradualPruning\(..., calibration=...\)"):
+        old = GradualPruning(cfg, sched, loader=digits.loader("train", 64))
+    assert old.calibration is not None
+    with pytest.raises(TypeError, match="unexpected keyword argument 'loaderr'"):
+        GradualPruning(cfg, sched, loaderr=[])

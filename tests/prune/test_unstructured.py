@@ -113,3 +113,50 @@ def test_remove_masks_makes_pruning_permanent():
     assert remove_masks(m) == 3 and not list(iter_masks(m))
     assert "fc1.weight_mask" not in m.state_dict()
     assert int((m.fc1.weight == 0).sum()) > 0
+
+
+def test_one_verb_signature_and_the_technique_objects():
+    import inspect
+
+    from torchslim.prune import PRUNE, PRUNE_STRUCTURED, prune_structured_
+    from torchslim.prune.unstructured import prune_ as prune_masks_
+
+    for verb in (prune_, prune_masks_):
+        params = list(inspect.signature(verb).parameters.values())
+        assert [p.name for p in params] == ["model", "config", "filter_fn", "calibration", "example_input", "loss_fn", "deprecated"]
+    assert [p.name for p in inspect.signature(prune_structured_).parameters.values()] == [
+        "model", "config", "filter_fn", "calibration", "example_input", "loss_fn", "deprecated"]
+    assert (PRUNE.name, PRUNE_STRUCTURED.name) == ("prune", "prune_structured")
+
+
+def test_deprecated_loader_keyword_warns_and_gives_the_same_masks():
+    data = load_data("digits")
+    cfg = {"sparsity": 0.7, "criterion": "taylor", "keep_first_last": False}
+    m1, m2 = create_model("lenet300", in_features=64), create_model("lenet300", in_features=64)
+    m2.load_state_dict(m1.state_dict())
+    with pytest.warns(DeprecationWarning, match=r"prune_\(..., loader=...\) is deprecated; call prune_\(..., calibration=...\)"):
+        prune_(m1, cfg, loader=data.loader("train", 128))
+    prune_(m2, cfg, calibration=data.loader("train", 128))
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    with pytest.raises(TypeError, match="both loader= .deprecated. and calibration="):
+        prune_(m1, cfg, loader=[], calibration=[])
+
+
+def test_a_failure_while_attaching_masks_leaves_the_model_bit_identical(monkeypatch):
+    import torchslim.prune.unstructured as unstructured
+
+    m = lenet()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    real, calls = unstructured.attach_mask, []
+
+    def attach_then_fail(module, name, mask):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected while attaching")
+        real(module, name, mask)
+
+    monkeypatch.setattr(unstructured, "attach_mask", attach_then_fail)
+    with pytest.raises(RuntimeError, match="injected while attaching"):
+        prune_(m, {"sparsity": 0.5, "keep_first_last": False})
+    assert not list(iter_masks(m)) and set(m.state_dict()) == set(before)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

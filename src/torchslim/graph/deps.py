@@ -8,9 +8,18 @@ space; element-wise ops, BatchNorm, pooling and depthwise convs carry it through
 residual adds *unite* spaces (they must be pruned together); concatenation
 stacks them; a Linear or Conv that reads a space is one of its consumers.
 
+``torch.chunk`` along the channel dimension cuts a space where a part's
+boundary falls inside it (each member keeps each part at the right offset) and
+unites the parts, since the pruned tensor is chunked evenly again: for a gate
+``a, b = conv(x).chunk(2, 1); a * sigmoid(b)`` channel ``c`` of the group is
+channel ``c`` of each half of ``conv``'s output. ``torch.split`` along the
+channel dimension has sizes fixed in the code: its input is frozen.
+
 A space that reaches the model's output, comes from its input, or meets an op
 the engine does not understand is *frozen*, with the reason recorded: it is never
-pruned, and naming its layer explicitly raises an error that says why.
+pruned, and naming its layer explicitly raises an error that says why. The
+model is traced with :func:`torchslim.graph.trace.fx_trace`: a model torch.fx
+cannot trace raises its :class:`~torchslim.graph.trace.TraceError`.
 
 Example:
     >>> model = ts.create_model("resnet_cifar", depth=20)
@@ -23,6 +32,20 @@ Example:
     ['conv1', 'layer1.0.conv2', 'layer1.1.conv2', 'layer1.2.conv2']
     >>> [g.frozen for g in deps.groups if not g.prunable]
     ['model input', 'reaches the model output']
+
+    A GLU-style gate: the two halves of ``conv``'s output are one group with ``mix``'s input.
+
+    >>> class Gated(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv, self.mix, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         a, b = torch.chunk(self.conv(x), 2, dim=1)
+    ...         return self.head(self.mix(a * torch.sigmoid(b)).mean((2, 3)))
+    >>> deps = dependency_groups(Gated(), torch.randn(1, 3, 4, 4))
+    >>> g = next(g for g in deps.groups if "mix" in [m.module for m in g.members if m.role == "in"])
+    >>> g.channels, [(m.module, m.role, m.offset) for m in g.members]
+    (4, [('conv', 'out', 0), ('conv', 'out', 4), ('mix', 'in', 0)])
 """
 
 from __future__ import annotations
@@ -38,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from torchslim.errors import TorchslimError
+from torchslim.graph.trace import fx_trace
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
@@ -53,6 +76,8 @@ _UNARY_FUNCTIONS = {
 _UNARY_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "neg"}
 _BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, torch.add, torch.mul, torch.sub}
 _BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "div"}
+_SPLIT_FUNCTIONS = {torch.chunk, torch.split}
+_SPLIT_METHODS = {"chunk", "split"}
 
 
 @dataclass
@@ -82,7 +107,8 @@ class Group:
 
     @property
     def producers(self) -> list[str]:
-        return [m.module for m in self.members if m.role in ("out", "attn_out")]
+        """The layers whose outputs hold the group's channels (each once, in member order)."""
+        return list(dict.fromkeys(m.module for m in self.members if m.role in ("out", "attn_out")))
 
     @property
     def prunable(self) -> bool:
@@ -164,16 +190,24 @@ class _Spaces:
         if self.frozen[r] is None:
             self.frozen[r] = reason
 
+    def split(self, i: int, k: int) -> int:
+        """Cut the space of ``i`` after its first ``k`` channels; returns the new space of the rest.
+
+        Every member keeps its first ``k`` channels where they were and gives the
+        rest, shifted by ``k`` channels, to the new space.
+        """
+        r = self.find(i)
+        rest = self.new(self.channels[r] - k, self.frozen[r])
+        self.channels[r] = k
+        self.members[rest] = [Member(m.module, m.role, m.offset + k * m.inner, m.inner) for m in self.members[r]]
+        return rest
+
 
 class _Analyzer:
     def __init__(self, model: nn.Module, example_input: Any) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
-        try:
-            graph = _Tracer().trace(model)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means we cannot analyse
-            raise TorchslimError(f"structured pruning cannot trace the model with torch.fx: {exc}") from None
-        self.gm = fx.GraphModule(model, graph)
+        self.gm = fx.GraphModule(model, fx_trace(model, tracer=_Tracer(), what="structured pruning"))
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         was = model.training
         model.eval()
@@ -184,6 +218,7 @@ class _Analyzer:
             model.train(was)
         self.s = _Spaces()
         self.layout: dict[fx.Node, _Layout | None] = {}
+        self.pieces: dict[fx.Node, list[_Layout | None]] = {}  # the parts of a chunk/split, by index
         self.blocked: dict[str, str] = {}
         self.heads: list[HeadGroup] = []
 
@@ -193,7 +228,9 @@ class _Analyzer:
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
     def fresh(self, node: fx.Node, cdim: int, frozen: str | None = None) -> _Layout | None:
-        shape = self.shape(node)
+        return self.fresh_shape(self.shape(node), cdim, frozen)
+
+    def fresh_shape(self, shape: tuple[int, ...] | None, cdim: int, frozen: str | None = None) -> _Layout | None:
         if shape is None or len(shape) < 2:
             return None
         cdim = cdim % len(shape)
@@ -228,6 +265,7 @@ class _Analyzer:
     # -- the walk ------------------------------------------------------------
     def run(self) -> None:
         for node in self.gm.graph.nodes:
+            self.release_pieces(node)
             if node.op == "placeholder":
                 self.layout[node] = self.fresh(node, 1 if len(self.shape(node) or ()) == 4 else -1, "model input")
             elif node.op == "get_attr":
@@ -239,6 +277,87 @@ class _Analyzer:
             elif node.op == "output":
                 for arg in node.all_input_nodes:
                     self.freeze(self.layout.get(arg), "reaches the model output")
+
+    def release_pieces(self, node: fx.Node) -> None:
+        """Freeze the parts of a chunk/split that ``node`` uses other than one at a time (``parts[i]``)."""
+        for arg in node.all_input_nodes:
+            if arg in self.pieces and not (node.target is operator.getitem and node.args[0] is arg and isinstance(node.args[1], int)):
+                for part in self.pieces[arg]:
+                    self.freeze(part, f"the parts of {arg.name} are used together at {node.name}")
+
+    def split(self, node: fx.Node, lay: _Layout | None) -> list[_Layout | None]:
+        """The layouts of the parts of a ``chunk``/``split``.
+
+        Along the channel dimension, ``chunk`` cuts the channel spaces at the parts'
+        boundaries and unites the parts (the pruned tensor is chunked evenly again,
+        so every part must keep as many channels, the same ones); ``split`` has
+        sizes fixed in the code, so its input is frozen.
+        """
+        meta = node.meta.get("tensor_meta")
+        shapes = [tuple(m.shape) for m in meta] if isinstance(meta, (tuple, list)) and all(hasattr(m, "shape") for m in meta) else None
+        in_shape = self.shape(node.args[0])
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if lay is None or shapes is None or in_shape is None or not isinstance(dim, int):
+            reason = f"split {node.name} of an unknown tensor"
+            self.freeze(lay, reason)
+            return [self.fresh_shape(shape, -1, reason) for shape in shapes or []]
+        if dim % len(in_shape) != lay.cdim:
+            return [lay] * len(shapes)  # every part keeps every channel
+        if node.target not in (torch.chunk, "chunk"):
+            reason = f"torch.split at {node.name} has sizes fixed in the code along the channel dimension"
+            self.freeze(lay, reason)
+            return [self.fresh_shape(shape, lay.cdim, reason) for shape in shapes]
+        cuts = [sum(shape[lay.cdim] for shape in shapes[: i + 1]) for i in range(len(shapes) - 1)]
+        for cut in cuts:
+            if not self.cut_at(lay, cut):
+                reason = f"split {node.name} cuts through the features of one channel"
+                self.freeze(lay, reason)
+                return [self.fresh_shape(shape, lay.cdim, reason) for shape in shapes]
+        parts: list[_Layout | None] = []
+        segs = list(lay.segs)
+        for shape in shapes:
+            taken: list[_Seg] = []
+            while segs and sum(s.channels * s.inner for s in taken) < shape[lay.cdim]:
+                taken.append(segs.pop(0))
+            parts.append(_Layout(lay.cdim, taken))
+        for part in parts[1:]:
+            self.unite(parts[0], part, node.name)  # type: ignore[arg-type]  # parts are layouts here
+        return parts
+
+    def cut_at(self, lay: _Layout, cut: int) -> bool:
+        """Make a segment boundary of ``lay`` at feature ``cut``; ``False`` when it falls inside a channel.
+
+        A cut inside a segment splits its (unfrozen) space; every layout holding
+        that space is rewritten, so the halves stay one space everywhere.
+        """
+        start = 0
+        for seg in lay.segs:
+            width = seg.channels * seg.inner
+            if start < cut < start + width:
+                root = self.s.find(seg.space)
+                if (cut - start) % seg.inner or self.s.frozen[root] is not None:
+                    return False
+                k = (cut - start) // seg.inner
+                rest = self.s.split(root, k)
+                self.rewrite(root, k, rest)
+                return True
+            start += width
+        return True
+
+    def rewrite(self, root: int, k: int, rest: int) -> None:
+        """Replace every segment of the space ``root`` by its first ``k`` channels and the space ``rest``."""
+        seen: set[int] = set()
+        for lay in [*self.layout.values(), *(p for parts in self.pieces.values() for p in parts)]:
+            if lay is None or id(lay) in seen:
+                continue
+            seen.add(id(lay))
+            segs: list[_Seg] = []
+            for seg in lay.segs:
+                if self.s.find(seg.space) == root:
+                    segs += [_Seg(seg.space, k, seg.inner), _Seg(rest, seg.channels - k, seg.inner)]
+                else:
+                    segs.append(seg)
+            lay.segs = segs
 
     def in_layout(self, node: fx.Node) -> _Layout | None:
         args = [a for a in node.args if isinstance(a, fx.Node)]
@@ -327,8 +446,16 @@ class _Analyzer:
         out_shape = self.shape(node)
         if node.op == "call_method" and target in ("size", "dim") or target in (getattr, len):
             return None
-        if out_shape is None:  # not a tensor
+        if target in _SPLIT_FUNCTIONS or (node.op == "call_method" and target in _SPLIT_METHODS):
+            self.pieces[node] = self.split(node, lay)
             return None
+        source, index = (node.args[0], node.args[1]) if target is operator.getitem else (None, None)
+        if isinstance(source, fx.Node) and source in self.pieces and isinstance(index, int):
+            pieces = self.pieces[source]
+            if -len(pieces) <= index < len(pieces):
+                return pieces[index]
+        if out_shape is None:  # not one tensor: a tuple of them (torch.max with dim, topk, ...) or a scalar
+            return self.opaque(node, f"operation {node.name} ({getattr(target, '__name__', target)}) does not return one tensor")
         if target in _BINARY or (node.op == "call_method" and target in _BINARY_METHODS):
             tensors = [a for a in node.args if isinstance(a, fx.Node) and self.shape(a) is not None]
             lays = [self.layout.get(a) for a in tensors]
@@ -345,6 +472,8 @@ class _Analyzer:
         if target in (torch.cat, torch.concat) or (node.op == "call_method" and target == "cat"):
             parts = node.args[0]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if not isinstance(parts, (list, tuple)):  # e.g. torch.cat(x.chunk(2)): the parts were frozen above
+                return self.opaque(node, f"concatenation {node.name} of unknown tensors")
             lays = [self.layout.get(p) for p in parts]
             if not all(lays) or any(lay_.cdim != lays[0].cdim for lay_ in lays):
                 return self.opaque(node, f"concatenation {node.name} of unknown tensors")

@@ -1,48 +1,49 @@
-"""Pruning: importance criteria, masks and the ``prune_`` verb."""
+"""Pruning: importance criteria, masks (:data:`PRUNE`), surgery (:data:`PRUNE_STRUCTURED`) and the ``prune_`` verb."""
 
-from typing import Any
-
-from torchslim.prune.config import CalibrationConfig, LayerPruneConfig, PruneConfig
-from torchslim.prune.importance import CRITERIA, Criterion, Importance, ImportanceContext, compute_scores, register_criterion
+from torchslim.prune.api import prune_
+from torchslim.prune.config import (
+    STRUCTURED_GRANULARITIES,
+    CalibrationConfig,
+    LayerPruneConfig,
+    LayerStructuredConfig,
+    PruneConfig,
+    StructuredPruneConfig,
+)
+from torchslim.prune.importance import (
+    CRITERIA,
+    Criterion,
+    Importance,
+    ImportanceContext,
+    compute_scores,
+    register_criterion,
+)
 from torchslim.prune.mask import attach_mask, iter_masks, reapply_masks, remove_masks
 from torchslim.prune.nm import nm_mask, satisfies_nm
+from torchslim.prune.regularize import RegularizeConfig, SparseTrainConfig, SparsityRegularizer, sparse_train
+from torchslim.prune.schedule import (
+    GradualPruning,
+    ScheduleConfig,
+    ScheduledPruneConfig,
+    gradual_sparsity,
+    iterative_sparsity,
+    prune_with_schedule,
+)
 from torchslim.prune.sparse import load_sparse, save_sparse
-from torchslim.prune.unstructured import prunable_layers
-from torchslim.prune.api import prune_
-from torchslim.prune.structured import StructuredPruneConfig, prune_structured_
-
-# Schedules and regularised training build on torchslim.train, which imports
-# torchslim.prune.mask: they load on first use so either package may be imported first.
-_LAZY = {
-    "GradualPruning": "torchslim.prune.schedule",
-    "ScheduleConfig": "torchslim.prune.schedule",
-    "ScheduledPruneConfig": "torchslim.prune.schedule",
-    "gradual_sparsity": "torchslim.prune.schedule",
-    "iterative_sparsity": "torchslim.prune.schedule",
-    "prune_with_schedule": "torchslim.prune.schedule",
-    "RegularizeConfig": "torchslim.prune.regularize",
-    "SparseTrainConfig": "torchslim.prune.regularize",
-    "SparsityRegularizer": "torchslim.prune.regularize",
-    "sparse_train": "torchslim.prune.regularize",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'torchslim.prune' has no attribute {name!r}")
-
+from torchslim.prune.structured import PRUNE_STRUCTURED, prune_structured_
+from torchslim.prune.unstructured import PRUNE, prunable_layers
 
 __all__ = [
     "CRITERIA",
+    "PRUNE",
+    "PRUNE_STRUCTURED",
+    "STRUCTURED_GRANULARITIES",
     "CalibrationConfig",
     "Criterion",
     "GradualPruning",
     "Importance",
     "ImportanceContext",
     "LayerPruneConfig",
+    "LayerStructuredConfig",
     "PruneConfig",
     "RegularizeConfig",
     "ScheduleConfig",

@@ -1,24 +1,36 @@
 """``prune_``: one verb for every pruning granularity.
 
-``element`` and ``nm`` configs (:class:`PruneConfig`) go to masks
-(:mod:`torchslim.prune.unstructured`); ``channel``, ``head`` and ``block``
-(:class:`StructuredPruneConfig`) physically shrink the model
-(:mod:`torchslim.prune.structured`).
+``element`` and ``nm`` configs (:class:`PruneConfig`) run :data:`~torchslim.prune.unstructured.PRUNE`
+(masks); ``channel``, ``head`` and ``block`` (:class:`StructuredPruneConfig`) run
+:data:`~torchslim.prune.structured.PRUNE_STRUCTURED` (surgery: the model shrinks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchslim.prune import unstructured
-from torchslim.prune.config import PruneConfig
-from torchslim.prune.structured import STRUCTURED_GRANULARITIES, StructuredPruneConfig, prune_structured_
+from torchslim.prune.config import STRUCTURED_GRANULARITIES, PruneConfig, StructuredPruneConfig
+from torchslim.prune.structured import PRUNE_STRUCTURED
+from torchslim.prune.unstructured import PRUNE
 from torchslim.report import Report
-from torchslim.technique import Inputs, legacy_inputs
+from torchslim.technique import Inputs, Technique, legacy_inputs, run
+
+
+def technique_for(config: PruneConfig | StructuredPruneConfig | Mapping[str, Any] | None) -> Technique[Any, Any]:
+    """The pruning technique a config's ``granularity`` picks.
+
+    Example:
+        >>> technique_for({"granularity": "head", "sparsity": 0.5}).name, technique_for({"sparsity": 0.5}).name
+        ('prune_structured', 'prune')
+    """
+    structured = isinstance(config, StructuredPruneConfig) or (
+        isinstance(config, Mapping) and config.get("granularity") in STRUCTURED_GRANULARITIES
+    )
+    return PRUNE_STRUCTURED if structured else PRUNE
 
 
 def prune_(
@@ -39,8 +51,9 @@ def prune_(
             :class:`StructuredPruneConfig` (``channel``/``head``/``block``) or a mapping.
         filter_fn: ``(module, name) -> bool``; rejected layers are skipped.
         calibration: calibration batches for data-driven criteria (earlier ``loader=``).
+        example_input: one input batch (structured pruning traces the model with it;
+            masks do not use it).
         loss_fn: loss for gradient-based criteria (cross-entropy by default).
-        example_input: one input batch (structured pruning traces the model with it).
 
     Example:
         >>> model = ts.create_model("lenet300")
@@ -54,10 +67,4 @@ def prune_(
         Conv2d(16, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
     inputs = legacy_inputs("prune_", Inputs(calibration, example_input, loss_fn), deprecated)
-    loader, example_input, loss_fn = inputs.calibration, inputs.example_input, inputs.loss_fn
-    structured = isinstance(config, StructuredPruneConfig) or (
-        isinstance(config, dict) and config.get("granularity") in STRUCTURED_GRANULARITIES
-    )
-    if structured:
-        return prune_structured_(model, config, example_input=example_input, loader=loader, filter_fn=filter_fn)  # type: ignore[arg-type]
-    return unstructured.prune_(model, config, filter_fn=filter_fn, loader=loader, loss_fn=loss_fn)  # type: ignore[arg-type]
+    return run(technique_for(config), model, config, filter_fn=filter_fn, inputs=inputs)

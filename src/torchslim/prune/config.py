@@ -1,14 +1,17 @@
-"""Configs of the pruning verb and stage."""
+"""Configs of the pruning verb and stage: masks (:class:`PruneConfig`) and surgery (:class:`StructuredPruneConfig`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from torchslim.config import Config
+from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.prune.importance import CRITERIA
 from torchslim.targets import check_target_keys
+
+#: the granularities :class:`StructuredPruneConfig` takes (the others are :class:`PruneConfig`'s)
+STRUCTURED_GRANULARITIES = ("channel", "head", "block")
 
 
 def _known_criterion(name: str | None) -> str | None:
@@ -27,22 +30,6 @@ class LayerPruneConfig(Config):
     @classmethod
     def _check_criterion(cls, v: str | None) -> str | None:
         return _known_criterion(v)
-
-
-class CalibrationConfig(Config):
-    """Where criteria that need data (gradients, Hessian, activations) draw it from.
-
-    Attributes:
-        batches: calibration batches (one pass serves every layer).
-        batch_size: samples per calibration batch.
-        split: data split the batches come from.
-        seed: seed of the shuffled draw.
-    """
-
-    batches: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    split: Literal["train", "val", "test"] = "train"
-    seed: int = 0
 
 
 class PruneConfig(Config):
@@ -79,7 +66,7 @@ class PruneConfig(Config):
     scope: Literal["global", "layer"] = "global"
     targets: dict[str, LayerPruneConfig | None] | None = None
     keep_first_last: bool = True
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    calibration: CalibrationConfig = calibration_field()
     seed: int = 0
 
     @field_validator("m")
@@ -120,3 +107,72 @@ class PruneConfig(Config):
         if self.granularity == "nm":
             return 1.0 - self.n / self.m
         return float(self.sparsity or 0.0)
+
+
+class LayerStructuredConfig(Config):
+    """Per-layer override inside ``targets`` (keyed by a producer layer's name)."""
+
+    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+
+class StructuredPruneConfig(Config):
+    """Structured pruning.
+
+    Attributes:
+        granularity: ``channel`` (conv filters/channels and Linear neurons, with
+            everything coupled to them), ``head`` (attention heads) or ``block``
+            (whole residual blocks / transformer layers replaced by identity).
+        sparsity: fraction of channels (heads, blocks) removed in each group.
+        macs_target: instead of ``sparsity``, keep at most this fraction of the
+            model's MACs (e.g. 0.5 = 2x fewer); the sparsity is found by bisection.
+        remove_blocks: with ``channel``: first remove this fraction of the
+            shape-preserving residual blocks / layers (lowest block influence on the
+            calibration data), then prune channels of what is left; ``macs_target``
+            then counts both. Blocks holding a layer named exactly in ``targets`` are kept. On CPUs fewer layers run faster than thinner layers
+            at equal MACs (``benchmarks/prune_latency_shapes.py``).
+        criterion: ``l2`` (group L2 norm, default), ``l1``, ``random``, or any
+            registered element criterion (scores summed over the coupled slices).
+        scope: ``layer`` (the same fraction in every group) or ``global``
+            (channels ranked across groups after normalising each group by its mean).
+        round_to: remaining widths are multiples of this (1 disables).
+        min_channels: no group keeps fewer channels than this.
+        targets: ``{name | "re:pattern": override | null}`` keyed by producer layers.
+        keep_first_last: leave the group fed by the first layer alone unless named exactly.
+        calibration: the calibration batches data-driven criteria and block scoring use
+            (``batches`` of them; a recipe stage draws ``batch_size`` samples each from ``split``).
+        seed: for ``random``.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
+
+    granularity: Literal["channel", "head", "block"] = "channel"
+    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+    macs_target: float | None = Field(default=None, gt=0.0, lt=1.0)
+    remove_blocks: float | None = Field(default=None, gt=0.0, lt=1.0)
+    criterion: str = "l2"
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int = Field(default=8, ge=1)
+    min_channels: int = Field(default=1, ge=1)
+    targets: dict[str, LayerStructuredConfig | None] | None = None
+    keep_first_last: bool = True
+    calibration: CalibrationConfig = calibration_field(batches=8, batch_size=64)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> StructuredPruneConfig:
+        if (self.sparsity is None) == (self.macs_target is None):
+            raise ValueError("give exactly one of sparsity or macs_target")
+        if self.macs_target is not None and self.granularity != "channel":
+            raise ValueError("macs_target is supported for granularity 'channel'")
+        if self.remove_blocks is not None and self.granularity != "channel":
+            raise ValueError("remove_blocks combines block removal with granularity 'channel'; for blocks alone use granularity 'block'")
+        return self
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v:
+            issues = check_target_keys(v)
+            if issues:
+                raise ValueError("; ".join(f"{i.message} ({i.value!r})" for i in issues))
+        return v

@@ -462,7 +462,7 @@ def compute_scores(
     if crit.needs_data:
         if loader is None:
             raise TransformRefusedError(
-                f"criterion {criterion!r} needs calibration data: pass loader=... "
+                f"criterion {criterion!r} needs calibration data: pass calibration batches (prune_(..., calibration=...)) "
                 "(a recipe's prune stage draws it from the data set's training split)"
             )
         params = list(model.parameters())

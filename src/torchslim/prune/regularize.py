@@ -32,7 +32,9 @@ from torchslim.errors import TransformRefusedError
 from torchslim.prune.mask import attach_mask, get_mask
 from torchslim.prune.unstructured import prunable_layers
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import check_target_keys, select_layers as _select
+from torchslim.targets import check_target_keys
+from torchslim.targets import select_layers as _select
+from torchslim.technique import refuse_if_empty
 from torchslim.train.loop import Callback, TrainConfig, TrainState, finetune
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -100,6 +102,9 @@ def select_layers(
 ) -> tuple[list[tuple[str, nn.Module, float]], list[SkippedLayer]]:
     """The penalised layers with their weights, and the skipped ones with reasons.
 
+    The one targets grammar (:func:`torchslim.targets.select_layers`) over the
+    prunable layers; a layer whose penalty ``weight`` is 0 is skipped too.
+
     Example:
         >>> model = ts.create_model("lenet300")
         >>> chosen, skipped = select_layers(model, RegularizeConfig(targets={"fc3": None, "re:.*": {}}))
@@ -120,8 +125,7 @@ def select_layers(
             skipped.append(SkippedLayer(name, "penalty weight 0"))
         else:
             chosen.append((name, module, w))
-    if not chosen:
-        raise TransformRefusedError("no layer left to regularise: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
+    refuse_if_empty(chosen, skipped, "regularise")
     return chosen, skipped
 
 

@@ -31,10 +31,11 @@ from torch import nn
 from torchslim.config import Config
 from torchslim.data import DataBundle
 from torchslim.errors import TransformRefusedError
+from torchslim.prune.api import prune_
 from torchslim.prune.config import CalibrationConfig, LayerPruneConfig, PruneConfig
 from torchslim.prune.mask import reapply_masks
-from torchslim.prune.unstructured import prune_
 from torchslim.report import Report
+from torchslim.technique import Inputs, legacy_inputs
 from torchslim.train.loop import Callback, TrainConfig, TrainState, finetune
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -123,7 +124,7 @@ def calibration_loader(data: DataBundle, cfg: CalibrationConfig) -> Any:
         >>> x.shape
         torch.Size([32, 1, 8, 8])
     """
-    return data.loader(cfg.split, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    return data.calibration_loader(cfg)
 
 
 def _with_sparsity(config: PruneConfig, fn: Callable[[float], float]) -> PruneConfig:
@@ -149,9 +150,9 @@ class GradualPruning(Callback):
     Args:
         config: what to prune (``sparsity`` is the final ``s_f``; element granularity).
         schedule: the ramp (``initial_sparsity``, ``start_step``, ``ramp_steps``, ``frequency``).
-        loader: calibration batches for criteria that need data.
+        calibration: calibration batches for criteria that need data (earlier ``loader=``).
         loss_fn: loss for gradient-based criteria.
-        filter_fn: forwarded to :func:`~torchslim.prune.unstructured.prune_`.
+        filter_fn: forwarded to :func:`~torchslim.prune.prune_`.
 
     After training, ``history`` holds ``(step, sparsity)`` of every mask update
     and ``report`` the last :func:`prune_` report. If training stops before the
@@ -171,15 +172,17 @@ class GradualPruning(Callback):
         config: PruneConfig | dict[str, Any],
         schedule: ScheduleConfig | dict[str, Any],
         *,
-        loader: Any = None,
+        calibration: Any = None,
         loss_fn: LossFn | None = None,
         filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        **deprecated: Any,
     ) -> None:
         self.config = PruneConfig.parse(config)
         if self.config.granularity != "element":
             raise TransformRefusedError("gradual pruning works with granularity 'element'")
         self.schedule = ScheduleConfig.parse(schedule)
-        self.loader, self.loss_fn, self.filter_fn = loader, loss_fn, filter_fn
+        self.calibration = legacy_inputs("GradualPruning", Inputs(calibration), deprecated).calibration
+        self.loss_fn, self.filter_fn = loss_fn, filter_fn
         self.history: list[tuple[int, float]] = []
         self.report: Report | None = None
         self.first_report: Report | None = None
@@ -193,7 +196,7 @@ class GradualPruning(Callback):
         target = self.sparsity_at(step)
         ratio = target / self.config.target_sparsity if self.config.target_sparsity > 0 else 0.0
         cfg = _with_sparsity(self.config, lambda s: target if s == self.config.target_sparsity else s * ratio)
-        self.report = prune_(model, cfg, filter_fn=self.filter_fn, loader=self.loader, loss_fn=self.loss_fn)
+        self.report = prune_(model, cfg, filter_fn=self.filter_fn, calibration=self.calibration, loss_fn=self.loss_fn)
         if self.first_report is None:
             self.first_report = self.report
         self.history.append((step, target))
@@ -269,10 +272,10 @@ def prune_with_schedule(
         raise TypeError(f"prune_with_schedule(model, data, config): data must be a DataBundle, got {type(data).__name__}")
     cfg = ScheduledPruneConfig.parse(config)
     sched = cfg.schedule
-    loader = calibration_loader(data, cfg.calibration)
+    calibration = data.calibration_loader(cfg.calibration)
     base = _with_sparsity(cfg, lambda s: s)
     if sched.kind == "oneshot":
-        report = prune_(model, base, filter_fn=filter_fn, loader=loader, loss_fn=loss_fn)
+        report = prune_(model, base, filter_fn=filter_fn, calibration=calibration, loss_fn=loss_fn)
         report.meta["schedule"] = {"kind": "oneshot"}
         return report
     if sched.finetune is None:  # guarded by the validator; keeps type checkers calm
@@ -282,12 +285,12 @@ def prune_with_schedule(
         reports: list[Report] = []
         for r in range(1, sched.rounds + 1):
             round_cfg = _with_sparsity(base, lambda s, r=r: iterative_sparsity(s, r, sched.rounds))
-            reports.append(prune_(model, round_cfg, filter_fn=filter_fn, loader=loader, loss_fn=loss_fn))
+            reports.append(prune_(model, round_cfg, filter_fn=filter_fn, calibration=calibration, loss_fn=loss_fn))
             ft = finetune(model, data, sched.finetune, loss_fn=loss_fn, progress=progress, description=f"{description} round {r}/{sched.rounds}")
             hist = ft.meta.get("history") or [{}]
             rounds.append({"round": r, "sparsity": round_cfg.target_sparsity, "val_accuracy": hist[-1].get("val_accuracy")})
         return _merge(reports[0], reports[-1], {"schedule": {"kind": "iterative", "rounds": rounds}})
-    cb = GradualPruning(base, sched, loader=loader, loss_fn=loss_fn, filter_fn=filter_fn)
+    cb = GradualPruning(base, sched, calibration=calibration, loss_fn=loss_fn, filter_fn=filter_fn)
     ft = finetune(model, data, sched.finetune, callbacks=[cb], loss_fn=loss_fn, progress=progress, description=f"{description} gradual")
     if cb.report is None or cb.first_report is None:
         raise TransformRefusedError("gradual pruning made no mask update (training ran no step)")

@@ -1,8 +1,22 @@
-"""Unstructured (element) and N:M pruning with masks: the ``prune_`` verb."""
+"""Unstructured (element) and N:M pruning with masks: the :data:`PRUNE` technique.
+
+``plan`` scores every chosen layer (one :func:`~torchslim.prune.importance.compute_scores`
+call, hence one calibration pass, per criterion used) and computes every mask;
+``apply`` attaches them (:func:`~torchslim.prune.mask.attach_mask`): masks stay
+applied through training. Already-pruned weights stay pruned and count towards
+the target, so pruning again with a higher sparsity is iterative pruning.
+
+Example:
+    >>> model = ts.create_model("lenet300")
+    >>> report = run(PRUNE, model, {"sparsity": 0.5, "scope": "layer"})
+    >>> [(l.name, l.details["sparsity_after"]) for l in report.layers], [s.name for s in report.skipped]
+    ([('fc2', 0.5)], ['fc1', 'fc3'])
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +28,11 @@ from torchslim.prune.importance import compute_scores
 from torchslim.prune.mask import attach_mask, get_mask
 from torchslim.prune.nm import nm_incompatibility, nm_mask
 from torchslim.report import LayerReport, Report, SkippedLayer
-from torchslim.targets import select_layers
+from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
+
+FilterFn = Callable[[nn.Module, str], bool]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Chosen = list[tuple[str, nn.Module, LayerPruneConfig]]
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -22,19 +40,6 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules whose ``weight`` unstructured pruning may mask, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n]
-
-
-def _select(
-    model: nn.Module, config: PruneConfig, filter_fn: Callable[[nn.Module, str], bool] | None
-) -> tuple[list[tuple[str, nn.Module, LayerPruneConfig]], list[SkippedLayer]]:
-    layers = prunable_layers(model)
-    if not layers:
-        raise TransformRefusedError("the model has no prunable layer (Linear or Conv weight)")
-    picked, skipped = select_layers(
-        layers, config.targets, filter_fn=filter_fn, keep_first_last=config.keep_first_last, kept_note="name it in targets to prune it"
-    )
-    chosen = [(n, m, match.value if match and match.value else LayerPruneConfig()) for n, m, match in picked]
-    return chosen, [SkippedLayer(n, r) for n, r in skipped]
 
 
 def _k_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,28 +57,175 @@ def _live(module: nn.Module) -> torch.Tensor:
     return (module.weight.detach() != 0).cpu() if old is None else old.detach().cpu().bool()
 
 
+@dataclass
+class LayerMask:
+    """One layer's planned mask: the weights alive before, the mask to attach, what the report says."""
+
+    name: str
+    module: nn.Module
+    live: torch.Tensor
+    mask: torch.Tensor
+    criterion: str
+    granularity: str
+    extra: dict[str, Any]
+
+
+def _nm_layers(chosen: Chosen, cfg: PruneConfig, skipped: list[SkippedLayer]) -> Chosen:
+    """The layers an ``n:m`` pattern fits (the others are skipped with why); per-layer sparsities refuse."""
+    kept: Chosen = []
+    for name, module, layer_cfg in chosen:
+        why = nm_incompatibility(tuple(module.weight.shape), cfg.m)
+        if layer_cfg.sparsity is not None:
+            raise TransformRefusedError(
+                f"targets give layer {name!r} its own sparsity, which granularity 'nm' does not use "
+                f"(every group keeps n={cfg.n} of m={cfg.m})"
+            )
+        if why is not None:
+            skipped.append(SkippedLayer(name, f"N:M {cfg.n}:{cfg.m} impossible: {why}"))
+        else:
+            kept.append((name, module, layer_cfg))
+    return kept
+
+
+def _scores(
+    model: nn.Module, chosen: Chosen, cfg: PruneConfig, inputs: Inputs
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+    """Every chosen layer's scores (dead weights at ``-inf``) and live weights, and the criteria used.
+
+    One ``compute_scores`` call (one calibration pass) per criterion.
+    """
+    by_crit: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, module, layer_cfg in chosen:
+        by_crit.setdefault(layer_cfg.criterion or cfg.criterion, []).append((name, module))
+    raw: dict[str, torch.Tensor] = {}
+    for crit, layers in by_crit.items():
+        raw.update(
+            compute_scores(
+                model, layers, crit, loader=inputs.calibration, batches=cfg.calibration.batches, loss_fn=inputs.loss_fn, seed=cfg.seed
+            )
+        )
+    live = {name: _live(module) for name, module, _ in chosen}
+    scores = {n: torch.where(live[n], raw[n], torch.full_like(raw[n], float("-inf"))) for n in raw}
+    return scores, live, sorted(by_crit)
+
+
+def _element_masks(chosen: Chosen, scores: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
+    """Keep-masks: layers with their own sparsity (or ``scope: layer``) alone, the others ranked together."""
+    masks: dict[str, torch.Tensor] = {}
+    pooled = [n for n, _, c in chosen if c.sparsity is None and cfg.scope == "global"]
+    for name, _, layer_cfg in chosen:
+        if name in pooled:
+            continue
+        sparsity = layer_cfg.sparsity if layer_cfg.sparsity is not None else cfg.target_sparsity
+        s = scores[name]
+        masks[name] = _k_lowest(s, round(sparsity * s.numel())).view_as(s)
+    if pooled:
+        flat = torch.cat([scores[n].flatten() for n in pooled])
+        keep = _k_lowest(flat, round(cfg.target_sparsity * flat.numel()))
+        offset = 0
+        for name in pooled:
+            n = scores[name].numel()
+            masks[name] = keep[offset : offset + n].view_as(scores[name])
+            offset += n
+    return masks
+
+
+def _report_extra(cfg: PruneConfig, layer_cfg: LayerPruneConfig) -> dict[str, Any]:
+    """The report's ``pattern``/``scope`` of one layer."""
+    if cfg.granularity == "nm":
+        return {"pattern": f"{cfg.n}:{cfg.m}", "scope": "group"}
+    return {"scope": "layer" if (layer_cfg.sparsity is not None or cfg.scope == "layer") else "global"}
+
+
+class ElementPruning(Technique[PruneConfig, Plan]):
+    """Element and N:M pruning with masks (:data:`PRUNE`)."""
+
+    name = "prune"
+    title = "prune"
+    config = PruneConfig
+    verb = "prune"
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Every Linear/Conv layer (:func:`prunable_layers`)."""
+        return prunable_layers(model)
+
+    def select(self, model: nn.Module, cfg: PruneConfig, filter_fn: FilterFn | None) -> Selection:
+        """The one targets grammar over the prunable layers; a model without one refuses."""
+        if not prunable_layers(model):
+            raise TransformRefusedError("the model has no prunable layer (Linear or Conv weight)")
+        return super().select(model, cfg, filter_fn)
+
+    def plan(self, model: nn.Module, cfg: PruneConfig, selection: Selection, inputs: Inputs) -> Plan:
+        """Scores and masks of every chosen layer; nothing is attached yet."""
+        chosen: Chosen = [(n, m, match.value if match and match.value else LayerPruneConfig()) for n, m, match in selection.chosen]
+        skipped = list(selection.skipped)
+        if cfg.granularity == "nm":
+            chosen = _nm_layers(chosen, cfg, skipped)
+        refuse_if_empty(chosen, skipped, "prune")
+        scores, live, criteria = _scores(model, chosen, cfg, inputs)
+        if cfg.granularity == "nm":
+            masks = {name: nm_mask(scores[name], cfg.n, cfg.m) for name, _, _ in chosen}
+        else:
+            masks = _element_masks(chosen, scores, cfg)
+        work = [
+            LayerMask(name, module, live[name], masks[name] & live[name], layer_cfg.criterion or cfg.criterion, cfg.granularity,
+                      _report_extra(cfg, layer_cfg))
+            for name, module, layer_cfg in chosen
+        ]
+        return Plan(skipped, {"config": cfg.model_dump(), "criteria": criteria}, work)
+
+    def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
+        """Attach every planned mask; one report per layer."""
+        with torch.no_grad():
+            return [_attach(planned) for planned in plan.work]
+
+
+def _attach(planned: LayerMask) -> LayerReport:
+    live = planned.live
+    before = 1.0 - int(live.sum()) / live.numel()
+    attach_mask(planned.module, "weight", planned.mask)
+    report = LayerReport.of(planned.name, planned.module, "pruned")
+    report.details = {
+        "criterion": planned.criterion,
+        "granularity": planned.granularity,
+        "sparsity_before": before,
+        "sparsity_after": 1.0 - report.nonzeros / report.params,
+        **planned.extra,
+    }
+    return report
+
+
+#: the element / N:M pruning technique (masks)
+PRUNE = ElementPruning()
+
+
 def prune_(
     model: nn.Module,
-    config: PruneConfig | dict[str, Any],
+    config: PruneConfig | dict[str, Any] | None = None,
     *,
-    filter_fn: Callable[[nn.Module, str], bool] | None = None,
-    loader: Iterable[Any] | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    filter_fn: FilterFn | None = None,
+    calibration: Iterable[Any] | None = None,
+    example_input: Any = None,
+    loss_fn: LossFn | None = None,
+    **deprecated: Any,
 ) -> Report:
     """Prune ``model`` in place (element or N:M) with masks that stay applied.
 
-    Already-pruned weights stay pruned and count towards the target, so calling
-    this with rising sparsity implements iterative pruning. All scores and masks
-    are computed before any mask is attached: a refusal leaves the model
-    bit-identical. For schedules (iterative, gradual) see
+    :func:`torchslim.prune_` calls this for ``element``/``nm`` configs. Already-pruned
+    weights stay pruned and count towards the target, so calling this with rising
+    sparsity implements iterative pruning. All scores and masks are computed
+    before any mask is attached, and the change is one transaction: a refusal
+    leaves the model bit-identical. For schedules (iterative, gradual) see
     :func:`torchslim.prune.schedule.prune_with_schedule`.
 
     Args:
         model: the model to prune (modified in place).
         config: a :class:`PruneConfig` or a mapping validated into one.
         filter_fn: optional ``(module, name) -> bool``; layers it rejects are skipped.
-        loader: ``(inputs, targets)`` calibration batches, required by criteria
-            that need data (``gradient``, ``taylor``, ``hessian_*``, ``activation_*``).
+        calibration: ``(inputs, targets)`` calibration batches, required by criteria
+            that need data (``gradient``, ``taylor``, ``hessian_*``, ``activation_*``);
+            earlier ``loader=``.
+        example_input: unused (masks need no trace); accepted for the one verb signature.
         loss_fn: ``(logits, targets) -> loss`` for gradient-based criteria
             (cross-entropy by default).
 
@@ -84,7 +236,7 @@ def prune_(
 
     Raises:
         ConfigError: invalid config or targets.
-        TransformRefusedError: nothing to prune, or a data-needing criterion without ``loader``.
+        TransformRefusedError: nothing to prune, or a data-needing criterion without ``calibration``.
 
     Example:
         >>> model = ts.create_model("lenet300", in_features=64)
@@ -93,100 +245,9 @@ def prune_(
         0.9
         >>> loader = ts.load_data("digits").loader("train", 128)     # taylor scores need gradients
         >>> model = ts.create_model("lenet300", in_features=64)
-        >>> report = ts.prune_(model, {"granularity": "nm", "n": 2, "m": 4, "criterion": "taylor"}, loader=loader)
+        >>> report = ts.prune_(model, {"granularity": "nm", "n": 2, "m": 4, "criterion": "taylor"}, calibration=loader)
         >>> report.layers[0].details["pattern"], report.layers[0].details["sparsity_after"]
         ('2:4', 0.5)
     """
-    config = PruneConfig.parse(config)
-    chosen, skipped = _select(model, config, filter_fn)
-    if config.granularity == "nm":
-        kept: list[tuple[str, nn.Module, LayerPruneConfig]] = []
-        for name, module, layer_cfg in chosen:
-            why = nm_incompatibility(tuple(module.weight.shape), config.m)
-            if layer_cfg.sparsity is not None:
-                raise TransformRefusedError(
-                    f"targets give layer {name!r} its own sparsity, which granularity 'nm' does not use "
-                    f"(every group keeps n={config.n} of m={config.m})"
-                )
-            if why is not None:
-                skipped.append(SkippedLayer(name, f"N:M {config.n}:{config.m} impossible: {why}"))
-            else:
-                kept.append((name, module, layer_cfg))
-        chosen = kept
-    if not chosen:
-        raise TransformRefusedError(
-            "no layer left to prune: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
-        )
-    # 1. scores, one compute_scores call (one calibration pass) per criterion used
-    by_crit: dict[str, list[tuple[str, nn.Module]]] = {}
-    for name, module, layer_cfg in chosen:
-        by_crit.setdefault(layer_cfg.criterion or config.criterion, []).append((name, module))
-    raw: dict[str, torch.Tensor] = {}
-    for crit, layers in by_crit.items():
-        raw.update(
-            compute_scores(
-                model, layers, crit, loader=loader, batches=config.calibration.batches, loss_fn=loss_fn, seed=config.seed
-            )
-        )
-    live = {name: _live(module) for name, module, _ in chosen}
-    scores = {n: torch.where(live[n], raw[n], torch.full_like(raw[n], float("-inf"))) for n in raw}
-
-    # 2. masks
-    masks: dict[str, torch.Tensor] = {}
-    if config.granularity == "nm":
-        for name, _, _ in chosen:
-            masks[name] = nm_mask(scores[name], config.n, config.m) & live[name]
-    else:
-        pooled = [n for n, _, c in chosen if c.sparsity is None and config.scope == "global"]
-        for name, _, layer_cfg in chosen:
-            if name in pooled:
-                continue
-            sparsity = layer_cfg.sparsity if layer_cfg.sparsity is not None else config.target_sparsity
-            s = scores[name]
-            masks[name] = _k_lowest(s, round(sparsity * s.numel())).view_as(s) & live[name]
-        if pooled:
-            flat = torch.cat([scores[n].flatten() for n in pooled])
-            keep = _k_lowest(flat, round(config.target_sparsity * flat.numel()))
-            offset = 0
-            for name in pooled:
-                n = scores[name].numel()
-                masks[name] = keep[offset : offset + n].view_as(scores[name]) & live[name]
-                offset += n
-
-    # 3. mutate
-    layers = []
-    with torch.no_grad():
-        for name, module, layer_cfg in chosen:
-            before = 1.0 - int(live[name].sum()) / live[name].numel()
-            attach_mask(module, "weight", masks[name])
-            w = module.weight
-            nonzeros = int((w != 0).sum())
-            details: dict[str, Any] = {
-                "criterion": layer_cfg.criterion or config.criterion,
-                "granularity": config.granularity,
-                "sparsity_before": before,
-                "sparsity_after": 1.0 - nonzeros / w.numel(),
-            }
-            if config.granularity == "nm":
-                details["pattern"] = f"{config.n}:{config.m}"
-                details["scope"] = "group"
-            else:
-                details["scope"] = "layer" if (layer_cfg.sparsity is not None or config.scope == "layer") else "global"
-            layers.append(
-                LayerReport(
-                    name=name,
-                    kind=type(module).__name__,
-                    shape=tuple(w.shape),
-                    params=w.numel(),
-                    nonzeros=nonzeros,
-                    action="pruned",
-                    details=details,
-                )
-            )
-    return Report(
-        title="prune",
-        technique="prune",
-        layers=layers,
-        skipped=skipped,
-        meta={"config": config.model_dump(), "criteria": sorted(by_crit)},
-    )
+    inputs = legacy_inputs("prune_", Inputs(calibration, example_input, loss_fn), deprecated)
+    return run(PRUNE, model, config, filter_fn=filter_fn, inputs=inputs)
