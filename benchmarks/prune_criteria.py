@@ -53,7 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         prune_(model, {"sparsity": SPARSITY, "criterion": name, "keep_first_last": False,
                        "calibration": {"batches": 8, "batch_size": 128}},
-               loader=data.loader("train", 128, shuffle=True, seed=0))
+               calibration=data.loader("train", 128, shuffle=True, seed=0))
         score_s = time.perf_counter() - t0
         pruned = evaluate_accuracy(model, test)
         ts.finetune(model, data, FINETUNE, progress=False, description=f"finetune {name}")

@@ -1,4 +1,4 @@
-"""Measurement record: round trips, formatting, and the composed ``measure``."""
+"""Measurement record: round trips, formatting, and the composed ``evaluate``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.measure import FIELDS, Measurement, format_change, format_value, measure
+from torchslim.measure import FIELDS, Measurement, evaluate, format_change, format_value
 
 
 def sample(**overrides: object) -> Measurement:
@@ -75,13 +75,13 @@ def test_measure_composes_everything() -> None:
         model[0].weight.view(-1)[:200_000] = 0.0
     x = torch.randn(32, 784)
     loader = [(x, model(x).argmax(dim=1))]
-    m = measure(model, loader, example_input=x, latency_batch=8, threads=1, latency_runs=3)
+    m = evaluate(model, loader, example_input=x, latency_batch=8, threads=1, latency_runs=3)
     assert m.accuracy == 1.0
     assert (m.params, m.nonzeros, m.macs) == (266_610, 66_610, 266_200)
     assert m.bytes_dense == 266_610 * 4 and m.bytes_sparse < m.bytes_dense
     assert m.latency_ms is not None and m.latency_ms > 0
     assert (m.latency_batch, m.latency_threads, m.latency_runs) == (8, 1, 3)
     assert m.peak_memory_bytes is not None and m.peak_memory_bytes > m.bytes_dense
-    quick = measure(model, example_input=x, with_latency=False, with_memory=False)
+    quick = evaluate(model, example_input=x, with_latency=False, with_memory=False)
     assert quick.accuracy is None and quick.latency_ms is None and quick.peak_memory_bytes is None
     assert quick.latency_runs == 0

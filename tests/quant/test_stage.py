@@ -21,7 +21,7 @@ RECIPE = {
             "type": "quantize",
             "mode": "static",
             "weight": {"bits": 4},
-            "qat": {"epochs": 2, "lr": 0.01, "batch_size": 32},
+            "finetune": {"epochs": 2, "lr": 0.01, "batch_size": 32},
             "distill": {"temperature": 4.0, "alpha": 0.5},
         },
     ],
@@ -36,7 +36,18 @@ def test_quantize_stage_runs_and_reports_bits(tmp_path) -> None:
     assert report.after.accuracy >= report.before.accuracy - 0.03
     stage = report.stages[-1]
     assert stage.kind == "quantize"
+    assert stage.summary["qat"]["steps"] > 0  # the stage's finetune block ran as QAT
     assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_the_earlier_qat_key_is_the_stage_finetune_with_a_warning() -> None:
+    old = {**RECIPE["stages"][1]}
+    old["qat"] = old.pop("finetune")
+    with pytest.warns(DeprecationWarning, match="stages.1.qat is deprecated"):
+        recipe = parse_recipe({**RECIPE, "stages": [RECIPE["stages"][0], old]})
+    assert recipe.stages[1].finetune is not None and recipe.stages[1].finetune.epochs == 2
+    with pytest.raises(ConfigError, match="give only 'finetune'"):
+        parse_recipe({**RECIPE, "stages": [RECIPE["stages"][0], {**old, "finetune": {"epochs": 1}}]})
 
 
 def test_bad_quantize_stage_is_reported_with_its_path() -> None:

@@ -22,9 +22,14 @@ BatchTransform = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tenso
 class CalibrationSource(Protocol):
     """What :meth:`DataBundle.calibration_loader` reads of a calibration config."""
 
-    split: str
-    batch_size: int
-    seed: int
+    @property
+    def split(self) -> str: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
 
 
 @dataclass(frozen=True)

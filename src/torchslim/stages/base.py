@@ -115,10 +115,10 @@ def technique_stage(tech: Technique[Any, Any], *, help: str, prepare: Callable[[
     """
 
     def run_technique(model: nn.Module, cfg: Any, ctx: StageContext) -> Report:
-        calibration = getattr(cfg, "calibration", None)
+        calibration, data = getattr(cfg, "calibration", None), getattr(ctx, "data", None)
         inputs = Inputs(
-            calibration=ctx.data.calibration_loader(calibration) if calibration is not None else None,
-            example_input=ctx.data.example_input(),
+            calibration=data.calibration_loader(calibration) if calibration is not None and data is not None else None,
+            example_input=data.example_input() if data is not None else None,
         )
         if prepare is not None:
             prepare(model)

@@ -1,7 +1,9 @@
 """The one explicit list of recipe stage types.
 
-Every stage type a recipe may name is registered here, in one place, from the
-techniques' public verbs and configs; no technique registers a stage itself.
+Every stage type a recipe may name is registered here, in one place: in-place
+techniques through :func:`~torchslim.stages.base.technique_stage` from their
+technique objects, trainers and file writers with a runner of their own; no
+technique registers a stage itself.
 Verbs that need data get their calibration batches from the recipe's data set
 as the stage config's ``calibration`` block says (split, batch size, seed,
 batches); nothing about calibration is fixed here.
@@ -23,10 +25,10 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.distill import DistillConfig, distill_from
-from torchslim.encode import ShareConfig, TslimFormatError, save, share_weights_
+from torchslim.encode import SHARE, TslimFormatError, save
 from torchslim.errors import TorchslimError
-from torchslim.fold import DropLayersConfig, FoldConfig, drop_layers_, fold_
-from torchslim.lowrank import FactorizeConfig, factorize_
+from torchslim.fold import DROP_LAYERS, FOLD
+from torchslim.lowrank import FACTORIZE
 from torchslim.measure import dense_bytes
 from torchslim.prune import StructuredPruneConfig, prune_
 from torchslim.prune.regularize import SparseTrainConfig, sparse_train
@@ -35,7 +37,7 @@ from torchslim.prune.structured import STRUCTURED_GRANULARITIES
 from torchslim.quant import QuantizeConfig, quantize_
 from torchslim.quant.qat import KDConfig, qat_finetune
 from torchslim.report import Report
-from torchslim.stages.base import STAGES, StageContext, StageResult, StageSpec
+from torchslim.stages.base import STAGES, StageContext, StageResult, StageSpec, technique_stage
 from torchslim.train import TrainConfig, finetune
 from torchslim.zoo.spec import ModelSpec
 
@@ -97,30 +99,7 @@ def _run_quantize(model: nn.Module, cfg: QuantizeStage, ctx: StageContext) -> Re
     return report
 
 
-# -- folding, layer removal, low rank -------------------------------------------------------------------
-def _run_fold(model: nn.Module, cfg: FoldConfig, ctx: StageContext) -> Report:
-    _expect(cfg, FoldConfig)
-    model.eval()  # folding is for inference: BatchNorm uses its running statistics
-    return fold_(model, cfg)
-
-
-def _run_drop_layers(model: nn.Module, cfg: DropLayersConfig, ctx: StageContext) -> Report:
-    _expect(cfg, DropLayersConfig)
-    return drop_layers_(model, cfg, calibration=ctx.data.calibration_loader(cfg.calibration))
-
-
-def _run_factorize(model: nn.Module, cfg: FactorizeConfig, ctx: StageContext) -> Report:
-    _expect(cfg, FactorizeConfig)
-    calibration = ctx.data.calibration_loader(cfg.calibration) if cfg.data_aware else None
-    return factorize_(model, cfg, example_input=ctx.data.example_input(), calibration=calibration)
-
-
-# -- weight sharing and the .tslim file -----------------------------------------------------------------
-def _run_share(model: nn.Module, cfg: ShareConfig, ctx: StageContext) -> Report:
-    _expect(cfg, ShareConfig)
-    return share_weights_(model, cfg)
-
-
+# -- the .tslim file -----------------------------------------------------------------------------------
 class EncodeStage(Config):
     """Write the model as a ``.tslim`` file.
 
@@ -213,6 +192,10 @@ def _run_distill(model: nn.Module, cfg: DistillStage, ctx: StageContext) -> Repo
     return report
 
 
+def _eval(model: nn.Module) -> None:
+    model.eval()  # folding is for inference: BatchNorm uses its running statistics
+
+
 # -- the catalog ----------------------------------------------------------------------------------------
 CATALOG: dict[str, StageSpec] = {
     "train": StageSpec(
@@ -233,16 +216,15 @@ CATALOG: dict[str, StageSpec] = {
         QuantizeStage, _run_quantize, finetune_aliases=("qat",), handles_finetune=True,
         help="quantize weights (and activations, static mode); finetune: QAT, optionally distilled (distill: {...})",
     ),
-    "fold": StageSpec(FoldConfig, _run_fold, help="fold BatchNorms into convs/linears and merge adjacent linear maps (exact)"),
-    "drop_layers": StageSpec(
-        DropLayersConfig, _run_drop_layers, help="remove the k most redundant blocks (ShortGPT block influence...)"
+    "fold": technique_stage(
+        FOLD, prepare=_eval, help="fold BatchNorms into convs/linears and merge adjacent linear maps (exact)"
     ),
-    "factorize": StageSpec(
-        FactorizeConfig, _run_factorize, help="low-rank factorisation: SVD of linears (optionally data-aware), Tucker-2 of convs"
+    "drop_layers": technique_stage(DROP_LAYERS, help="remove the k most redundant blocks (ShortGPT block influence...)"),
+    "factorize": technique_stage(
+        FACTORIZE, help="low-rank factorisation: SVD of linears (optionally data-aware), Tucker-2 of convs"
     ),
-    "share": StageSpec(
-        ShareConfig, _run_share,
-        help="k-means weight sharing per layer (bits, init linear/density/random), optional centroid fine-tuning",
+    "share": technique_stage(
+        SHARE, help="k-means weight sharing per layer (bits, init linear/density/random), optional centroid fine-tuning"
     ),
     "encode": StageSpec(
         EncodeStage, _run_encode, finetune=False, help="write the model as a .tslim file (Huffman-coded); its size is bytes_file"
