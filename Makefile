@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchslim-installed
 DATA_STAMP := $(VENV)/.torchslim-data
 
-.PHONY: demo test bench install data clean
+.PHONY: demo test lint bench install data clean mypy-baseline
 
 # Python environment: torch first (the pinned CPU wheel), then the package with its pins.
 $(STAMP): pyproject.toml
@@ -34,8 +34,16 @@ install: $(STAMP) $(DATA_STAMP)
 demo: install
 	$(VENV)/bin/torchslim demo
 
-test: install
+# ruff, mypy against its baseline (tools/mypy-baseline.txt may only shrink), then the suite
+lint: install
+	$(PY) -m ruff check src tests benchmarks tools
+	$(PY) tools/mypy_baseline.py check
+
+test: lint
 	$(PY) -m pytest -q
+
+mypy-baseline: install
+	$(PY) tools/mypy_baseline.py update
 
 # Peers measured side by side in the benchmarks (not needed by the library or its tests).
 BENCH_STAMP := $(VENV)/.torchslim-bench

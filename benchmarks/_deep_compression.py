@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import yaml
-
 from _common import Timer, write_result
 
 import torchslim as ts

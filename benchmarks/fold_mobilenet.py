@@ -17,8 +17,8 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import Timer, interleaved, write_result
+
 from torchslim.fold import fold_
 from torchslim.measure import count_macs, count_params, measure_latency
 from torchslim.zoo import create_model

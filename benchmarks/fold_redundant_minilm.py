@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from _common import Timer, write_result
+
 from torchslim.data.text import load_text
 from torchslim.fold.redundant import drop_layers_
 from torchslim.graph.surgery import remove_from_container
@@ -87,7 +87,7 @@ def heal(student: SentenceEncoder, teacher_targets: list[torch.Tensor], batches:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=HEAL_LR)
     student.train()
-    for step in range(steps):
+    for _step in range(steps):
         i = int(torch.randint(len(batches), (1,), generator=g))
         loss = F.mse_loss(student(batches[i]), teacher_targets[i])
         opt.zero_grad(set_to_none=True)

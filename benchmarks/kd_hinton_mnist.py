@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, write_result
 
-import torchslim as ts  # noqa: E402
-from torchslim.data.transforms import Jitter  # noqa: E402
-from torchslim.measure import evaluate_accuracy  # noqa: E402
+import torchslim as ts
+from torchslim.data.transforms import Jitter
+from torchslim.measure import evaluate_accuracy
 
 TEACHER_EPOCHS = int(os.environ.get("KD_TEACHER_EPOCHS", 60))
 TEACHER_DROPOUT, TEACHER_INPUT_DROPOUT = 0.2, 0.1

@@ -37,13 +37,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, write_result
 
-import torchslim as ts  # noqa: E402
-from torchslim.data import DataBundle, Split, load_text  # noqa: E402
-from torchslim.distill import keep_layers  # noqa: E402
-from torchslim.measure import count_macs, count_params, linear_probe, measure_latency  # noqa: E402
-from torchslim.zoo.minilm import SentenceEncoder, embed, load_minilm, pack_tokens, tokenize  # noqa: E402
+import torchslim as ts
+from torchslim.data import DataBundle, Split, load_text
+from torchslim.distill import keep_layers
+from torchslim.measure import count_macs, count_params, linear_probe, measure_latency
+from torchslim.zoo.minilm import SentenceEncoder, embed, load_minilm, pack_tokens, tokenize
 
 MAX_LEN = int(os.environ.get("KD_MINILM_MAX_LEN", 64))
 DISTILL_PER_TASK = int(os.environ.get("KD_MINILM_DISTILL_PER_TASK", 4000))

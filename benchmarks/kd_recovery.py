@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
-from _common import Timer, write_result  # noqa: E402
-from prune_structured_resnet import OURS, calibration_batches  # noqa: E402
+from _baselines import RESNET20_FMNIST, resnet20_fmnist
+from _common import Timer, write_result
+from prune_structured_resnet import OURS, calibration_batches
 
-import torchslim as ts  # noqa: E402
-from torchslim.measure import count_macs, count_params, evaluate_accuracy  # noqa: E402
-from torchslim.prune.structured import prune_structured_  # noqa: E402
+import torchslim as ts
+from torchslim.measure import count_macs, count_params, evaluate_accuracy
+from torchslim.prune.structured import prune_structured_
 
 EPOCHS = int(os.environ.get("KD_RECOVERY_EPOCHS", 3))
 TEMPERATURE, ALPHA = 4.0, 0.5

@@ -19,8 +19,8 @@ import json
 import sys
 
 import torch
-
 from _common import RESULTS, Timer, write_result
+
 from torchslim.lowrank import factorize_
 from torchslim.measure import count_macs, count_params, evaluate_accuracy
 from torchslim.train import finetune

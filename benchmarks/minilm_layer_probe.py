@@ -15,9 +15,9 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/minilm_layer_probe.py`` (~2 mi
 from __future__ import annotations
 
 import torch
-
 from _common import Timer, write_result
 from fold_redundant_minilm import MAX_LEN, N_TRAIN, TASKS, packed, subsets
+
 from torchslim.measure import linear_probe
 from torchslim.zoo.minilm import load_minilm, mean_pool
 

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _baselines import trained  # noqa: E402
-from _common import Timer, write_result  # noqa: E402
+from _baselines import trained
+from _common import Timer, write_result
 
-import torchslim as ts  # noqa: E402
-from torchslim.measure import count_nonzeros, evaluate_accuracy  # noqa: E402
-from torchslim.prune import CRITERIA, prune_  # noqa: E402
+import torchslim as ts
+from torchslim.measure import count_nonzeros, evaluate_accuracy
+from torchslim.prune import CRITERIA, prune_
 
 THREADS = int(os.environ.get("PRUNE_THREADS", 1))
 SPARSITY = 0.95

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, interleaved, write_result  # noqa: E402
+from _common import Timer, interleaved, write_result
 
-from torchslim.deploy import measure_ort_latency  # noqa: E402
-from torchslim.measure import count_macs, measure_latency  # noqa: E402
-from torchslim.prune.structured import prune_structured_  # noqa: E402
-from torchslim.zoo import create_model  # noqa: E402
+from torchslim.deploy import measure_ort_latency
+from torchslim.measure import count_macs, measure_latency
+from torchslim.prune.structured import prune_structured_
+from torchslim.zoo import create_model
 
 THREADS, BATCH, RUNS, ROUNDS = 2, 64, 30, 3
 

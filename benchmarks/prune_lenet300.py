@@ -30,15 +30,15 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _baselines import trained  # noqa: E402
-from _common import Timer, write_result  # noqa: E402
-from prune_criteria import LENET300_MNIST  # noqa: E402
+from _baselines import trained
+from _common import Timer, write_result
+from prune_criteria import LENET300_MNIST
 
-import torchslim as ts  # noqa: E402
-from torchslim.measure import count_nonzeros, count_params, dense_bytes, evaluate_accuracy  # noqa: E402
-from torchslim.prune import prune_with_schedule, save_sparse  # noqa: E402
-from torchslim.prune.sparse import sparse_file_bytes  # noqa: E402
-from torchslim.train import Callback, TrainState, load_state  # noqa: E402
+import torchslim as ts
+from torchslim.measure import count_nonzeros, count_params, dense_bytes, evaluate_accuracy
+from torchslim.prune import prune_with_schedule, save_sparse
+from torchslim.prune.sparse import sparse_file_bytes
+from torchslim.train import Callback, TrainState, load_state
 
 THREADS = int(os.environ.get("PRUNE_THREADS", 1))
 SPARSITY = 0.925

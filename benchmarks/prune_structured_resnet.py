@@ -28,15 +28,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _baselines import RESNET20_FMNIST, resnet20_fmnist  # noqa: E402
-from _common import Timer, interleaved, write_result  # noqa: E402
+from _baselines import RESNET20_FMNIST, resnet20_fmnist
+from _common import Timer, interleaved, write_result
 
-from torchslim.data import DataBundle, load_data  # noqa: E402
-from torchslim.deploy import measure_ort_latency  # noqa: E402
-from torchslim.measure import count_macs, evaluate_accuracy, measure_latency  # noqa: E402
-from torchslim.prune.structured import prune_structured_  # noqa: E402
-from torchslim.train import finetune, load_checkpoint, save_checkpoint  # noqa: E402
-from torchslim.zoo import create_model  # noqa: E402
+from torchslim.data import DataBundle, load_data
+from torchslim.deploy import measure_ort_latency
+from torchslim.measure import count_macs, evaluate_accuracy, measure_latency
+from torchslim.prune.structured import prune_structured_
+from torchslim.train import finetune, load_checkpoint, save_checkpoint
+from torchslim.zoo import create_model
 
 FINETUNE = {"epochs": 5, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
             "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}

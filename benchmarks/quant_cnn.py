@@ -39,13 +39,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
+from _common import RESULTS, Timer, interleaved, write_result
 
-from torchslim.data import DataBundle, load_data  # noqa: E402
-from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency  # noqa: E402
-from torchslim.measure import evaluate_accuracy, measure_latency, num_threads  # noqa: E402
-from torchslim.quant import qat_finetune, quantize_  # noqa: E402
-from torchslim.zoo import create_model  # noqa: E402
+from torchslim.data import DataBundle, load_data
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency
+from torchslim.measure import evaluate_accuracy, measure_latency, num_threads
+from torchslim.quant import qat_finetune, quantize_
+from torchslim.zoo import create_model
 
 SEED = 0
 THREADS, BATCH, RUNS, WARMUP, ROUNDS = 2, 32, 100, 10, 5
@@ -262,7 +262,7 @@ def main(models: tuple[str, ...] = ("lenet5", "resnet20"), only_latency: bool = 
     for name, r in results.items():
         f = r["float_accuracy"]
 
-        def drop(acc: float) -> float:
+        def drop(acc: float, f: float = f) -> float:
             return round(100 * (f - acc), 3)
 
         targets[f"{name}_w8a8_drop_pt"] = {"value": drop(r["w8a8"]["ort_accuracy"]), "bar": 0.2}

@@ -48,13 +48,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, Timer, interleaved, write_result  # noqa: E402
+from _common import RESULTS, Timer, interleaved, write_result
 
-from torchslim.data.text import load_text  # noqa: E402
-from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency, ort_optimize  # noqa: E402
-from torchslim.measure import linear_probe, measure_latency, num_threads  # noqa: E402
-from torchslim.quant import quantize_  # noqa: E402
-from torchslim.zoo.minilm import load_minilm, mean_pool, tokenize  # noqa: E402
+from torchslim.data.text import load_text
+from torchslim.deploy import OrtModel, export_fp32, export_qdq, measure_ort_latency, ort_optimize
+from torchslim.measure import linear_probe, measure_latency, num_threads
+from torchslim.quant import quantize_
+from torchslim.zoo.minilm import load_minilm, mean_pool, tokenize
 
 SEED = 0
 THREADS, BATCH, SEQ, RUNS, ROUNDS = 2, 32, 128, 10, 5
@@ -184,7 +184,7 @@ def main(only: str | None = None) -> None:
                 if ref_sel is None:  # one choice: nothing to select
                     best = (1.0, candidate, rep, seconds)
                     break
-                cos_sel = float(np.sum(embed(lambda enc: candidate(**enc), sel, len(sel_idx)) * ref_sel, axis=1).mean())
+                cos_sel = float(np.sum(embed(lambda enc, c=candidate: c(**enc), sel, len(sel_idx)) * ref_sel, axis=1).mean())
                 selection[str(alpha)] = cos_sel
                 print("smooth", alpha, "selection cosine", round(cos_sel, 5), flush=True)
                 if best is None or cos_sel > best[0]:

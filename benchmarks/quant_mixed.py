@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, write_result  # noqa: E402
+from _common import Timer, write_result
 
-from torchslim.measure import evaluate_accuracy, num_threads  # noqa: E402
-from torchslim.quant import mixed_precision_, quantize_  # noqa: E402
+from torchslim.measure import evaluate_accuracy, num_threads
+from torchslim.quant import mixed_precision_, quantize_
 
 SEED = 0
 BUDGETS = (2, 3, 4)

@@ -27,7 +27,7 @@ def _example_blocks() -> list[str]:
 def clip() -> types.ModuleType:
     module_code, _catalog_line = _example_blocks()
     module = types.ModuleType("torchslim_doc_clip")
-    exec(compile(module_code, str(DOC), "exec"), module.__dict__)  # noqa: S102 - the doc's own example
+    exec(compile(module_code, str(DOC), "exec"), module.__dict__)
     return module
 
 
@@ -57,7 +57,7 @@ def test_a_refusal_leaves_the_model_untouched(clip):
 
 def test_one_catalog_line_makes_it_a_recipe_stage(clip, monkeypatch):
     _module_code, catalog_line = _example_blocks()
-    entry = eval("{" + catalog_line + "}", {"technique_stage": technique_stage, "CLIP": clip.CLIP})  # noqa: S307
+    entry = eval("{" + catalog_line + "}", {"technique_stage": technique_stage, "CLIP": clip.CLIP})
     for name, spec in entry.items():
         monkeypatch.setitem(STAGES._items, name, spec)
     recipe = parse_recipe({

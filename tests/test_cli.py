@@ -1,7 +1,5 @@
 import re
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from torchslim.cli import app

@@ -18,16 +18,16 @@ import torch
 from torch import nn
 
 import torchslim as ts
+import torchslim.stages.base as base
 from torchslim.config import Config
+from torchslim.encode import SHARE, share_weights_
 from torchslim.errors import ConfigError
 from torchslim.fold import DROP_LAYERS, FOLD, drop_layers_, fold_
-from torchslim.encode import SHARE, share_weights_
 from torchslim.graph import provenance
 from torchslim.lowrank import FACTORIZE, factorize_
 from torchslim.prune import PRUNE, PRUNE_STRUCTURED, prune_, prune_structured_
 from torchslim.quant import QUANTIZE, quantize_
 from torchslim.quant.mixed import MIXED_PRECISION, mixed_precision_
-import torchslim.stages.base as base
 from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train import Callback
 

@@ -68,10 +68,10 @@ def demo(
     output: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
 ) -> None:
     """Deep Compression in a minute: train LeNet-300-100 on MNIST, prune 92%, share weights, Huffman-code to .tslim."""
+    import yaml
+
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import parse_recipe
-
-    import yaml
 
     text = resources.files("torchslim.recipes").joinpath("demo.yaml").read_text(encoding="utf-8")
     recipe = parse_recipe(yaml.safe_load(text), source="torchslim/recipes/demo.yaml")

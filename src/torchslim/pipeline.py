@@ -30,9 +30,9 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from torchslim.io import atomic_write_text
 from torchslim.data import DataBundle, Jitter, load_data
 from torchslim.errors import CheckpointError, TorchslimError
+from torchslim.io import atomic_write_text
 from torchslim.measure import Measurement, evaluate, layer_stats
 from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
 from torchslim.report import LayerReport, Report, SkippedLayer, StageRecord

@@ -34,6 +34,7 @@ from torchslim.stages import STAGES, StageSpec
 from torchslim.train import TrainConfig
 from torchslim.zoo.spec import ModelSpec
 
+
 class DataSpec(Config):
     """A registered data set, its split options and training augmentation (``jitter``: ±pixels shifts)."""
 

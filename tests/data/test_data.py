@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
-from torchslim.data import DATASETS, TensorLoader, load_data
-from torchslim.data import sets
+from torchslim.data import TensorLoader, load_data, sets
 from torchslim.data.core import Normalize, Split
 from torchslim.errors import DataNotFoundError, TorchslimError, UnknownNameError
 

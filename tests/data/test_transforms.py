@@ -1,6 +1,6 @@
 import torch
 
-from torchslim.data import DataBundle, Jitter, Split, load_data
+from torchslim.data import DataBundle, Jitter, load_data
 
 
 def test_jitter_shifts_each_image_by_at_most_two_pixels():

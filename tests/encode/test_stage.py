@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import torchslim as ts
-from torchslim.stages import catalog as encode_stage
 from torchslim.encode.kmeans import get_codes, iter_shared
 from torchslim.errors import ConfigError
 from torchslim.pipeline import read_state, run_recipe
 from torchslim.recipe import parse_recipe
+from torchslim.stages import catalog as encode_stage
 
 RECIPE = {
     "version": 1,

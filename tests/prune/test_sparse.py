@@ -90,8 +90,9 @@ def test_every_encoding_round_trips_and_the_smallest_is_chosen(density):
 def test_long_gaps_use_filler_entries():
     t = torch.zeros(5000)
     t[[0, 3000, 4999]] = torch.tensor([1.0, -2.0, 3.0])
-    from torchslim.prune.sparse import _gap_entries
     import numpy as np
+
+    from torchslim.prune.sparse import _gap_entries
 
     stored, owner = _gap_entries(np.array([0, 3000, 4999]), 8)
     assert (stored < 256).all() and (owner < 0).sum() == 11 + 7  # 2999 // 256, 1998 // 256

@@ -67,7 +67,9 @@ def test_callbacks_fire_in_order(digits):
 
     class Spy(Callback):
         def on_train_start(self, s): calls.append("start")
-        def on_loss(self, s, loss): calls.append("loss"); return loss + 0.0
+        def on_loss(self, s, loss):
+            calls.append("loss")
+            return loss + 0.0
         def on_step(self, s): calls.append("step")
         def on_epoch_end(self, s): calls.append(f"epoch{s.epoch}")
         def on_finalize(self, s): calls.append("end")

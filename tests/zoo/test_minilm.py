@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from torchslim.errors import DataNotFoundError
 from torchslim.zoo import create_model

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from torchslim.errors import TorchslimError, UnknownNameError
-from torchslim.zoo import MODELS, create_model
+from torchslim.zoo import create_model
 
 
 def n_params(m):

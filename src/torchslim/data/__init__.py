@@ -11,8 +11,8 @@ Example:
     ...     pass
 """
 
-from torchslim.data.core import DATASETS, DataBundle, Normalize, Split, TensorLoader, cache_dir, load_data
 from torchslim.data import sets as _sets  # noqa: F401  (registers the built-in data sets)
+from torchslim.data.core import DATASETS, DataBundle, Normalize, Split, TensorLoader, cache_dir, load_data
 from torchslim.data.text import TEXT_SETS, TextSplits, load_text
 from torchslim.data.transforms import Jitter
 

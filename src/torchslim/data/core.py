@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Optional, Protocol
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -16,7 +16,7 @@ from torchslim.registry import Registry
 SPLITS = ("train", "val", "test")
 
 #: ``(x, generator) -> x``: a per-batch input transform (augmentation), see :mod:`torchslim.data.transforms`
-BatchTransform = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
+BatchTransform = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
 class CalibrationSource(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim.errors import TorchslimError
 
-ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor], Mapping[str, torch.Tensor]]
+ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
 def _map_tensors(example: Any, fn: Any) -> Any:

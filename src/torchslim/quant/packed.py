@@ -191,7 +191,7 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
                 _resize_buffer(work, key, value)
         work.load_state_dict(new_state, strict=True)
         for module in work.modules():
-            if hasattr(module, "initialized") and isinstance(getattr(module, "initialized"), torch.Tensor):
+            if hasattr(module, "initialized") and isinstance(module.initialized, torch.Tensor):
                 module.observing = False  # type: ignore[assignment]
     except (TorchslimError, KeyError, RuntimeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
