@@ -31,6 +31,7 @@ from torchslim.prune import PruneConfig, StructuredPruneConfig, load_sparse, pru
 from torchslim.prune.regularize import SparseTrainConfig, sparse_train
 from torchslim.prune.schedule import ScheduledPruneConfig, prune_with_schedule
 from torchslim.quant import QuantizeConfig, quantize_
+from torchslim.quant.mixed import MixedPrecisionConfig, mixed_precision_
 from torchslim.recipe import load_recipe
 from torchslim.report import Report
 from torchslim.train import TrainConfig, finetune, load_checkpoint, load_weights, save_checkpoint
@@ -47,6 +48,7 @@ __all__ = [
     "FactorizeConfig",
     "FoldConfig",
     "Measurement",
+    "MixedPrecisionConfig",
     "PruneConfig",
     "QuantizeConfig",
     "Report",
@@ -70,6 +72,7 @@ __all__ = [
     "load_recipe",
     "load_sparse",
     "load_weights",
+    "mixed_precision_",
     "evaluate",
     "prune_",
     "prune_with_schedule",

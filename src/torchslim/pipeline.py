@@ -38,7 +38,7 @@ from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
 from torchslim.report import LayerReport, Report, SkippedLayer, StageRecord
 from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train import load_checkpoint, load_weights, save_checkpoint
-from torchslim.zoo import create_model
+from torchslim.zoo import MODELS, create_model
 
 STATE_FILE = "state.json"
 
@@ -75,8 +75,6 @@ def model_arch(spec: ModelSpec, data: DataBundle | None = None) -> dict[str, Any
     """``{"model": "zoo:<name>", "args": {...}}`` with the arguments :func:`build_model` uses; ``None`` for entry points."""
     if not spec.name.startswith("zoo:"):
         return None
-    from torchslim.zoo import MODELS
-
     name = spec.name[4:]
     args = dict(spec.args)
     params = inspect.signature(MODELS.get(name)).parameters

@@ -35,6 +35,7 @@ from torch import nn
 from torchslim.errors import CheckpointError
 from torchslim.io.bundle import bundle_paths, read_bundle, write_bundle
 from torchslim.io.checkpoint import load_state
+from torchslim.measure import file_bytes
 from torchslim.prune.mask import MASK_SUFFIX
 
 FORMAT = "torchslim-sparse"
@@ -267,7 +268,5 @@ def sparse_file_bytes(path: str | Path) -> int:
         True
         >>> tmp.cleanup()
     """
-    from torchslim.measure import file_bytes
-
     tensors_path, sidecar = bundle_paths(path)
     return file_bytes(tensors_path) + file_bytes(sidecar)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.tokens import mask_of, real_tokens, token_mask
 
 
@@ -115,8 +116,6 @@ def smooth_layernorm_inputs_(
         >>> [g.layers for g in smooth_layernorm_inputs_(m, ["1"], [torch.randn(8, 4)], 0.5)]
         [['1']]
     """
-    from torchslim.measure.macs import batch_inputs, call_model, eval_mode
-
     if not 0.0 < alpha <= 1.0:
         raise TorchslimError(f"smoothing alpha must be in (0, 1], got {alpha}")
     if not batches:
