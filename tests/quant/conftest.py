@@ -1,65 +1,33 @@
-"""Shared fixtures of the quantization tests: a small residual CNN trained on real digits."""
+"""Quantization test fixtures (the trained SmallResNet and ``digits`` come from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from torchslim.data import load_data
-from torchslim.measure import evaluate_accuracy, num_threads
-from torchslim.train import finetune
+from torchslim.measure import evaluate_accuracy
 
 
-class SmallResNet(nn.Module):
-    """Conv-BN-ReLU, a residual block (functional add), max-pool, global pool, Linear: 8×8 digits."""
+class Untraceable(nn.Module):
+    """Conv-BN-Linear behind data-dependent control flow: torch.fx cannot trace it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(16, 32, 3, padding=1)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(144, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relu(self.bn1(self.conv1(x)))
-        h = self.relu(self.bn2(self.conv2(h)) + h)
-        h = self.relu(self.conv3(self.pool(h)))
-        return self.fc(self.gap(h).flatten(1))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest and robust on a busy 2-core machine (restored after)."""
-    with num_threads(1):
-        yield
-
-
-@pytest.fixture(scope="session")
-def digits():
-    return load_data("digits")
-
-
-@pytest.fixture(scope="session")
-def _trained(digits) -> nn.Module:
-    torch.manual_seed(0)
-    model = SmallResNet()
-    with num_threads(1):
-        finetune(model, digits, {"epochs": 8, "lr": 0.05, "batch_size": 64, "schedule": "cosine"}, progress=False)
-    return model.eval()
+        if x.sum() > -1e9:
+            x = self.bn(self.conv(x))
+        return self.fc(x.flatten(1))
 
 
 @pytest.fixture()
-def trained(_trained) -> nn.Module:
-    """A fresh copy of the trained float model (tests may mutate it)."""
-    return copy.deepcopy(_trained)
+def untraceable() -> Callable[[], nn.Module]:
+    """Builds an :class:`Untraceable` model."""
+    return Untraceable
 
 
 @pytest.fixture(scope="session")

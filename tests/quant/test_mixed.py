@@ -82,22 +82,11 @@ def test_deprecated_loader_keyword_warns(trained, digits) -> None:
     assert old == mixed_precision_(other, CFG, calibration=_batches(digits))
 
 
-class _Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(144, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
-            x = self.bn(self.conv(x))
-        return self.fc(x.flatten(1))
-
-
-def test_an_untraceable_model_is_measured_unfolded_and_the_report_says_why(digits) -> None:
+def test_an_untraceable_model_is_measured_unfolded_and_the_report_says_why(digits, untraceable) -> None:
     torch.manual_seed(0)
-    model = _Untraceable().eval()
+    model = untraceable().eval()
     report = mixed_precision_(model, CFG, calibration=_batches(digits))
-    assert "cannot trace _Untraceable" in report.meta["batchnorm_note"]
+    assert "cannot trace Untraceable" in report.meta["batchnorm_note"]
     assert report.meta["batchnorm_folded"] == [] and isinstance(model.bn, nn.BatchNorm2d)
     assert set(report.meta["bits"]) == {"conv", "fc"}
 

@@ -193,24 +193,13 @@ def test_logits_outputs_keep_the_report_as_it_was(trained, digits) -> None:
     assert "output_compared" not in report.meta and "output_note" not in report.meta
 
 
-class _Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(144, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
-            x = self.bn(self.conv(x))
-        return self.fc(x.flatten(1))
-
-
-def test_an_untraceable_model_falls_back_and_the_report_says_why(digits) -> None:
+def test_an_untraceable_model_falls_back_and_the_report_says_why(digits, untraceable) -> None:
     torch.manual_seed(0)
-    model = _Untraceable().eval()
+    model = untraceable().eval()
     report = quantize_(model, {"mode": "static"}, calibration=_batches(digits))
     placement = report.meta["activation_placement"]
     assert placement["method"] == "layer_inputs" and placement["points"] == ["conv", "fc"]
-    assert "activation placement: torch.fx cannot trace _Untraceable" in placement["note"]
+    assert "activation placement: torch.fx cannot trace Untraceable" in placement["note"]
     assert "control flow" in placement["note"] and "each quantized layer quantizes its own input" in placement["note"]
     assert "cannot trace" in report.meta["batchnorm_note"] and report.meta["batchnorm_folded"] == []
     assert isinstance(model.bn, nn.BatchNorm2d) and model.conv.input_fq is not None
