@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchslim-installed
 DATA_STAMP := $(VENV)/.torchslim-data
 
-.PHONY: demo test lint bench install data clean mypy-baseline
+.PHONY: demo test lint fuzz bench install data clean mypy-baseline
 
 # Python environment: torch first (the pinned CPU wheel), then the package with its pins.
 $(STAMP): pyproject.toml
@@ -41,6 +41,10 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q
+
+# the fuzz tests with ten times the cases of `make test` (TORCHSLIM_FUZZ_SCALE multiplies every property's count)
+fuzz: install
+	TORCHSLIM_FUZZ_SCALE=10 $(PY) -m pytest -q tests/fuzz
 
 mypy-baseline: install
 	$(PY) tools/mypy_baseline.py update
