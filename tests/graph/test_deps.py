@@ -56,3 +56,76 @@ def test_unknown_ops_freeze_instead_of_guessing():
     d = dependency_groups(Odd(), torch.randn(1, 4))
     g = [g for g in d.groups if ("a", "out") in members(g)][0]
     assert not g.prunable and "roll" in g.frozen
+
+
+def test_a_squeeze_excite_gate_follows_the_tensor_it_scales_and_a_residual_lines_up_across_a_concat():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 1)
+            self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+            self.se1, self.se2 = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            y = torch.cat([self.a(x), self.b(x)], 1)
+            y = y * torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+            return self.head((x + y).mean((2, 3)))
+
+    d = dependency_groups(Block(), torch.randn(1, 3, 4, 4))
+    stream = [g for g in d.groups if g.prunable and "stem" in g.producers]
+    # the residual x + cat(a, b) cuts the stem's channels in two halves: a's with the first, b's with the second
+    assert sorted(sorted(g.producers) for g in stream) == [["a", "se2", "stem"], ["b", "se2", "stem"]]
+    assert all(g.channels == 4 for g in stream)
+    assert sorted(m.offset for g in stream for m in g.members if m.module == "se2") == [0, 4]
+
+
+def test_a_grouped_convolution_couples_position_c_of_every_group():
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1, groups=2), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.g(self.a(x)))
+
+    d = dependency_groups(G(), torch.randn(1, 3, 4, 4))
+    inputs = next(g for g in d.groups if "a" in g.producers)
+    assert inputs.channels == 4 and [(m.module, m.role, m.offset) for m in inputs.members] == [("a", "out", 0), ("a", "out", 4), ("g", "in", 0), ("g", "in", 4)]
+    outputs = next(g for g in d.groups if "g" in g.producers)
+    assert outputs.channels == 2 and [(m.module, m.offset) for m in outputs.members] == [("g", 0), ("g", 2), ("b", 0), ("b", 2)]
+
+
+def test_transpose_and_a_transformer_encoder_layer_keep_the_stream_prunable():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 8, 2, 2)
+            self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.layer(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+    d = dependency_groups(Tiny(), torch.randn(1, 3, 4, 4))
+    stream = next(g for g in d.groups if "patch" in g.producers)
+    assert stream.prunable and {m.module for m in stream.members} >= {"layer.self_attn", "layer.norm1", "layer.linear2", "head"}
+    assert next(g for g in d.groups if "layer.linear1" in g.producers).channels == 16  # the feed-forward hidden channels
+    inner = next(g for g in d.groups if any(m.role == "mha_inner" for m in g.members))
+    assert inner.channels == 4 and [m.offset for m in inner.members] == [0, 4]  # feature i of both heads
+
+
+def test_a_spatial_gate_of_one_channel_leaves_the_channels_it_scales_prunable():
+    class Spatial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.map, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 1, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h * torch.sigmoid(self.map(h)))
+
+    d = dependency_groups(Spatial(), torch.randn(1, 3, 4, 4))
+    g = next(g for g in d.groups if "a" in g.producers)
+    assert g.prunable and sorted((m.module, m.role) for m in g.members) == [("a", "out"), ("b", "in"), ("map", "in")]

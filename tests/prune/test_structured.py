@@ -62,29 +62,6 @@ def test_resnet_half_the_macs_with_widths_rounded_to_8():
     assert m(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_grouped_conv_refused_with_the_layer_named_and_model_untouched():
-    class G(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(3, 16, 3)
-            self.g = nn.Conv2d(16, 16, 3, groups=4)
-            self.b = nn.Conv2d(16, 8, 1)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x):
-            return self.head(self.b(self.g(self.a(x))).mean((2, 3)))
-
-    m = G()
-    before = copy.deepcopy(m.state_dict())
-    with pytest.raises(TransformRefusedError, match="layer g cannot be pruned structurally: grouped convolution g \\(groups=4\\)"):
-        prune_structured_(m, {"sparsity": 0.5, "targets": {"g": {}}}, example_input=torch.randn(1, 3, 8, 8))
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
-    # without naming it, the coupled groups are skipped and reported, the rest is pruned
-    r = prune_structured_(m, {"sparsity": 0.5, "keep_first_last": False}, example_input=torch.randn(1, 3, 8, 8))
-    assert any("grouped convolution" in s.reason for s in r.skipped)
-    assert m.b.out_channels == 4 and m.g.out_channels == 16
-
-
 def test_unreachable_macs_target_refused_model_untouched():
     m = create_model("lenet300")
     before = copy.deepcopy(m.state_dict())

@@ -8,7 +8,8 @@ with a checkpoint and replayed on a fresh instance of the architecture::
      "blocks": ["layer2.1"]}
 
 Index lists are the positions *kept*, relative to the module as it is when the
-step is applied. Constraint buffers (pruning masks ``<param>_mask``) are sliced with their parameter.
+step is applied (an ``nn.MultiheadAttention`` may also have ``"inner"``: the features
+kept inside its heads, the same ones in every head). Constraint buffers (pruning masks ``<param>_mask``) are sliced with their parameter.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from torch import nn
 
 from torchslim.errors import TorchslimError
 from torchslim.graph import constraints, provenance
-from torchslim.graph.surgery import get_module, replace_module
+from torchslim.graph.attention import AttentionSpec, attention_spec, check_kept, head_rows, is_attention, kept_kv_heads
+from torchslim.graph.blocks import sync_config
+from torchslim.graph.mha import to_pruned
+from torchslim.graph.surgery import get_module, is_conv1d, replace_module
 
 #: the provenance kind of structure steps
 STRUCTURE = "structure"
@@ -52,25 +56,63 @@ def _idx(kept: list[int], size: int, what: str) -> torch.Tensor:
     return torch.tensor(sorted(kept), dtype=torch.long)
 
 
-def slice_module(module: nn.Module, name: str, out: list[int] | None = None, inp: list[int] | None = None) -> None:
-    """Keep ``out`` positions of the output dimension and ``inp`` of the input dimension of ``module``."""
+def _slice_conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, name: str, out: list[int] | None, inp: list[int] | None) -> None:
+    """A convolution; a grouped one keeps its groups (every group keeps as many channels, the same input positions)."""
+    groups = int(module.groups)
+    depthwise = groups == module.in_channels == module.out_channels and groups > 1
+    if out is not None:
+        idx = _idx(out, module.out_channels, name)
+        if groups > 1 and not depthwise:
+            _same_in_every_group(idx, module.out_channels // groups, groups, name, "output")
+        _slice_param(module, "weight", 0, idx)
+        _slice_param(module, "bias", 0, idx)
+        module.out_channels = len(idx)
+        if depthwise:
+            module.in_channels = module.groups = len(idx)
+    if inp is not None:
+        if depthwise:
+            raise TorchslimError(f"{name}: a depthwise convolution is sliced through its output channels only")
+        idx = _idx(inp, module.in_channels, name)
+        if groups > 1:
+            idx = _same_in_every_group(idx, module.in_channels // groups, groups, name, "input")
+        _slice_param(module, "weight", 1, idx)
+        module.in_channels = len(idx) * groups if groups > 1 else len(idx)
+
+
+def _slice_conv1d(module: Any, name: str, out: list[int] | None, inp: list[int] | None) -> None:
+    """A Hugging Face ``Conv1D``: its weight is ``(in, out)``, its widths ``nx`` (in) and ``nf`` (out)."""
+    if out is not None:
+        idx = _idx(out, int(module.nf), name)
+        _slice_param(module, "weight", 1, idx)
+        _slice_param(module, "bias", 0, idx)
+        module.nf = len(idx)
+    if inp is not None:
+        idx = _idx(inp, int(module.nx), name)
+        _slice_param(module, "weight", 0, idx)
+        module.nx = len(idx)
+
+
+def _same_in_every_group(idx: torch.Tensor, per_group: int, groups: int, name: str, side: str) -> torch.Tensor:
+    """The positions kept inside one group, when every group keeps the same ones (outputs: as many)."""
+    local = [sorted(int(i) - g * per_group for i in idx if g * per_group <= int(i) < (g + 1) * per_group) for g in range(groups)]
+    if side == "output" and len({len(part) for part in local}) > 1:
+        raise TorchslimError(f"{name}: every one of the {groups} groups must keep as many output channels")
+    if side == "input" and any(part != local[0] for part in local):
+        raise TorchslimError(f"{name}: every one of the {groups} groups (heads) must keep the same positions")
+    return torch.tensor(local[0], dtype=torch.long) if side == "input" else idx
+
+
+def slice_module(
+    module: nn.Module, name: str, out: list[int] | None = None, inp: list[int] | None = None, inner: list[int] | None = None
+) -> None:
+    """Keep ``out`` positions of the output dimension and ``inp`` of the input dimension of ``module``
+    (``inner``: the features inside the heads of an ``nn.MultiheadAttention``, as many in every head)."""
+    if inner is not None:
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TorchslimError(f"{name}: only an nn.MultiheadAttention has inner (head) features to slice, not a {type(module).__name__}")
+        _slice_mha_inner(module, name, inner)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
-        if out is not None:
-            idx = _idx(out, module.out_channels, name)
-            _slice_param(module, "weight", 0, idx)
-            _slice_param(module, "bias", 0, idx)
-            module.out_channels = len(idx)
-            if depthwise:
-                module.in_channels = module.groups = len(idx)
-        if inp is not None:
-            if depthwise:
-                raise TorchslimError(f"{name}: a depthwise convolution is sliced through its output channels only")
-            if module.groups != 1:
-                raise TorchslimError(f"{name}: grouped convolution (groups={module.groups}) cannot be sliced on its input")
-            idx = _idx(inp, module.in_channels, name)
-            _slice_param(module, "weight", 1, idx)
-            module.in_channels = len(idx)
+        _slice_conv(module, name, out, inp)
     elif isinstance(module, nn.Linear):
         if out is not None:
             idx = _idx(out, module.out_features, name)
@@ -81,6 +123,8 @@ def slice_module(module: nn.Module, name: str, out: list[int] | None = None, inp
             idx = _idx(inp, module.in_features, name)
             _slice_param(module, "weight", 1, idx)
             module.in_features = len(idx)
+    elif is_conv1d(module):  # Hugging Face Conv1D: weight (in, out)
+        _slice_conv1d(module, name, out, inp)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
         if out is not None:
             idx = _idx(out, module.num_features, name)
@@ -95,37 +139,142 @@ def slice_module(module: nn.Module, name: str, out: list[int] | None = None, inp
             _slice_param(module, "weight", 0, idx)
             _slice_param(module, "bias", 0, idx)
             module.normalized_shape = (len(idx),)
-    elif all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
+    elif isinstance(module, nn.MultiheadAttention):
+        _slice_mha_width(module, name, out, inp)
+    elif is_attention(module):
         if inp is not None:
             for proj in ("q_proj", "k_proj", "v_proj"):
-                slice_module(getattr(module, proj), f"{name}.{proj}", inp=inp)
+                slice_module(module.get_submodule(proj), f"{name}.{proj}", inp=inp)
         if out is not None:
-            slice_module(module.out_proj, f"{name}.out_proj", out=out)
+            slice_module(module.get_submodule("out_proj"), f"{name}.out_proj", out=out)
     else:
         raise TorchslimError(f"{name}: cannot slice a {type(module).__name__}")
 
 
 def slice_heads(module: nn.Module, name: str, kept_heads: list[int]) -> None:
-    """Keep heads ``kept_heads`` of an attention module (q/k/v rows and out_proj columns)."""
-    hd = module.head_dim
-    heads = module.q_proj.out_features // hd
-    idx = _idx(kept_heads, heads, name)
-    rows = (idx[:, None] * hd + torch.arange(hd)[None, :]).flatten().tolist()
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        slice_module(getattr(module, proj), f"{name}.{proj}", out=rows)
-    slice_module(module.out_proj, f"{name}.out_proj", inp=rows)
-    if hasattr(module, "num_heads") and not isinstance(getattr(type(module), "num_heads", None), property):
-        module.num_heads = len(idx)
+    """Keep heads ``kept_heads`` of an attention module (:mod:`torchslim.graph.attention` says which kinds)."""
+    slice_attention(module, name, kept_heads)
+
+
+def slice_attention(module: nn.Module, name: str, kept: list[int]) -> None:
+    """Keep query heads ``kept`` of attention ``module`` (and the key/value heads they read), in place.
+
+    The projections lose the heads' rows (columns of the output projection) and the
+    attributes the module's forward reads are updated; an ``nn.MultiheadAttention``
+    becomes a :class:`~torchslim.graph.mha.PrunedMultiheadAttention`. Hugging Face
+    modules (``hf``, ``bert``, ``gpt2``) remember the heads removed, as indices of the
+    heads they were built with, in ``module.pruned_heads``.
+
+    Example:
+        >>> mha = nn.MultiheadAttention(8, 4, batch_first=True)
+        >>> slice_attention(mha, "attn", [0, 3])
+        >>> mha.num_heads, tuple(mha.q_proj_weight.shape), mha(*[torch.randn(1, 5, 8)] * 3)[0].shape
+        (2, (4, 8), torch.Size([1, 5, 8]))
+    """
+    spec = attention_spec(module, name)
+    if spec is None:
+        raise TorchslimError(f"{name}: {type(module).__name__} is not an attention module torchslim can prune heads of")
+    if spec.blocked:
+        raise TorchslimError(spec.blocked)
+    kept = check_kept(spec, kept)
+    kv = kept_kv_heads(spec, kept)
+    d = spec.head_dim
+    if spec.kind == "mha" and isinstance(module, nn.MultiheadAttention):
+        _slice_mha(module, kept, d)
+    elif spec.kind == "gpt2":
+        split = spec.heads * d
+        slice_module(module.get_submodule("c_attn"), f"{name}.c_attn", out=[r for k in range(3) for r in head_rows(kept, d, k * split)])
+        slice_module(module.get_submodule("c_proj"), f"{name}.c_proj", inp=head_rows(kept, d))
+    else:
+        for role in ("q", "k", "v"):
+            path = spec.projections[role].path
+            slice_module(module.get_submodule(path), f"{name}.{path}", out=head_rows(kept if role == "q" else kv, d))
+        path = spec.projections["o"].path
+        slice_module(module.get_submodule(path), f"{name}.{path}", inp=head_rows(kept, d))
+    _update_attributes(module, spec, len(kept), len(kv))
+    if spec.kind in ("hf", "bert", "gpt2"):
+        _record_pruned(module, spec, kept)
+
+
+def _slice_mha(module: nn.MultiheadAttention, kept: list[int], d: int) -> None:
+    inner = module.num_heads * d
+    mha = to_pruned(module)
+    rows = torch.tensor(head_rows(kept, d), dtype=torch.long)
+    for pname in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        _slice_param(mha, pname, 0, rows)
+    if mha.in_proj_bias is not None:
+        _slice_param(mha, "in_proj_bias", 0, torch.cat([rows + k * inner for k in range(3)]))
+    slice_module(mha.out_proj, "out_proj", inp=rows.tolist())
+
+
+def _slice_mha_width(module: nn.MultiheadAttention, name: str, out: list[int] | None, inp: list[int] | None) -> None:
+    """The model width through a self-attention: its q/k/v input columns, its output rows (heads stay whole)."""
+    mha = to_pruned(module)
+    if inp is not None:
+        idx = _idx(inp, mha.q_proj_weight.shape[1], name)
+        for pname in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            _slice_param(mha, pname, 1, idx)
+        mha.kdim = mha.vdim = len(idx)
+    if out is not None:
+        slice_module(mha.out_proj, f"{name}.out_proj", out=out)
+        mha.embed_dim = len(out)
+
+
+def _slice_mha_inner(module: nn.MultiheadAttention, name: str, inner: list[int]) -> None:
+    """Keep features ``inner`` of the heads (the same positions of every head): ``head_dim`` shrinks."""
+    heads, d = int(module.num_heads), int(module.head_dim)
+    local = _same_in_every_group(_idx(inner, heads * d, name), d, heads, name, "input")
+    mha = to_pruned(module)
+    rows = torch.tensor([h * d + int(i) for h in range(heads) for i in local], dtype=torch.long)
+    for pname in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        _slice_param(mha, pname, 0, rows)
+    if mha.in_proj_bias is not None:
+        _slice_param(mha, "in_proj_bias", 0, torch.cat([rows + k * heads * d for k in range(3)]))
+    slice_module(mha.out_proj, f"{name}.out_proj", inp=rows.tolist())
+    mha.head_dim = len(local)
+
+
+def _update_attributes(module: nn.Module, spec: AttentionSpec, heads: int, kv: int) -> None:
+    """Set the head counts the module's forward reads (instance attributes only; properties are left alone)."""
+
+    def put(owner: nn.Module, attr: str, value: int) -> None:
+        old = owner.__dict__.get(attr)
+        if isinstance(old, int) and not isinstance(old, bool):
+            setattr(owner, attr, value)
+
+    if spec.kind == "torchslim":
+        put(module, "num_heads", heads)
+    elif spec.kind == "hf":
+        put(module, "num_key_value_groups", heads // kv)
+        for attr, value in (("num_heads", heads), ("num_attention_heads", heads), ("num_key_value_heads", kv)):
+            put(module, attr, value)
+    elif spec.kind == "bert":
+        sa = module.get_submodule(spec.projections["q"].path.rpartition(".")[0])
+        put(sa, "num_attention_heads", heads)
+        put(sa, "all_head_size", heads * spec.head_dim)
+    elif spec.kind == "gpt2":
+        put(module, "num_heads", heads)
+        put(module, "split_size", heads * spec.head_dim)
+    else:
+        put(module, "num_heads", heads)
+
+
+def _record_pruned(module: Any, spec: AttentionSpec, kept: list[int]) -> None:
+    """``module.pruned_heads``: the heads removed so far, as indices of the heads the module was built with."""
+    before = set(getattr(module, "pruned_heads", None) or set())
+    alive = [h for h in range(spec.heads + len(before)) if h not in before]
+    module.pruned_heads = before | {h for i, h in enumerate(alive) if i not in set(kept)}
 
 
 def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = True) -> None:
     """Apply one structure step to ``model`` in place (and append it to the model's recorded structure)."""
     for name, dims in step.get("modules", {}).items():
-        slice_module(get_module(model, name), name, out=dims.get("out"), inp=dims.get("in"))
+        slice_module(get_module(model, name), name, out=dims.get("out"), inp=dims.get("in"), inner=dims.get("inner"))
     for name, kept in step.get("heads", {}).items():
         slice_heads(get_module(model, name), name, kept)
     for name in step.get("blocks", []):
         replace_module(model, name, nn.Identity())
+    sync_config(model, step)
     if record:
         provenance.record(model, STRUCTURE, step)
 

@@ -56,6 +56,21 @@ def set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, pname, nn.Parameter(value.detach().clone(), requires_grad=requires_grad))
 
 
+def is_conv1d(module: object) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's Linear with a transposed ``(in, out)`` weight), recognised by its shape.
+
+    Example:
+        >>> is_conv1d(nn.Linear(2, 3))
+        False
+    """
+    weight = getattr(module, "weight", None)
+    nf, nx = getattr(module, "nf", None), getattr(module, "nx", None)
+    return (
+        type(module).__name__ == "Conv1D" and isinstance(nf, int) and isinstance(nx, int)
+        and isinstance(weight, torch.Tensor) and tuple(weight.shape) == (nx, nf)
+    )
+
+
 def named_leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Modules with no children, by qualified name."""
     for name, module in model.named_modules():

@@ -26,6 +26,7 @@ from torch import nn
 
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.surgery import get_module
+from torchslim.measure.macs import call_model
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.report import LayerReport, SkippedLayer
 from torchslim.targets import select_layers
@@ -53,7 +54,7 @@ def block_candidates(model: nn.Module, x: Any) -> list[str]:
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(x) if not isinstance(x, tuple) else model(*x)
+            call_model(model, x)
             model.train(was)
     finally:
         for h in hooks:
@@ -79,8 +80,7 @@ def _influence(model: nn.Module, chosen: list[str], x: Any, calibration: Iterabl
             for i, batch in enumerate(data):
                 if i >= batches:
                     break
-                inp = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(inp)
+                call_model(model, batch[0] if isinstance(batch, (tuple, list)) else batch)
     finally:
         model.train(was)
         for h in hooks:
@@ -103,6 +103,9 @@ def block_step(
     chosen = [n for n, _, _ in picked]
     influence = _influence(model, chosen, x, calibration, cfg.calibration.batches)
     k = int(round((cfg.sparsity or 0.0) * len(chosen)))
-    drop = sorted(chosen, key=lambda n: influence[n])[:k]
+    drop: list[str] = []
+    for n in sorted(chosen, key=lambda n: influence[n]):  # a block inside a removed one (or holding one) is not removed again
+        if len(drop) < k and not any(n.startswith(d + ".") or d.startswith(n + ".") for d in drop):
+            drop.append(n)
     layers = [LayerReport(n, type(get_module(model, n)).__name__, (), 0, 0, "removed", {"influence": influence[n]}) for n in drop]
     return {"blocks": drop}, layers, [SkippedLayer(n, r) for n, r in skipped]

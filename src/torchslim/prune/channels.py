@@ -24,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,9 +33,10 @@ from torch import nn
 
 from torchslim.budget import bisect
 from torchslim.errors import TransformRefusedError
-from torchslim.graph.deps import Dependencies, Group, is_attention
+from torchslim.graph.attention import attention_spec, is_attention
+from torchslim.graph.deps import Dependencies, Group
 from torchslim.graph.slicing import apply_structure
-from torchslim.graph.surgery import get_module
+from torchslim.graph.surgery import get_module, is_conv1d
 from torchslim.measure import count_macs
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.importance import compute_scores
@@ -46,6 +48,18 @@ FilterFn = Callable[[nn.Module, str], bool]
 Chosen = tuple[Group, float | None]
 #: the bisection of ``macs_target``: sparsities in ``[0, MAX_SPARSITY]``, halved this many times
 MAX_SPARSITY, HALVINGS = 0.95, 14
+
+
+@contextmanager
+def dense_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention``'s fused fast path off while MACs are counted: torch's FLOP counter does not see
+    inside the fused kernel, and a pruned attention no longer takes it, so both counts must go the plain way."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 # ---------------------------------------------------------------------------- selection
@@ -115,29 +129,55 @@ def weight_scores(
     calibration: Iterable[Any] | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Element scores per module weight (attention modules: per projection).
+    """Element scores per module weight (attention modules: per projection), ``(out, in, ...)`` like a Linear's or Conv's.
 
     ``l2``/``l1`` are the squared / absolute weights, ``random`` draws from a
     generator seeded with ``cfg.seed`` (in the order of ``modules``); any other
     registered criterion goes through :func:`~torchslim.prune.importance.compute_scores`.
     """
     names: list[str] = []
+    mha: list[str] = []
     for n in modules:
         m = get_module(model, n)
         if is_attention(m):
             names += [f"{n}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        elif isinstance(m, nn.MultiheadAttention):
+            names.append(f"{n}.out_proj")
+            mha.append(n)
         elif isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2:
             names.append(n)
     layers = [(n, get_module(model, n)) for n in names]
     if cfg.criterion in ("l2", "l1"):
         p = 2 if cfg.criterion == "l2" else 1
-        return {n: m.weight.detach().abs().float().pow(p).cpu() for n, m in layers}
-    if cfg.criterion == "random":
+        scores = {n: m.weight.detach().abs().float().pow(p).cpu() for n, m in layers}
+    elif cfg.criterion == "random":
         g = torch.Generator().manual_seed(cfg.seed)
-        return {n: torch.rand(m.weight.shape, generator=g) for n, m in layers}
-    return compute_scores(
-        model, layers, cfg.criterion, loader=calibration, batches=cfg.calibration.batches, loss_fn=loss_fn, seed=cfg.seed
-    )
+        scores = {n: torch.rand(m.weight.shape, generator=g) for n, m in layers}
+    else:
+        scores = compute_scores(
+            model, layers, cfg.criterion, loader=calibration, batches=cfg.calibration.batches, loss_fn=loss_fn, seed=cfg.seed
+        )
+    for n, m in layers:  # a Hugging Face Conv1D stores its weight (in, out): scores are (out, in) like a Linear's
+        if is_conv1d(m):
+            scores[n] = scores[n].t()
+    for n in mha:
+        scores.update(_mha_scores(get_module(model, n), n, cfg))
+    return scores
+
+
+def _mha_scores(module: nn.Module, name: str, cfg: StructuredPruneConfig) -> dict[str, torch.Tensor]:
+    """``<name>.q_proj``/``k_proj``/``v_proj`` scores of an ``nn.MultiheadAttention``'s packed projections
+    (weight criteria only; other criteria score it through its ``out_proj``)."""
+    spec = attention_spec(module, name)
+    if spec is None or cfg.criterion not in ("l2", "l1", "random"):
+        return {}
+    weights = spec.weights(module)
+    g = torch.Generator().manual_seed(cfg.seed)
+    p = 2 if cfg.criterion == "l2" else 1
+    return {
+        f"{name}.{r}_proj": torch.rand(weights[r].shape, generator=g) if cfg.criterion == "random" else weights[r].abs().float().pow(p).cpu()
+        for r in ("q", "k", "v")
+    }
 
 
 def group_scores(model: nn.Module, group: Group, scores: dict[str, torch.Tensor], cfg: StructuredPruneConfig) -> torch.Tensor:
@@ -151,19 +191,33 @@ def group_scores(model: nn.Module, group: Group, scores: dict[str, torch.Tensor]
             s = scores[mem.module]
             total += s.flatten(1).sum(1)[pos].sum(1) if s.dim() > 1 else s[pos].sum(1)
         elif mem.role == "in" and mem.module in scores:
-            s = scores[mem.module].transpose(0, 1).flatten(1).sum(1)  # per input position
-            total += s[pos].sum(1)
+            total += _per_input(mod, scores[mem.module])[pos].sum(1)
         elif mem.role == "attn_in":
             for proj in ("q_proj", "k_proj", "v_proj"):
                 key = f"{mem.module}.{proj}"
                 if key in scores:
                     total += scores[key].sum(0)[pos].sum(1)
+        elif mem.role == "mha_inner":
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                if f"{mem.module}.{proj}" in scores:
+                    total += scores[f"{mem.module}.{proj}"].sum(1)[pos].sum(1)
+            if f"{mem.module}.out_proj" in scores:
+                total += scores[f"{mem.module}.out_proj"].sum(0)[pos].sum(1)
         elif mem.role == "attn_out" and f"{mem.module}.out_proj" in scores:
             total += scores[f"{mem.module}.out_proj"].sum(1)[pos].sum(1)
         elif mem.role == "bn" and cfg.criterion in ("l2", "l1") and mod.weight is not None:
             w = mod.weight.detach().abs().float().cpu()
             total += (w.pow(2) if cfg.criterion == "l2" else w)[pos].sum(1)
     return total
+
+
+def _per_input(mod: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """The element scores summed per input position (a grouped conv's weight holds one group's inputs per row)."""
+    groups = int(getattr(mod, "groups", 1))
+    if groups == 1:
+        return s.transpose(0, 1).flatten(1).sum(1)
+    per = s.flatten(2).sum(2).view(groups, s.shape[0] // groups, s.shape[1]).sum(1)  # (groups, inputs per group)
+    return per.flatten()
 
 
 # ---------------------------------------------------------------------------- allocation
@@ -211,7 +265,7 @@ def channel_step(
         order = torch.sort(scores[g.id], descending=True, stable=True).indices
         drop = sorted(order[n_keep:].tolist())
         for mem in g.members:
-            key = (mem.module, "in" if mem.role in ("in", "attn_in") else "out")
+            key = (mem.module, "in" if mem.role in ("in", "attn_in") else "inner" if mem.role == "mha_inner" else "out")
             mod = get_module(model, mem.module)
             sizes[key] = _dim_size(mod, key[1])
             bucket = removed.setdefault(key, set())
@@ -224,10 +278,16 @@ def channel_step(
 
 
 def _dim_size(mod: nn.Module, key: str) -> int:
+    if isinstance(mod, nn.MultiheadAttention):
+        if key == "inner":
+            return int(mod.num_heads * mod.head_dim)
+        return int(mod.out_proj.out_features if key == "out" else (mod.in_proj_weight if mod.in_proj_weight is not None else mod.q_proj_weight).shape[1])
     if is_attention(mod):
         return mod.q_proj.in_features if key == "in" else mod.out_proj.out_features
     if isinstance(mod, nn.Linear):
         return mod.in_features if key == "in" else mod.out_features
+    if is_conv1d(mod):
+        return int(getattr(mod, "nx" if key == "in" else "nf"))
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return mod.in_channels if key == "in" else mod.out_channels
     if isinstance(mod, nn.LayerNorm):
@@ -249,7 +309,8 @@ def bisect_sparsity(
         trial = copy.deepcopy(model)
         step, _ = channel_step(trial, chosen, scores, cfg, s)
         apply_structure(trial, step, record=False)
-        return count_macs(trial, x)
+        with dense_attention():
+            return count_macs(trial, x)
 
     most = macs_at(MAX_SPARSITY)
     if most > goal:

@@ -138,6 +138,11 @@ class StructuredPruneConfig(Config):
         min_channels: no group keeps fewer channels than this.
         targets: ``{name | "re:pattern": override | null}`` keyed by producer layers.
         keep_first_last: leave the group fed by the first layer alone unless named exactly.
+        uniform: remove as many heads (``head``) or channels (``channel``) from every chosen
+            block: every block keeps the same width, so a Hugging Face model whose blocks are
+            all pruned keeps a stock config (``num_attention_heads``, ``intermediate_size``, ...
+            are written into ``model.config``). Needs ``scope: layer`` and no per-layer
+            ``sparsity`` in ``targets``.
         calibration: the calibration batches data-driven criteria and block scoring use
             (``batches`` of them; a recipe stage draws ``batch_size`` samples each from ``split``).
         seed: for ``random``.
@@ -155,6 +160,7 @@ class StructuredPruneConfig(Config):
     min_channels: int = Field(default=1, ge=1)
     targets: dict[str, LayerStructuredConfig | None] | None = None
     keep_first_last: bool = True
+    uniform: bool = False
     calibration: CalibrationConfig = calibration_field(batches=8, batch_size=64)
     seed: int = 0
 
@@ -166,6 +172,10 @@ class StructuredPruneConfig(Config):
             raise ValueError("macs_target is supported for granularity 'channel'")
         if self.remove_blocks is not None and self.granularity != "channel":
             raise ValueError("remove_blocks combines block removal with granularity 'channel'; for blocks alone use granularity 'block'")
+        if self.uniform and self.scope != "layer":
+            raise ValueError("uniform removes as many channels/heads from every block: it needs scope 'layer'")
+        if self.uniform and any(v is not None and v.sparsity is not None for v in (self.targets or {}).values()):
+            raise ValueError("uniform removes as many channels/heads from every block: targets may not give a layer its own sparsity")
         return self
 
     @field_validator("targets")

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import TorchslimError, TransformRefusedError
+from torchslim.graph.surgery import is_conv1d
 from torchslim.measure.accuracy import logits_of
 from torchslim.measure.macs import call_model, eval_mode
 from torchslim.registry import Registry
@@ -195,6 +196,8 @@ def random(weight: torch.Tensor, ctx: ImportanceContext) -> torch.Tensor:
 def _expand_input_stat(module: nn.Module, stat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-input-feature statistic to the weight's shape (grouped convs included)."""
     stat = stat.to(torch.float32)
+    if is_conv1d(module):  # Hugging Face Conv1D: weight (in, out)
+        return stat.view(-1, 1).expand_as(weight)
     if isinstance(module, nn.Linear) or weight.dim() == 2:
         return stat.view(1, -1).expand_as(weight)
     groups = int(getattr(module, "groups", 1))
@@ -359,7 +362,7 @@ def _activation_stats(
     sums: list[dict[str, Any]] = [{"n": 0, "abs": None, "sum": None, "sq": None, "max": None} for _ in modules]
 
     def hook_for(i: int, module: nn.Module) -> Callable[..., None]:
-        feat_dim = -1 if isinstance(module, nn.Linear) else 1
+        feat_dim = -1 if isinstance(module, nn.Linear) or is_conv1d(module) else 1
 
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0].detach().float()

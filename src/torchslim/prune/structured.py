@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,13 +35,22 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError, TransformRefusedError
-from torchslim.graph.deps import Dependencies, dependency_groups, is_attention
+from torchslim.graph.attention import attention_spec, attention_specs, is_attention
+from torchslim.graph.deps import Dependencies, dependency_groups
 from torchslim.graph.slicing import apply_structure
-from torchslim.graph.surgery import get_module
+from torchslim.graph.surgery import get_module, is_conv1d
 from torchslim.graph.trace import TraceError
 from torchslim.measure import count_macs
+from torchslim.measure.macs import call_model
 from torchslim.prune.blocks import block_step
-from torchslim.prune.channels import bisect_sparsity, channel_step, group_scores, select_groups, weight_scores
+from torchslim.prune.channels import (
+    bisect_sparsity,
+    channel_step,
+    dense_attention,
+    group_scores,
+    select_groups,
+    weight_scores,
+)
 from torchslim.prune.config import STRUCTURED_GRANULARITIES, LayerStructuredConfig, StructuredPruneConfig
 from torchslim.prune.heads import head_step
 from torchslim.report import LayerReport, Report, SkippedLayer
@@ -57,6 +66,7 @@ __all__ = [
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -84,6 +94,8 @@ def _example(example_input: Any, calibration: Iterable[Any] | None) -> Any:
         return example_input
     if calibration is not None:
         batch = next(iter(calibration))
+        if isinstance(batch, Mapping):  # a tokenizer's batch: the first sample of every input
+            return {k: v[:1] for k, v in batch.items() if k not in ("labels", "label") and isinstance(v, torch.Tensor)}
         return batch[0][:1] if isinstance(batch, (tuple, list)) else batch[:1]
     raise TorchslimError("structured pruning needs example_input (or calibration batches) to trace the model")
 
@@ -141,12 +153,17 @@ def _channel_plan(
     return StructureWork(x, steps, cfg.criterion, removed, block), skipped
 
 
-def _widths(mod: nn.Module) -> dict[str, int]:
+def _widths(mod: nn.Module, name: str = "") -> dict[str, int]:
     if is_attention(mod):
         return {"in": mod.q_proj.in_features, "out": mod.out_proj.out_features, "heads": mod.q_proj.out_features // mod.head_dim}
+    spec = attention_spec(mod, name) if not isinstance(mod, (nn.Linear, *_CONVS)) else None
+    if spec is not None:
+        return {"heads": spec.heads, "kv_heads": spec.kv_heads}
     if isinstance(mod, nn.Linear):
         return {"in": mod.in_features, "out": mod.out_features}
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if is_conv1d(mod):
+        return {"in": int(getattr(mod, "nx")), "out": int(getattr(mod, "nf"))}  # noqa: B009 - a duck-typed Conv1D
+    if isinstance(mod, _CONVS):
         return {"in": mod.in_channels, "out": mod.out_channels}
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
         return {"out": mod.num_features}
@@ -166,11 +183,24 @@ def _sliced(name: str, mod: nn.Module, criterion: str, before: dict[str, int]) -
     )
 
 
+def _head_reports(model: nn.Module, work: StructureWork, before: dict[str, dict[str, int]]) -> list[LayerReport]:
+    """One report per attention module that lost heads: its parameters, heads before and after."""
+    layers = []
+    for name in work.steps[-1].get("heads", {}):
+        mod = get_module(model, name)
+        params = list(mod.parameters())
+        layers.append(LayerReport(
+            name, type(mod).__name__, (), sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params),
+            "pruned", {"criterion": work.criterion, "width_before": before[name], "width_after": _widths(mod, name)},
+        ))
+    return layers
+
+
 def _check_forward(model: nn.Module, x: Any, steps: list[dict[str, Any]]) -> None:
     """Run the pruned model once (it stays in eval mode); a shape error refuses, naming what was sliced."""
     try:
         with torch.no_grad():
-            model.eval()(x) if not isinstance(x, tuple) else model.eval()(*x)
+            call_model(model.eval(), x)
     except RuntimeError as exc:
         changed = [n for step in steps for part in ("modules", "heads") for n in step.get(part, {})]
         changed += [n for step in steps for n in step.get("blocks", [])]
@@ -190,7 +220,8 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The layers that may produce prunable channels (groups and blocks are found on the trace)."""
-        return [(n, m) for n, m in model.named_modules() if n and (is_attention(m) or isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)))]
+        heads = {s.name for s in attention_specs(model)}
+        return [(n, m) for n, m in model.named_modules() if n and (n in heads or isinstance(m, (nn.Linear, *_CONVS)) or is_conv1d(m))]
 
     def select(self, model: nn.Module, cfg: StructuredPruneConfig, filter_fn: FilterFn | None) -> Selection:
         """Nothing yet: the coupled groups, heads or blocks are selected in :meth:`plan`, with ``filter_fn``."""
@@ -200,12 +231,13 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
         """Trace, select, score and decide the structure step(s); the model is not changed."""
         filter_fn = selection.filter_fn if isinstance(selection, DeferredSelection) else None
         x = _example(inputs.example_input, inputs.calibration)
-        macs0 = count_macs(model, x)
+        with dense_attention():
+            macs0 = count_macs(model, x)
         if cfg.granularity == "block":
             step, removed, skipped = block_step(model, cfg, x, inputs.calibration, filter_fn)
             work = StructureWork(x, [step], cfg.criterion, removed)
         elif cfg.granularity == "head":
-            step, skipped = head_step(model, cfg, inputs, filter_fn)
+            step, skipped = head_step(model, cfg, inputs, filter_fn, x)
             work = StructureWork(x, [step], cfg.criterion)
         else:
             work, skipped = _channel_plan(model, cfg, x, inputs, filter_fn, macs0)
@@ -214,19 +246,22 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
     def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
         """Slice the model as planned, then run it once on the example input."""
         work: StructureWork = plan.work
-        before = {n: _widths(m) for n, m in model.named_modules()}
+        touched = {n for step in work.steps for part in ("modules", "heads") for n in step.get(part, {})}
+        before = {n: _widths(m, n) for n, m in model.named_modules() if n in touched}
         for step in work.steps:
             apply_structure(model, step)
         layers = list(work.removed)
         for name in work.steps[-1].get("modules", {}):
             layers.append(_sliced(name, get_module(model, name), work.criterion, before[name]))
+        layers += _head_reports(model, work, before)
         _check_forward(model, work.x, work.steps)
         return layers
 
     def report(self, model: nn.Module, cfg: StructuredPruneConfig, plan: Plan, layers: list[LayerReport]) -> Report:
         """MACs before and after, the structure step(s) applied (replayable)."""
         work: StructureWork = plan.work
-        macs0, macs1 = plan.meta["macs_before"], count_macs(model, work.x)
+        with dense_attention():
+            macs0, macs1 = plan.meta["macs_before"], count_macs(model, work.x)
         meta = {"macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / max(1, macs1), "structure_step": work.steps[-1]}
         if work.block_step is not None:
             meta["block_step"] = work.block_step

@@ -1,0 +1,114 @@
+"""Hugging Face models after head pruning: rebuild them from a saved directory.
+
+A Hugging Face config can say how many heads every layer has only where it has
+a ``head_dim`` (Llama, ViT): a uniform head pruning of such a model is a stock
+config again and ``from_pretrained`` loads it as it is. BERT and GPT-2 derive the
+head size from ``hidden_size / num_attention_heads``, so their pruned heads are
+written, as transformers 4 did, into ``config.pruned_heads`` (``{layer: [heads
+removed]}``, heads numbered as the layer was built; :func:`torchslim.graph.blocks.sync_config`).
+transformers 5 no longer applies that field when it builds a model, and its
+``from_pretrained`` refuses the narrower weights: :func:`from_pretrained` builds
+the model from its config, removes the heads the config names
+(:func:`restore_pruned_heads`) and loads the saved weights.
+
+Example:
+    >>> import tempfile, transformers
+    >>> config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+    ...                                  num_attention_heads=4, intermediate_size=32)
+    >>> model = transformers.BertModel(config).eval()
+    >>> ids = torch.tensor([[1, 5, 7, 2]])
+    >>> _ = ts.prune_(model, {"granularity": "head", "sparsity": 0.5, "uniform": True}, example_input={"input_ids": ids})
+    >>> model.config.pruned_heads                                       # doctest: +SKIP
+    {0: [1, 3], 1: [0, 2]}
+    >>> path = tempfile.mkdtemp()
+    >>> model.save_pretrained(path)
+    >>> loaded = from_pretrained(transformers.BertModel, path)
+    >>> torch.equal(loaded(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from torchslim.errors import TorchslimError
+from torchslim.graph.attention import attention_specs
+from torchslim.graph.blocks import hf_configs
+from torchslim.graph.slicing import slice_attention
+
+__all__ = ["from_pretrained", "restore_pruned_heads"]
+
+
+def restore_pruned_heads(model: nn.Module) -> None:
+    """Remove from a freshly built Hugging Face ``model`` the heads its ``config.pruned_heads`` names, in place.
+
+    Layers are the model's attention modules of the ``hf``/``bert``/``gpt2`` kinds
+    (:mod:`torchslim.graph.attention`) in module order, keys as integers or strings.
+
+    Raises:
+        TorchslimError: a layer or head the config names does not exist.
+    """
+    for prefix, root, cfg in hf_configs(model):
+        pruned = getattr(cfg, "pruned_heads", None) or {}
+        specs = [s for s in attention_specs(root) if s.kind in ("hf", "bert", "gpt2")]
+        for layer, heads in sorted(pruned.items(), key=lambda kv: int(kv[0])):
+            i = int(layer)
+            if not 0 <= i < len(specs):
+                raise TorchslimError(f"config.pruned_heads names layer {layer}; the model has {len(specs)} attention layers")
+            spec = specs[i]
+            module = root.get_submodule(spec.name)
+            gone = set(int(h) for h in heads) - set(getattr(module, "pruned_heads", None) or set())
+            if not gone <= set(range(spec.heads)):
+                raise TorchslimError(f"config.pruned_heads[{layer}] = {heads}: {spec.name} has {spec.heads} heads")
+            if gone:
+                name = f"{prefix}.{spec.name}" if prefix else spec.name
+                slice_attention(module, name, [h for h in range(spec.heads) if h not in gone])
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise TorchslimError(f"{path}: no model.safetensors (or its index) to load")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
+    """``model_class.from_pretrained(path)``, also for a model saved with heads pruned (``config.pruned_heads``).
+
+    Args:
+        model_class: a Hugging Face model class (``transformers.BertForSequenceClassification``, ...).
+        path: the directory ``save_pretrained`` wrote.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        TorchslimError: the saved weights do not fit the rebuilt model (named keys).
+    """
+    path = Path(path)
+    config = model_class.config_class.from_pretrained(str(path))
+    if not getattr(config, "pruned_heads", None):
+        return model_class.from_pretrained(str(path)).eval()
+    model = model_class(config)
+    restore_pruned_heads(model)
+    missing, unexpected = model.load_state_dict(_state(path), strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise TorchslimError(f"{path}: the saved weights do not fit the rebuilt model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if tied and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
