@@ -181,3 +181,12 @@ def test_resume_after_a_quantize_stage_rebuilds_the_quantized_model(tmp_path):
     assert stable(result.report.after) == stable(reference.report.after)
     ref_sd, sd = reference.model.state_dict(), result.model.state_dict()
     assert ref_sd.keys() == sd.keys() and all(torch.equal(ref_sd[k], sd[k]) for k in ref_sd)
+
+
+def test_lenet300_on_digits_takes_its_input_size_from_the_data(tmp_path):
+    recipe = parse_recipe({
+        "name": "digits-lenet300", "model": "zoo:lenet300", "data": "digits", "measure": {"latency_runs": 2},
+        "stages": [{"type": "train", "epochs": 1, "lr": 0.05}],
+    })
+    result = run_recipe(recipe, output=tmp_path / "run", progress=False)
+    assert result.model.fc1.in_features == 64 and result.report.after.accuracy > 0.5

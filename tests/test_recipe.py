@@ -78,3 +78,8 @@ def shipped_recipes():
 def test_every_shipped_recipe_validates(path):
     recipe = parse_recipe(yaml.safe_load(Path(str(path)).read_text()), source=str(path))
     assert recipe.stages
+
+
+@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: Path(str(p)).name)
+def test_every_shipped_recipe_loads_with_the_bounded_loader(path):
+    assert load_recipe(Path(str(path))).stages

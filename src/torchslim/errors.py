@@ -34,8 +34,26 @@ class ConfigIssue:
     value: Any = None
 
     def __str__(self) -> str:
-        value = "" if self.value is None else f" (got {self.value!r})"
+        value = "" if self.value is None else f" (got {shown(self.value)})"
         return f"{self.path or '<root>'}: {self.message}{value}"
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message: at most ``limit`` characters, never an error (huge integers included).
+
+    Example:
+        >>> shown(10 ** 5000)
+        '<an integer of about 5001 digits>'
+        >>> shown("x" * 300)[-18:]
+        'xxx... (302 chars)'
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 13000:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a message must never fail on the value it reports
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} chars)"
 
 
 class ConfigError(TorchslimError):

@@ -1,26 +1,29 @@
 """Runs a recipe: build model and data, run each stage, checkpoint, measure, report.
 
-Run directory layout (``recipe.output`` or ``runs/<name>``)::
+Run directory layout (``--output``, ``recipe.output`` or ``runs/<name>``; see :mod:`torchslim.rundir`)::
 
+    manifest.json                 every file the run writes, listed before it is written
     recipe.json                   the validated recipe, defaults filled in
-    state.json                    status (running | failed | interrupted | complete) and completed stages
+    state.json                    status (starting | running | failed | interrupted | complete) and completed stages
     stage-01-train.safetensors    checkpoint after each stage (+ .json sidecar)
     report.md / report.html / report.json   written only when every stage completed
 
-``resume=True`` loads the last completed checkpoint and continues with the next
-stage. Each stage reseeds torch from the recipe seed and its index, so a
-resumed run ends with the same figures as an uninterrupted one.
+``resume=True`` verifies the chain of completed stages (each checkpoint's SHA-256,
+each sidecar's stage index and recipe fingerprint), loads the last checkpoint and
+continues with the next stage. Each stage reseeds torch from the recipe seed and
+its index, so a resumed run ends with the same figures as an uninterrupted one.
+``overwrite=True`` (``--force``) deletes only the files the manifest lists. A run
+that completed no stage starts over on ``--resume``, and on a plain run too when it
+stopped cleanly (status failed or interrupted; a killed run may look like a live one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import importlib
-import inspect
+import hashlib
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +34,29 @@ from rich.console import Console
 from torch import nn
 
 from torchslim.data import DataBundle, Jitter, load_data
-from torchslim.errors import CheckpointError, TorchslimError
-from torchslim.io import atomic_write_text
+from torchslim.errors import TorchslimError
+from torchslim.io import bundle_paths
+from torchslim.io.atomic import temp_target
 from torchslim.measure import Measurement, evaluate, layer_stats
 from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
-from torchslim.report import LayerReport, Report, SkippedLayer, StageRecord
+from torchslim.report import REPORT_FILES, LayerReport, Report, SkippedLayer, StageRecord
+from torchslim.rundir import (
+    MANIFEST_FILE,
+    STATE_FILE,
+    RunDir,
+    check_name,
+    check_state,
+    checkpoint_name,
+    file_sha256,
+    is_run_file,
+    read_state,
+    run_directory,
+    verify_checkpoints,
+)
 from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train import load_checkpoint, load_weights, save_checkpoint
-from torchslim.zoo import MODELS, create_model
-
-STATE_FILE = "state.json"
+from torchslim.zoo import create_model
+from torchslim.zoo.spec import call_entry_point, data_args
 
 
 @dataclass
@@ -57,15 +73,8 @@ def build_model(spec: ModelSpec, data: DataBundle | None = None) -> nn.Module:
     arch = model_arch(spec, data)
     if arch is not None:
         model = create_model(arch["model"][4:], **arch["args"])
-    else:
-        module_name, fn_name = spec.name.split(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as exc:
-            raise TorchslimError(f"cannot import model entry point {spec.name!r}: {exc}") from None
-        model = fn(**spec.args)
-        if not isinstance(model, nn.Module):
-            raise TorchslimError(f"model entry point {spec.name!r} returned {type(model).__name__}, not an nn.Module")
+    else:  # runs the entry point's code; refused as validate refuses it, checked that it built a module
+        model = call_entry_point(spec.name, dict(spec.args))
     if spec.weights:
         load_weights(model, spec.weights)
     return model
@@ -76,13 +85,7 @@ def model_arch(spec: ModelSpec, data: DataBundle | None = None) -> dict[str, Any
     if not spec.name.startswith("zoo:"):
         return None
     name = spec.name[4:]
-    args = dict(spec.args)
-    params = inspect.signature(MODELS.get(name)).parameters
-    if data is not None:
-        if "in_channels" in params and "in_channels" not in args:
-            args["in_channels"] = data.input_shape[0]
-        if "num_classes" in params and "num_classes" not in args:
-            args["num_classes"] = data.num_classes
+    args = data_args(name, dict(spec.args), data.input_shape, data.num_classes) if data is not None else dict(spec.args)
     return {"model": spec.name, "args": args}
 
 
@@ -108,54 +111,100 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _write_state(out: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
-
-
-def read_state(out: Path) -> dict[str, Any] | None:
-    path = Path(out) / STATE_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"run state {path} is corrupt: {exc}") from None
-
-
 def _stage_seed(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
-def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool) -> dict[str, Any]:
-    state = read_state(out)
-    if resume:
-        if state is None:
+def stage_fingerprints(recipe: Recipe) -> list[str]:
+    """SHA-256 of the recipe (without its output path) up to and including each stage.
+
+    The last one is the whole recipe's :meth:`~torchslim.recipe.Recipe.fingerprint`;
+    a recipe that only appends stages keeps the fingerprints of the stages it shares.
+    """
+    data = recipe.to_dict()
+    data.pop("output")
+    stages = data["stages"]
+    return [
+        hashlib.sha256(json.dumps({**data, "stages": stages[: i + 1]}, sort_keys=True).encode()).hexdigest()
+        for i in range(len(stages))
+    ]
+
+
+def stage_files(stage: Any) -> list[str]:
+    """The files a stage writes into the run directory (its config's ``run_files()``), checked."""
+    fn = getattr(stage.config, "run_files", None)
+    names = list(fn()) if callable(fn) else []
+    for name in names:
+        check_name(name, f"file of stage {stage.label!r}")
+        if is_run_file(name):
+            raise TorchslimError(f"stage {stage.label!r} would write {name!r}, a file the run itself writes")
+    return names
+
+
+def run_files(recipe: Recipe) -> list[str]:
+    """Every file a run of ``recipe`` writes besides its manifest, recipe and state: what the manifest lists."""
+    names: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        stem = checkpoint_name(i, stage.type)
+        names += [*(p.name for p in bundle_paths(stem)), *stage_files(stage)]
+    return [*names, *REPORT_FILES.values()]
+
+
+def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool, console: Console) -> tuple[RunDir, dict[str, Any]]:
+    """The run directory and the state to continue from: fresh, cleared (``overwrite``), restarted or resumed."""
+    rd = RunDir(out)
+    entries = rd.entries()
+    names = run_files(recipe)
+    if entries and rd.load_manifest() is None:
+        if overwrite and rd.earlier_run_files(entries) is not None:  # an earlier torchslim's run: --force clears it
+            rd.clear()
+            return rd, rd.start(names, recipe.to_dict(), recipe.fingerprint())
+        if any(temp_target(n) != MANIFEST_FILE for n in entries):
+            raise TorchslimError(rd.no_manifest_message(entries))
+        rd.remove_temps()  # only the interrupted write of a first manifest: nothing else was written
+        entries = []
+    if not entries:
+        if resume and not out.is_dir():
             raise TorchslimError(f"nothing to resume in {out}: no {STATE_FILE} (run without --resume first)")
-        if state.get("fingerprint") != recipe.fingerprint():
+        return rd, rd.start(names, recipe.to_dict(), recipe.fingerprint())
+    for name in rd.remove_temps():
+        console.log(f"removed {out / name}, left by an interrupted write", markup=False)
+    if overwrite:
+        rd.clear()
+        return rd, rd.start(names, recipe.to_dict(), recipe.fingerprint())
+    state = read_state(out)
+    if state is None or not state.get("completed"):  # nothing to keep: start over
+        status = None if state is None else state.get("status")
+        if resume and state is not None and state.get("fingerprint") != recipe.fingerprint():
             raise TorchslimError(f"cannot resume {out}: it was started by a different recipe (stages or settings changed)")
-        return state
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
+        if not resume and status not in ("failed", "interrupted"):  # killed, or still running in another process
             raise TorchslimError(
-                f"output directory {out} is not empty; use --resume to continue that run or --force to start over"
+                f"output directory {out} holds a run that completed no stage and did not stop cleanly (status "
+                f"{status or 'none'}): it may still be running; if it is not, start it over with --resume or --force"
             )
-        if state is None and not (out / "report.json").exists():
-            raise TorchslimError(f"refusing to clear {out}: it does not look like a torchslim run directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
-    return {"fingerprint": recipe.fingerprint(), "status": "running", "completed": [], "initial": None}
+        console.log(f"{out}: no stage had completed (status {status or 'none'}); starting over", markup=False)
+        rd.clear()
+        return rd, rd.start(names, recipe.to_dict(), recipe.fingerprint())
+    if not resume:
+        raise TorchslimError(
+            f"output directory {out} is not empty; use --resume to continue that run or --force to start over"
+        )
+    check_state(state, out, recipe.fingerprint(), list(zip([s.type for s in recipe.stages], stage_fingerprints(recipe))))
+    verify_checkpoints(out, state["completed"])
+    rd.claim(names)
+    return rd, state
 
 
 def _run_one_stage(
-    recipe: Recipe, index: int, model: nn.Module, data: DataBundle, out: Path, state: dict[str, Any], progress: bool,
+    recipe: Recipe, index: int, model: nn.Module, data: DataBundle, rd: RunDir, state: dict[str, Any], progress: bool,
     console: Console,
 ) -> None:
     """Run stage ``index`` on ``model`` (all or nothing), measure, checkpoint, and record it in ``state``."""
-    done = state["completed"]
+    done, out = state["completed"], rd.path
     stage = recipe.stages[index]
     label = f"{index + 1}/{len(recipe.stages)} {stage.label}"
-    console.log(f"stage {label} ({stage.type})")
+    console.log(f"stage {label} ({stage.type})", markup=False)
+    rd.claim(stage_files(stage))  # listed at start already: a no-op unless the manifest lost them
     torch.manual_seed(_stage_seed(recipe.seed, index))
     t_stage = time.perf_counter()
     ctx = StageContext(
@@ -173,21 +222,46 @@ def _run_one_stage(
     m = measure_model(model, data, recipe.measure)
     if result.artefact is not None:  # the stage wrote the deployed model file (encode)
         m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
-    ckpt = f"stage-{index + 1:02d}-{stage.type}"
-    save_checkpoint(model, out / ckpt, {"recipe": recipe.name, "stage": index, "type": stage.type})
+    ckpt = checkpoint_name(index, stage.type)
+    fingerprint = stage_fingerprints(recipe)[index]
+    meta = {"recipe": recipe.name, "stage": index, "type": stage.type, "fingerprint": fingerprint}
+    tensors, sidecar = bundle_paths(save_checkpoint(model, out / ckpt, meta))
     done.append(
         {
             "index": index,
             "type": stage.type,
             "label": stage.label,
             "checkpoint": ckpt,
+            "fingerprint": fingerprint,
+            "sha256": file_sha256(tensors),
+            "sidecar_sha256": file_sha256(sidecar),
             "seconds": seconds,
             "measurement": m.to_dict(),
             "report": result.report.to_dict(),
         }
     )
-    _write_state(out, state)
-    console.log(f"stage {label} done in {seconds:.1f}s: accuracy {100 * (m.accuracy or 0):.2f}%, non-zeros {m.nonzeros:,}")
+    rd.write_state(state)
+    console.log(
+        f"stage {label} done in {seconds:.1f}s: accuracy {100 * (m.accuracy or 0):.2f}%, non-zeros {m.nonzeros:,}",
+        markup=False,
+    )
+
+
+def _start(recipe: Recipe, out: Path, state: dict[str, Any], console: Console) -> tuple[nn.Module, DataBundle]:
+    """The data and the model to continue from: as built, or loaded from the last completed checkpoint."""
+    data = load_data(recipe.data.name, val_size=recipe.data.val_size, seed=recipe.seed)
+    if recipe.data.jitter:
+        data.train_transform = Jitter(recipe.data.jitter)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, data)
+    done = state["completed"]
+    if done:
+        load_checkpoint(model, out / done[-1]["checkpoint"])
+        console.log(f"resuming {out}: {len(done)} stage(s) done, last checkpoint {done[-1]['checkpoint']}", markup=False)
+    if state["initial"] is None:
+        state["initial"] = measure_model(model, data, recipe.measure).to_dict()
+        state["initial_layers"] = [s.to_dict() for s in layer_stats(model)]
+    return model, data
 
 
 def run_recipe(
@@ -203,10 +277,17 @@ def run_recipe(
 
     Args:
         recipe: a :class:`Recipe` or the path of a recipe YAML file.
-        resume: continue the run in the output directory after its last completed stage.
-        overwrite: clear an existing run directory and start over.
-        output: run directory (default: the recipe's ``output`` or ``runs/<name>``).
+        resume: continue the run in the output directory after its last completed stage
+            (the chain of completed stages is verified first).
+        overwrite: delete the files an earlier run listed in the directory's manifest and start
+            over; refused when anything else is in the directory.
+        output: run directory (default: the recipe's ``output`` or ``runs/<name>``, which must
+            stay inside ``runs/``).
         progress: show progress bars on a terminal.
+
+    Raises:
+        TorchslimError: the run directory cannot be used (not a run directory, foreign files,
+            a different recipe, a damaged state or checkpoint), or a stage failed.
 
     Example:
         A small recipe on the ``digits`` set, written to a temporary directory:
@@ -234,39 +315,29 @@ def run_recipe(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     console = console or Console(stderr=True)
-    out = Path(output) if output is not None else recipe.output_dir()
-    state = _prepare_output(recipe, out, resume, overwrite)
+    out = run_directory(recipe.name, recipe.output, output)
+    rd, state = _prepare_output(recipe, out, resume, overwrite, console)
     t0 = time.perf_counter()
-    data = load_data(recipe.data.name, val_size=recipe.data.val_size, seed=recipe.seed)
-    if recipe.data.jitter:
-        data.train_transform = Jitter(recipe.data.jitter)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, data)
-    done = state["completed"]
-    if done:
-        load_checkpoint(model, out / done[-1]["checkpoint"])
-        console.log(f"resuming {out}: {len(done)} stage(s) done, last checkpoint {done[-1]['checkpoint']}")
-    if state["initial"] is None:
-        state["initial"] = measure_model(model, data, recipe.measure).to_dict()
-        state["initial_layers"] = [s.to_dict() for s in layer_stats(model)]
-    state["status"] = "running"
-    _write_state(out, state)
     try:
-        for index in range(len(done), len(recipe.stages)):
-            _run_one_stage(recipe, index, model, data, out, state, progress, console)
+        model, data = _start(recipe, out, state, console)
+        state["status"] = "running"
+        state.pop("error", None)
+        rd.write_state(state)
+        for index in range(len(state["completed"]), len(recipe.stages)):
+            _run_one_stage(recipe, index, model, data, rd, state, progress, console)
+        report = _final_report(recipe, state, model, time.perf_counter() - t0)
+        report.save(out)
     except KeyboardInterrupt:
         state["status"] = "interrupted"
-        _write_state(out, state)
+        rd.write_state(state)
         raise
     except BaseException as exc:
         state["status"] = "failed"
         state["error"] = f"{type(exc).__name__}: {exc}"
-        _write_state(out, state)
+        rd.write_state(state)
         raise
-    report = _final_report(recipe, state, model, time.perf_counter() - t0)
-    report.save(out)
     state["status"] = "complete"
-    _write_state(out, state)
+    rd.write_state(state)
     return RunResult(report, model, out)
 
 

@@ -44,7 +44,9 @@ def test_threads_restored_on_error() -> None:
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"warmup": -1}, {"batch_size": 0}, {"threads": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"runs": 0}, {"warmup": -1}, {"batch_size": 0}, {"threads": 0}, {"threads": 10**6}, {"runs": 10**30}]
+)
 def test_bad_arguments(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         measure_latency(nn.Linear(4, 4), torch.randn(1, 4), **kwargs)

@@ -81,18 +81,62 @@ def quantized_record(name: str, t: torch.Tensor, q: torch.Tensor, qp: QParams, f
     return Record(name, list(t.shape), dtype_name(t.dtype), "quantized", [*q_parts, *parts], info)
 
 
-def _qparams(record: Record, done: Decoded) -> QParams:
-    """The checked qparams of a quantized record: its fields, and the scale and zero point records it names."""
+def _fields(record: Record) -> tuple[str, int, int, int | None, int | None]:
+    """``(of, qmin, qmax, axis, group_size)`` of a quantized record, each checked."""
     name, info, shape = record.name, record.info, record.shape
     of = info.get("of")
-    if not isinstance(of, str) or f"{of}.zero_point" not in done or record.dtype != "float32":
+    if not isinstance(of, str) or record.dtype != "float32":
         raise TslimFormatError(f"record {name}: a quantized float32 weight needs the scale and zero point of {of!r}")
     qmin, qmax = int_field(info, "qmin", -(1 << 16), 1 << 16, name), int_field(info, "qmax", -(1 << 16), 1 << 16, name)
     axis, group = info.get("axis"), info.get("group_size")
-    if qmax <= qmin or not (axis is None or (isinstance(axis, int) and 0 <= axis < len(shape))):
+    if qmax <= qmin or not (axis is None or (_is_int(axis) and 0 <= axis < len(shape))):
         raise TslimFormatError(f"record {name}: bad integer range or axis")
-    if not (group is None or (isinstance(group, int) and group >= 1 and axis is not None and shape[axis] % group == 0)):
+    if not (group is None or (_is_int(group) and group >= 1 and axis is not None and shape[axis] % group == 0)):
         raise TslimFormatError(f"record {name}: bad group size {group!r}")
+    return of, qmin, qmax, axis, group
+
+
+def _qparam_shape(shape: list[int], axis: int | None, group: int | None) -> list[int]:
+    """The shape of the scales (and zero points) of a weight of ``shape`` quantized along ``axis`` in groups."""
+    if axis is None:
+        return []
+    if group is None:
+        return [shape[axis]]
+    out = list(shape)
+    out[axis] //= group
+    return out
+
+
+def check_quantized(record: Record, records: dict[str, Record]) -> None:
+    """What a ``quantized`` record's header must agree with: its quantizer's records, before anything is decoded.
+
+    The scale (or ``log_scale``) and zero point of the quantizer it names exist
+    with the shape its axis and group size give; ``initialized`` is a scalar bool.
+    """
+    of, _, _, axis, group = _fields(record)
+    want = _qparam_shape(record.shape, axis, group)
+    scale = records.get(f"{of}.log_scale", records.get(f"{of}.scale"))
+    zero_point, init = records.get(f"{of}.zero_point"), records.get(f"{of}.initialized")
+    if scale is None or zero_point is None:
+        raise TslimFormatError(f"record {record.name}: a quantized float32 weight needs the scale and zero point of {of!r}")
+    if scale.shape != want or zero_point.shape != want:
+        raise TslimFormatError(
+            f"record {record.name}: the scale and zero point of {of} have shapes {scale.shape} and {zero_point.shape}; "
+            f"axis {axis} and group size {group} of a {record.shape} weight need {want}"
+        )
+    if init is not None and (init.shape != [] or init.dtype != "bool"):
+        raise TslimFormatError(f"record {record.name}: {of}.initialized must be a scalar bool, not {init.dtype} {init.shape}")
+
+
+def _qparams(record: Record, done: Decoded) -> QParams:
+    """The checked qparams of a quantized record: its fields, and the scale and zero point records it names."""
+    name = record.name
+    of, qmin, qmax, axis, group = _fields(record)
+    if f"{of}.zero_point" not in done:
+        raise TslimFormatError(f"record {name}: a quantized float32 weight needs the scale and zero point of {of!r}")
+    init = done.get(f"{of}.initialized")
+    if init is not None and (init[1].dtype != torch.bool or init[1].dim() != 0 or not bool(init[1])):
+        raise TslimFormatError(f"record {name}: its quantizer {of} must be initialized (a scalar true), got {init[0].shape}")
     zero_point = done[f"{of}.zero_point"][1]
     if f"{of}.log_scale" in done:
         scale = torch.exp(done[f"{of}.log_scale"][1]).detach()
@@ -103,23 +147,42 @@ def _qparams(record: Record, done: Decoded) -> QParams:
     return QParams(scale, zero_point, qmin, qmax, axis, group)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def decode_quantized(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
-    """The float weight of a ``quantized`` record: its integers dequantized with the qparams it names."""
+    """The float weight of a ``quantized`` record: its integers dequantized with the qparams it names.
+
+    The integer stream is decoded (its length checked against its bytes) before
+    anything of the weight's size is built.
+    """
     name, shape = record.name, record.shape
     numel = math.prod(shape)
     qp = _qparams(record, done)
+    symbols_of = {n[2:]: v for n, v in payload.items() if n.startswith("q_")}
+    coding, n_symbols, sparse = coding_field(record.info, name), qp.qmax - qp.qmin + 1, record.info.get("sparse", False)
+    if not isinstance(sparse, bool):
+        raise TslimFormatError(f"record {name}: field 'sparse' must be true or false, got {sparse!r}")
+    positions = read_positions(record, payload, numel) if sparse else None
+    symbols = decode_stream(symbols_of, n_symbols, numel if positions is None else positions.size, coding) + qp.qmin
+    if qp.zero_point.dtype.is_floating_point or qp.zero_point.dtype == torch.bool or qp.scale.dtype == torch.bool:
+        raise TslimFormatError(f"record {name}: the zero point of {record.info['of']} must be integers and its scale numbers")
+    want = _qparam_shape(shape, qp.axis, qp.group_size)
+    if list(qp.scale.shape) != want or list(qp.zero_point.shape) != want:
+        raise TslimFormatError(
+            f"record {name}: the scale and zero point of {record.info['of']} have shapes {list(qp.scale.shape)} and "
+            f"{list(qp.zero_point.shape)}; axis {qp.axis} and group size {qp.group_size} of a {shape} weight need {want}"
+        )
     try:
         zp = expand_qparam(qp.zero_point, torch.empty(shape), qp.axis, qp.group_size).expand(shape).flatten().long().numpy()
     except (RuntimeError, ValueError, IndexError) as exc:
         raise TslimFormatError(f"record {name}: scale/zero point do not fit the weight: {exc}") from None
-    symbols_of = {n[2:]: v for n, v in payload.items() if n.startswith("q_")}
-    coding, n_symbols = coding_field(record.info, name), qp.qmax - qp.qmin + 1
-    if record.info.get("sparse"):
-        positions = read_positions(record, payload, numel)
-        q = zp.copy()
-        q[positions] = decode_stream(symbols_of, n_symbols, positions.size, coding) + qp.qmin
+    if positions is None:
+        q = symbols
     else:
-        q = decode_stream(symbols_of, n_symbols, numel, coding) + qp.qmin
+        q = zp.copy()
+        q[positions] = symbols
     return dequantize(torch.from_numpy(q).reshape(shape), qp)
 
 
@@ -127,7 +190,9 @@ def _sparse(record: Record) -> bool:
     return bool(record.info.get("sparse"))
 
 
-QUANTIZED = register(Codec("quantized", quantized_record, decode_quantized, derived=True, stores_positions=_sparse))
+QUANTIZED = register(
+    Codec("quantized", quantized_record, decode_quantized, derived=True, stores_positions=_sparse, check=check_quantized)
+)
 
 
 def quantized_weights(model: nn.Module) -> QuantizedWeights:

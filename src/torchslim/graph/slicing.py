@@ -279,11 +279,48 @@ def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = Tr
         provenance.record(model, STRUCTURE, step)
 
 
-@provenance.register_rebuilder(STRUCTURE)
-def _rebuild_structure(model: nn.Module, step: Any, state: dict[str, torch.Tensor]) -> None:
+def check_step(step: Any) -> dict[str, Any]:
+    """``step`` if it is a well-formed structure step (the keys and value types above), else ``TorchslimError``.
+
+    Example:
+        >>> check_step({"modules": {"fc1": {"out": [0, 2]}}, "blocks": []})["modules"]
+        {'fc1': {'out': [0, 2]}}
+        >>> check_step({"modules": {}, "surprise": 1})
+        Traceback (most recent call last):
+            ...
+        torchslim.errors.TorchslimError: a structure step has unknown keys ['surprise']; allowed: blocks, heads, modules
+    """
     if not isinstance(step, dict):
         raise TorchslimError(f"a structure step must be a mapping, got {type(step).__name__}")
-    apply_structure(model, step, record=False)
+    unknown = sorted(set(step) - _STEP_KEYS, key=str)
+    if unknown:
+        raise TorchslimError(f"a structure step has unknown keys {unknown}; allowed: {', '.join(sorted(_STEP_KEYS))}")
+    if not step:
+        raise TorchslimError("a structure step is empty")
+    modules, heads, blocks = step.get("modules", {}), step.get("heads", {}), step.get("blocks", [])
+
+    def index_list(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+    ok = (
+        isinstance(modules, dict)
+        and all(isinstance(n, str) and isinstance(d, dict) and set(d) <= {"out", "in", "inner"}
+                and all(index_list(v) or (k == "inner" and isinstance(v, int)) for k, v in d.items())
+                for n, d in modules.items())
+        and isinstance(heads, dict) and all(isinstance(n, str) and index_list(v) for n, v in heads.items())
+        and isinstance(blocks, list) and all(isinstance(b, str) for b in blocks)
+    )
+    if not ok:
+        raise TorchslimError("a structure step's modules, heads or blocks have the wrong types")
+    return step
+
+
+_STEP_KEYS = {"modules", "heads", "blocks"}
+
+
+@provenance.register_rebuilder(STRUCTURE)
+def _rebuild_structure(model: nn.Module, step: Any, state: dict[str, torch.Tensor]) -> None:
+    apply_structure(model, check_step(step), record=False)
 
 
 def recorded_structure(model: nn.Module) -> list[dict[str, Any]]:

@@ -26,8 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,112 @@ from torchslim.io.atomic import atomic_write_bytes, atomic_write_text
 
 #: The keys every sidecar holds; a caller's fields may not reuse them.
 RESERVED = ("format", "format_version", "tensors", "sha256", "bytes")
+#: The most bytes a sidecar (or any JSON document torchslim reads beside its tensors) may have.
+MAX_SIDECAR = 64 << 20
+#: The deepest nesting of lists and mappings a sidecar or a ``.tslim`` header may have.
+MAX_JSON_DEPTH = 64
+#: A compressed file may decode to at most ``MAX_EXPANSION`` times its size plus ``DECODE_ALLOWANCE`` bytes.
+MAX_EXPANSION = 1024
+DECODE_ALLOWANCE = 32 << 20
+
+
+def decode_budget(file_bytes: int) -> int:
+    """The most bytes of tensors a file of ``file_bytes`` bytes may decode to (or make a reader build).
+
+    Sparse and entropy-coded files legitimately decode to many times their size
+    (Deep Compression: 35-49x; an all-zero tensor costs a few bytes); a hostile
+    file can claim anything. This bound lets every real file through and keeps a
+    reader's memory within a multiple of the file's size plus a fixed allowance.
+
+    Example:
+        >>> decode_budget(1000) == 1000 * MAX_EXPANSION + DECODE_ALLOWANCE
+        True
+    """
+    return MAX_EXPANSION * max(0, file_bytes) + DECODE_ALLOWANCE
+
+
+def json_cost(text: bytes) -> int:
+    """An upper bound of the bytes of Python objects ``json.loads(text)`` would build (no parsing).
+
+    Every JSON value but the first follows a ``,``, ``:``, ``[`` or ``{``; a container
+    costs at most 100 bytes, any other value at most 40 bytes plus its text.
+
+    Example:
+        >>> json_cost(b"[[], [], []]") > json_cost(b'"a string of 26 characters"')
+        True
+    """
+    containers = text.count(b"[") + text.count(b"{")
+    values = containers + text.count(b",") + text.count(b":") + 1
+    return 100 * containers + 40 * values + 2 * len(text)
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """The nesting depth of the JSON data ``value`` (a scalar: 0), counted up to ``limit + 1`` (no recursion).
+
+    Example:
+        >>> json_depth({"a": [1, {"b": []}]}), json_depth(7)
+        (4, 0)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(text: bytes, *, max_cost: int | None = None) -> Any:
+    """UTF-8 JSON ``text`` as Python data; anything else is a ``ValueError`` saying what is wrong.
+
+    Refused: invalid UTF-8 or JSON, integers beyond Python's digit limit, nesting
+    deeper than :data:`MAX_JSON_DEPTH`, and (``max_cost``) documents whose objects
+    could take more than ``max_cost`` bytes (see :func:`json_cost`).
+
+    Example:
+        >>> parse_json(b'{"a": [1, 2]}')
+        {'a': [1, 2]}
+        >>> parse_json(b"[" * 100 + b"]" * 100)
+        Traceback (most recent call last):
+            ...
+        ValueError: nested deeper than 64 levels
+    """
+    if max_cost is not None and json_cost(text) > max_cost:
+        raise ValueError(f"too many values for its size (more than {max_cost} bytes once parsed)")
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, MemoryError) as exc:  # JSONDecodeError, or an integer beyond the digit limit
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refusing (``ValueError``) one of more than ``limit`` bytes.
+
+    Raises:
+        OSError: ``path`` cannot be opened (missing, a directory, no permission).
+        ValueError: not a regular file (a device, a pipe), or larger than ``limit``.
+    """
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if not stat.S_ISREG(info.st_mode):  # a device or a pipe: never read (it may never end)
+        raise ValueError("not a regular file")
+    if info.st_size > limit:
+        raise ValueError(f"{info.st_size} bytes, more than the {limit} allowed")
+    with open(path, "rb") as fh:
+        data = fh.read(info.st_size)
+        if fh.read(1):
+            raise ValueError("the file grew while it was read")
+    return data
 
 
 def bundle_paths(path: str | Path) -> tuple[Path, Path]:
@@ -106,12 +215,12 @@ def read_sidecar_file(sidecar: Path, fmt: str, version: int, what: str) -> dict[
         CheckpointError: the sidecar is missing, unreadable, corrupt, of another format or version.
     """
     try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        info = parse_json(read_limited(sidecar, MAX_SIDECAR))
     except FileNotFoundError:
         raise CheckpointError(f"{what} sidecar {sidecar} not found") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {what} sidecar {sidecar}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise CheckpointError(f"{what} sidecar {sidecar} is corrupt: {exc}") from None
     if not isinstance(info, dict) or info.get("format") != fmt:
         raise CheckpointError(f"{sidecar} is not a torchslim {what} sidecar")
@@ -131,12 +240,18 @@ def read_verified(
         CheckpointError: naming the file that is missing, corrupt, or does not match the sidecar.
     """
     info = read_sidecar_file(sidecar, fmt, version, what)
+    size = info.get("bytes")
+    limit = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 1 << 62
     try:
-        blob = tensors_path.read_bytes()
+        blob = read_limited(tensors_path, limit)
     except FileNotFoundError:
         raise CheckpointError(f"{what} tensors {tensors_path} not found") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {what} tensors {tensors_path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: {exc} (its sidecar says {size!r} bytes)") from None
+    if "bytes" in info and size != len(blob):
+        raise CheckpointError(f"{what} {tensors_path} is corrupt: it has {len(blob)} bytes, its sidecar says {size!r}")
     if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
         raise CheckpointError(f"{what} {tensors_path} is corrupt: its SHA-256 checksum does not match the sidecar")
     try:

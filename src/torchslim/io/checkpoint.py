@@ -50,8 +50,11 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint into ``model`` after verifying its checksum; returns the sidecar's ``meta``."""
     tensors_path, sidecar = bundle_paths(path)
     info, state = read_verified(tensors_path, sidecar, FORMAT, FORMAT_VERSION, "checkpoint")
+    meta = info.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{sidecar}: its meta is a {type(meta).__name__}, not a mapping")
     load_structured_state(model, sidecar_provenance(info, str(sidecar)), state, source=str(tensors_path))
-    return dict(info.get("meta", {}))
+    return dict(meta)
 
 
 def sidecar_provenance(info: dict[str, Any], source: str) -> list[dict[str, Any]]:
@@ -59,7 +62,27 @@ def sidecar_provenance(info: dict[str, Any], source: str) -> list[dict[str, Any]
     try:
         if "provenance" in info:
             return provenance.check_records(info["provenance"])
-        return provenance.check_records(provenance.from_legacy(info.get("structure"), info.get("quant")))
+        structure, quant = info.get("structure"), info.get("quant")
+        if not isinstance(structure, (list, type(None))) or not isinstance(quant, (dict, type(None))):
+            raise CheckpointError("its structure must be a list and its quant record a mapping")
+        return provenance.check_records(provenance.from_legacy(structure, quant))
+    except TorchslimError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
+def records_of(steps: Any, quant: Any, source: str) -> list[dict[str, Any]]:
+    """The checked provenance records of ``steps`` (records, or bare structure steps) and a separate ``quant`` record.
+
+    Raises:
+        CheckpointError: naming ``source``, when they are not records of the expected form.
+    """
+    if not isinstance(steps, list) or not isinstance(quant, (dict, type(None))):
+        raise CheckpointError(f"{source}: the recorded structure must be a list and the quant record a mapping")
+    recs = steps if all(isinstance(s, dict) and set(s) == {"kind", "data"} for s in steps) else None
+    if recs is None or quant is not None:
+        recs = provenance.from_legacy([s for s in steps if not (isinstance(s, dict) and set(s) == {"kind", "data"})], quant)
+    try:
+        return provenance.check_records(recs)
     except TorchslimError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
 
@@ -71,33 +94,32 @@ def load_structured_state(
     *,
     source: str,
     quant: dict[str, Any] | None = None,
+    dtypes: bool = False,
 ) -> None:
     """Rebuild the provenance records ``steps`` the model lacks (structure, quantization), then load ``state``.
 
     ``steps`` are provenance records (``{"kind", "data"}``); bare structure steps
     and a separate ``quant`` record, as files from before provenance hold them,
     are accepted too. The model is untouched on any mismatch: a changed structure
-    is rebuilt and loaded on a copy first.
+    is rebuilt and loaded on a copy first. ``dtypes``: see :func:`load_state`.
 
     Raises:
         CheckpointError: the records cannot be replayed, or the state does not fit.
     """
-    recs = steps if all(isinstance(s, dict) and set(s) == {"kind", "data"} for s in steps) else None
-    if recs is None or quant is not None:
-        recs = provenance.from_legacy([s for s in steps if not (isinstance(s, dict) and set(s) == {"kind", "data"})], quant)
-    try:
-        recs = provenance.check_records(recs)
-    except TorchslimError as exc:
-        raise CheckpointError(f"{source}: {exc}") from None
+    recs = records_of(steps, quant, source)
     if _canon(provenance.records(model)) == _canon(recs):
-        load_state(model, state, source=source)
+        load_state(model, state, source=source, dtypes=dtypes)
         return
     work = copy.deepcopy(model)
     try:
         provenance.replay(work, recs, state)
     except TorchslimError as exc:
         raise CheckpointError(f"{source}: cannot rebuild the recorded structure on this model: {exc}") from None
-    load_state(work, state, source=source)
+    except Exception as exc:  # noqa: BLE001 - records read from a file: any failure to replay them is a bad file
+        raise CheckpointError(
+            f"{source}: cannot rebuild the recorded structure on this model: malformed record ({type(exc).__name__}: {exc})"
+        ) from None
+    load_state(work, state, source=source, dtypes=dtypes)
     transplant(model, work)
 
 
@@ -132,11 +154,15 @@ def _constraint_extras(
     return extras, problems
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict", dtypes: bool = False) -> None:
     """Load ``state`` into ``model``, re-attaching constraints (pruning masks, sharing codes); untouched on mismatch.
 
+    ``dtypes``: every tensor must have the dtype of the model's (a ``.tslim``
+    file: a relabelled record is refused rather than converted); by default
+    values are converted, as ``load_state_dict`` does.
+
     Raises:
-        CheckpointError: naming missing and unexpected keys and shape mismatches.
+        CheckpointError: naming missing and unexpected keys, shape (and dtype) mismatches.
     """
     own = model.state_dict()
     extras, problems = _constraint_extras(model, state, own)
@@ -147,7 +173,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str 
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+    kinds = [
+        f"{k}: file {str(state[k].dtype).removeprefix('torch.')} vs model {str(own[k].dtype).removeprefix('torch.')}"
+        for k in own
+        if dtypes and k in state and state[k].dtype != own[k].dtype
+    ]
+    found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes), ("dtype mismatches", kinds))
+    for label, items in found:
         if items:
             problems.append(f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
     if problems:
@@ -168,6 +200,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if p.suffix == ".safetensors" and bundle_paths(p)[1].exists():
         load_checkpoint(model, p)
         return
+    _sniff_weights(p)
     try:
         if p.suffix == ".safetensors":
             state = st_load_file(str(p))
@@ -180,3 +213,23 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"weights file {p} does not hold a state dict of tensors")
     load_state(model, state, source=str(p))
+
+
+def _sniff_weights(p: Path) -> None:
+    """Refuse, with a clear message, a weights file that is neither safetensors nor a ``torch.save`` file."""
+    try:
+        if not p.is_file():
+            raise CheckpointError(f"cannot read weights file {p}: not a regular file")
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights file {p}: {exc.strerror or exc}") from None
+    size = p.stat().st_size
+    if head.startswith(b"TSLIM\x00"):
+        raise CheckpointError(f"cannot read weights file {p}: it is a .tslim file (load it with ts.load)")
+    safetensors = len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+    if not (safetensors or head.startswith((b"PK\x03\x04", b"\x80"))):  # safetensors, zip or pickle (legacy torch.save)
+        raise CheckpointError(
+            f"cannot read weights file {p}: not a safetensors file, torchslim checkpoint or PyTorch state dict "
+            f"(it starts with {head!r})"
+        )

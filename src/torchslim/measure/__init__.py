@@ -25,7 +25,14 @@ from torch import nn
 
 from torchslim._compat import callable_module, deprecated_alias, moved_names
 from torchslim.measure.accuracy import evaluate_accuracy, evaluate_loss_and_accuracy, logits_of
-from torchslim.measure.latency import LatencyResult, measure_latency, num_threads
+from torchslim.measure.latency import (
+    MAX_RUNS,
+    MAX_THREADS,
+    LatencyResult,
+    MeasureArgumentError,
+    measure_latency,
+    num_threads,
+)
 from torchslim.measure.macs import ExampleInput, count_macs
 from torchslim.measure.memory import model_state_bytes, peak_inference_memory
 from torchslim.measure.probe import ProbeResult, linear_probe
@@ -42,9 +49,12 @@ from torchslim.measure.size import (
 
 __all__ = [
     "FIELDS",
+    "MAX_RUNS",
+    "MAX_THREADS",
     "ExampleInput",
     "LatencyResult",
     "LayerStat",
+    "MeasureArgumentError",
     "Measurement",
     "ProbeResult",
     "count_macs",

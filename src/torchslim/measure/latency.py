@@ -18,9 +18,26 @@ import torch
 from torch import nn
 
 from torchslim._compat import moved_names
+from torchslim.errors import TorchslimError
 from torchslim.measure.macs import ExampleInput, call_model, eval_mode, input_device, repeat_sample
 
-__all__ = ["LatencyResult", "latency_result", "measure_latency", "num_threads"]
+__all__ = ["MAX_RUNS", "MAX_THREADS", "LatencyResult", "MeasureArgumentError", "latency_result", "measure_latency", "num_threads"]
+
+#: the most intra-op threads torchslim asks torch for (a fixed cap, the same on every machine: a recipe that
+#: validates here validates everywhere); torch's thread pools crash the process on absurd counts
+MAX_THREADS = 256
+#: the most timed runs of one latency measurement
+MAX_RUNS = 10_000
+
+
+class MeasureArgumentError(TorchslimError, ValueError):
+    """A measuring argument (``threads``, ``runs``, ``warmup``) is out of range; also a ``ValueError``."""
+
+
+def _bounded_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MeasureArgumentError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,8 @@ def num_threads(threads: int | None) -> Iterator[int]:
     ``None`` keeps the current count. Yields the count in effect.
 
     Raises:
-        ValueError: ``threads`` is not a positive integer.
+        MeasureArgumentError: ``threads`` is not an integer in 1..:data:`MAX_THREADS`
+            (checked before torch sees it: torch's thread pools crash on absurd counts).
 
     Example:
         >>> with num_threads(1) as n:
@@ -66,9 +84,7 @@ def num_threads(threads: int | None) -> Iterator[int]:
     if threads is None:
         yield previous
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(_bounded_int("threads", threads, 1, MAX_THREADS))
     try:
         yield torch.get_num_threads()
     finally:
@@ -131,17 +147,16 @@ def measure_latency(
         A :class:`LatencyResult`.
 
     Raises:
-        ValueError: ``batch_size``, ``threads``, ``runs`` or ``warmup`` is out of range.
+        ValueError: ``batch_size``, ``threads``, ``runs`` (1..:data:`MAX_RUNS`) or ``warmup``
+            (0..:data:`MAX_RUNS`) is out of range (:class:`MeasureArgumentError` for the last three).
 
     Example:
         >>> r = measure_latency(nn.Linear(784, 10), torch.randn(1, 784), batch_size=32, runs=5)
         >>> r.median_ms > 0
         True
     """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be a positive integer, got {runs!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    _bounded_int("runs", runs, 1, MAX_RUNS)
+    _bounded_int("warmup", warmup, 0, MAX_RUNS)
     batch = repeat_sample(example_input, batch_size)
     sync = input_device(batch).type == "cuda"
     times: list[float] = []

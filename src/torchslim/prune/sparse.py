@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import CheckpointError
-from torchslim.io.bundle import bundle_paths, read_bundle, write_bundle
+from torchslim.io.bundle import bundle_paths, decode_budget, read_bundle, write_bundle
 from torchslim.io.checkpoint import load_state
 from torchslim.measure import file_bytes
 from torchslim.prune.mask import MASK_SUFFIX
@@ -42,6 +42,12 @@ FORMAT = "torchslim-sparse"
 FORMAT_VERSION = 1
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float64: torch.int64}
 _GAP_WIDTH = {"gap8": (8, np.uint8), "gap16": (16, np.uint16)}
+#: the dtypes and encodings a sidecar entry may name
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+}
+_ENCODINGS = ("dense", "bitmap", "gap8", "gap16", "mask_of", "mask_xor", "packed")
 _paths = bundle_paths  # the name this module used before the bundle
 
 
@@ -97,17 +103,29 @@ def _encode(t: torch.Tensor) -> tuple[str, dict[str, torch.Tensor], int]:
 
 
 def _decode(enc: str, parts: dict[str, torch.Tensor], shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """The tensor an entry's ``parts`` encode; ``ValueError`` when they do not fit its shape and dtype."""
     numel = math.prod(shape)
     if enc == "dense":
+        if parts[""].dtype != dtype or parts[""].numel() != numel:
+            raise ValueError(f"stored as {parts[''].dtype} {tuple(parts[''].shape)}, not {dtype} {shape}")
         return parts[""].reshape(shape)
-    values = parts["values"]
-    out = torch.zeros(numel, dtype=dtype)
+    values, index = parts["values"], parts["index"]
+    if values.dtype != dtype or values.dim() != 1:
+        raise ValueError(f"values stored as {values.dtype} {tuple(values.shape)}, not a flat {dtype} tensor")
     if enc == "bitmap":
-        present = np.unpackbits(parts["index"].numpy(), count=numel, bitorder="little").astype(bool)
+        if index.dtype != torch.uint8 or index.numel() != (numel + 7) // 8:
+            raise ValueError(f"a bitmap of {index.numel()} {index.dtype} for {numel} elements")
+        present = np.unpackbits(index.numpy().ravel(), count=numel, bitorder="little").astype(bool)
         pos = torch.from_numpy(np.flatnonzero(present))
+    elif enc in _GAP_WIDTH:
+        if index.dtype != getattr(torch, np.dtype(_GAP_WIDTH[enc][1]).name) or index.dim() != 1:
+            raise ValueError(f"gaps stored as {index.dtype}, not {np.dtype(_GAP_WIDTH[enc][1]).name}")
+        pos = torch.from_numpy(np.cumsum(index.numpy().astype(np.int64) + 1) - 1)
     else:
-        stored = parts["index"].numpy().astype(np.int64)
-        pos = torch.from_numpy(np.cumsum(stored + 1) - 1)
+        raise ValueError(f"unknown encoding {enc!r}")
+    if pos.numel() != values.numel() or (pos.numel() and int(pos[-1]) >= numel):
+        raise ValueError(f"{values.numel()} values for {pos.numel()} positions (the last must lie below {numel})")
+    out = torch.zeros(numel, dtype=dtype)
     if pos.numel():
         if dtype in _BITS:  # write bit patterns, not values (keeps -0.0 and NaN payloads)
             out.view(_BITS[dtype])[pos] = values.view(_BITS[dtype])
@@ -192,41 +210,73 @@ def read_sparse_state(path: str | Path) -> dict[str, torch.Tensor]:
     return _read(path)[1]
 
 
+def _checked_entry(key: str, entry: Any, where: str) -> tuple[list[int], torch.dtype, str]:
+    """``(shape, dtype, encoding)`` of a sidecar entry, each checked (``where`` names the file in errors)."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or len(shape) > 32 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise CheckpointError(f"sparse sidecar {where}: entry {key} has no valid shape (got {shape!r})")
+    dtype, enc = _DTYPES.get(str(entry.get("dtype"))), entry.get("encoding")
+    if dtype is None or enc not in _ENCODINGS:
+        raise CheckpointError(
+            f"sparse sidecar {where}: entry {key} has dtype {entry.get('dtype')!r} and encoding {enc!r}; "
+            f"allowed: {', '.join(_DTYPES)} and {', '.join(_ENCODINGS)}"
+        )
+    if enc in ("mask_of", "mask_xor") and (dtype != torch.bool or not isinstance(entry.get("of"), str)):
+        raise CheckpointError(f"sparse sidecar {where}: mask {key} must be bool and name its parameter")
+    if enc == "mask_xor" and entry.get("inner") not in ("dense", "bitmap", *_GAP_WIDTH):
+        raise CheckpointError(f"sparse sidecar {where}: mask {key} has an unknown inner encoding {entry.get('inner')!r}")
+    return shape, dtype, enc
+
+
 def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The verified sidecar and the decoded state dict of a sparse file."""
-    tensors_path = bundle_paths(path)[0]
+    """The verified sidecar and the decoded state dict of a sparse file (every entry checked before it is decoded)."""
+    tensors_path, sidecar = bundle_paths(path)
     info, raw = read_bundle(path, FORMAT, FORMAT_VERSION, "sparse")
-    if not isinstance(info.get("entries"), dict):
-        raise CheckpointError(f"sparse sidecar {bundle_paths(path)[1]} has no entries table")
+    entries = info.get("entries")
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"sparse sidecar {sidecar} has no entries table")
+    checked = {key: _checked_entry(key, entry, str(sidecar)) for key, entry in entries.items()}
+    total, budget = sum(math.prod(s) * d.itemsize for s, d, _ in checked.values()), decode_budget(sum(t.nbytes for t in raw.values()))
+    if total > budget:
+        raise CheckpointError(f"sparse file {tensors_path}: its entries decode to {total} bytes, more than the {budget} its size allows")
     state: dict[str, torch.Tensor] = {}
-    deferred: list[tuple[str, dict[str, Any]]] = []
-    for key, entry in info["entries"].items():
-        shape, dtype = entry["shape"], getattr(torch, entry["dtype"])
-        enc = entry["encoding"]
-        try:
-            if enc in ("mask_of", "mask_xor"):
-                deferred.append((key, entry))
-            elif enc == "packed":
-                bits = np.unpackbits(raw[f"{key}::index"].numpy(), count=math.prod(shape), bitorder="little")
-                state[key] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-            else:
-                parts = {p.partition("::")[2]: v for p, v in raw.items() if p == key or p.startswith(key + "::")}
-                state[key] = _decode(enc, parts, shape, dtype)
-        except KeyError as exc:
-            raise CheckpointError(f"sparse file {tensors_path} lacks tensor {exc} of {key}") from None
-    for key, entry in deferred:
-        param = state.get(entry["of"])
-        if param is None:
-            raise CheckpointError(f"sparse file {tensors_path}: mask {key} refers to missing {entry['of']}")
-        mask = torch.from_numpy(_bits(param) != 0).reshape(entry["shape"])
-        if entry["encoding"] == "mask_xor":
+    for late in (False, True):  # masks derive from their parameters: decoded last
+        for key, (shape, dtype, enc) in checked.items():
+            if (enc in ("mask_of", "mask_xor")) != late:
+                continue
             parts = {p.partition("::")[2]: v for p, v in raw.items() if p == key or p.startswith(key + "::")}
             try:
-                mask = mask ^ _decode(entry["inner"], parts, entry["shape"], torch.uint8).bool()
+                state[key] = _decode_entry(key, entries[key], parts, shape, dtype, enc, state)
             except KeyError as exc:
                 raise CheckpointError(f"sparse file {tensors_path} lacks tensor {exc} of {key}") from None
-        state[key] = mask
-    return info, {k: state[k] for k in info["entries"]}
+            except (ValueError, RuntimeError, IndexError, TypeError) as exc:
+                raise CheckpointError(f"sparse file {tensors_path}: entry {key} is corrupt: {exc}") from None
+    return info, {k: state[k] for k in entries}
+
+
+def _decode_entry(
+    key: str, entry: dict[str, Any], parts: dict[str, torch.Tensor], shape: list[int], dtype: torch.dtype, enc: str,
+    state: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """One checked entry's tensor (``state``: the entries decoded so far, which a mask derives from)."""
+    numel = math.prod(shape)
+    if enc == "packed":
+        index = parts["index"]
+        if index.dtype != torch.uint8 or index.numel() != (numel + 7) // 8:
+            raise ValueError(f"{index.numel()} {index.dtype} of bits for {numel} elements")
+        bits = np.unpackbits(index.numpy().ravel(), count=numel, bitorder="little")
+        return torch.from_numpy(bits.astype(bool)).reshape(shape)
+    if enc not in ("mask_of", "mask_xor"):
+        return _decode(enc, parts, shape, dtype)
+    param = state.get(entry["of"])
+    if param is None:
+        raise CheckpointError(f"mask {key} refers to missing {entry['of']}")
+    if list(param.shape) != shape:
+        raise ValueError(f"mask of shape {shape} for {entry['of']} of shape {list(param.shape)}")
+    mask = torch.from_numpy(_bits(param) != 0).reshape(shape)
+    if enc == "mask_xor":
+        mask = mask ^ _decode(entry["inner"], parts, shape, torch.uint8).bool()
+    return mask
 
 
 def load_sparse(model: nn.Module, path: str | Path) -> dict[str, Any]:

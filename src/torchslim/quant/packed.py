@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -157,16 +158,17 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
     """
     tensors_path = bundle_paths(path)[0]
     record, tensors = read_bundle(path, FORMAT, FORMAT_VERSION, "packed checkpoint")
-    config = QuantizeConfig.parse(record["quantize"]["config"])
-    wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
+    layers = _checked_layers(record, tensors, str(tensors_path))
     work = copy.deepcopy(model)
     try:
+        config = QuantizeConfig.parse(record["quantize"]["config"])
+        wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
         attach_input_scales(work, record["quantize"].get("smoothed", []), tensors)
         build_structure(work, config, wcfg_of)
         state = work.state_dict()
         new_state: dict[str, torch.Tensor] = {}
-        for name, lay in record["layers"].items():
-            count = int(np.prod(lay["shape"]))
+        for name, lay in layers.items():
+            count = math.prod(lay["shape"])
             raw = unpack_bits(tensors.pop(f"{name}.weight.packed"), lay["bits"], count)
             q = raw.reshape(lay["shape"]) + lay["qmin"]
             scale = tensors.pop(f"{name}.weight.scale")
@@ -193,13 +195,36 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         for module in work.modules():
             if hasattr(module, "initialized") and isinstance(module.initialized, torch.Tensor):
                 module.observing = False  # type: ignore[assignment]
-    except (TorchslimError, KeyError, RuntimeError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"cannot load {tensors_path}: {exc}") from exc
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a sidecar's records that cannot be rebuilt are a bad file
+        raise CheckpointError(f"cannot load {tensors_path}: {type(exc).__name__}: {exc}") from None
     provenance.record(work, QUANT, record["quantize"])
     transplant(model, work)
     return model
+
+
+def _checked_layers(record: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, Any]]:
+    """The sidecar's per-layer records, each checked against the packed tensor it describes before anything is unpacked."""
+    quant, layers = record.get("quantize"), record.get("layers")
+    if not isinstance(quant, dict) or not isinstance(quant.get("layers"), dict) or not isinstance(layers, dict):
+        raise CheckpointError(f"{source}: the sidecar lacks its quantize record or its layers")
+    for name, lay in layers.items():
+        shape = lay.get("shape") if isinstance(lay, dict) else None
+        if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and d >= 0 for d in shape):
+            raise CheckpointError(f"{source}: layer {name} has no valid shape (got {shape!r})")
+        bits, qmin, qmax = lay.get("bits"), lay.get("qmin"), lay.get("qmax")
+        if not (_is_int(bits) and 1 <= bits <= 16 and _is_int(qmin) and _is_int(qmax) and qmin < qmax):
+            raise CheckpointError(f"{source}: layer {name} has bad bits {bits!r} or range {qmin!r}..{qmax!r}")
+        packed = tensors.get(f"{name}.weight.packed")
+        need = (math.prod(shape) * bits + 7) // 8
+        if packed is None or packed.dtype != torch.uint8 or packed.numel() != need:
+            raise CheckpointError(f"{source}: layer {name} needs {need} packed bytes for its {shape} {bits}-bit weight")
+    return layers
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _resize_buffer(model: nn.Module, key: str, value: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping
@@ -49,12 +50,46 @@ class Named(Protocol):
     def name(self) -> str: ...
 
 
+_MISSING: Any = object()
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _require(d: Any, key: str, what: str) -> Any:
     if not isinstance(d, dict):
-        raise TorchslimError(f"invalid report: {what} must be a mapping, got {type(d).__name__}")
+        raise TorchslimError(f"invalid report: {what} must be a mapping, got {_kind(d)}")
     if key not in d:
         raise TorchslimError(f"invalid report: {what} has no {key!r}")
     return d[key]
+
+
+def _typed(d: Any, key: str, what: str, kinds: type | tuple[type, ...], allowed: str, default: Any = _MISSING) -> Any:
+    """``d[key]`` (or ``default`` when absent) if it is one of ``kinds`` (a bool is no number), else naming the field."""
+    if default is not _MISSING and isinstance(d, dict) and key not in d:
+        return default
+    value = _require(d, key, what)
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise TorchslimError(f"invalid report: {what}'s {key!r} must be {allowed}, got {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TorchslimError(f"invalid report: {what}'s {key!r} must be finite, got {value!r}")
+    return value
+
+
+def _measurement(value: Any, what: str) -> Measurement | None:
+    """A measurement read from report JSON (``None`` stays ``None``), its figures finite numbers."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        bad = [k for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise TorchslimError(f"invalid report: {what}'s {bad[0]!r} must be finite, got {value[bad[0]]!r}")
+    try:
+        return Measurement.from_dict(value)
+    except TorchslimError as exc:
+        raise TorchslimError(f"invalid report: {what}: {exc}") from None
 
 
 @dataclass
@@ -154,14 +189,19 @@ class LayerReport:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerReport:
         """Inverse of :meth:`to_dict`."""
+        name = _typed(d, "name", "a layer", str, "a string")
+        what = f"layer {name!r}"
+        shape = _typed(d, "shape", what, list, "a list of integers")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise TorchslimError(f"invalid report: {what}'s 'shape' must be a list of integers >= 0, got {shape!r:.80}")
         return cls(
-            name=_require(d, "name", "a layer"),
-            kind=_require(d, "kind", "a layer"),
-            shape=tuple(int(s) for s in _require(d, "shape", "a layer")),
-            params=int(_require(d, "params", "a layer")),
-            nonzeros=int(_require(d, "nonzeros", "a layer")),
-            action=d.get("action", "kept"),
-            details=copy.deepcopy(d.get("details", {})),
+            name=name,
+            kind=_typed(d, "kind", what, str, "a string"),
+            shape=tuple(shape),
+            params=_typed(d, "params", what, int, "an integer"),
+            nonzeros=_typed(d, "nonzeros", what, int, "an integer"),
+            action=_typed(d, "action", what, str, "a string", "kept"),
+            details=copy.deepcopy(_typed(d, "details", what, dict, "a mapping", {})),
         )
 
 
@@ -179,7 +219,10 @@ class SkippedLayer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SkippedLayer:
         """Inverse of :meth:`to_dict`."""
-        return cls(name=_require(d, "name", "a skipped layer"), reason=_require(d, "reason", "a skipped layer"))
+        return cls(
+            name=_typed(d, "name", "a skipped layer", str, "a string"),
+            reason=_typed(d, "reason", "a skipped layer", str, "a string"),
+        )
 
 
 @dataclass
@@ -205,13 +248,14 @@ class StageRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageRecord:
         """Inverse of :meth:`to_dict`."""
-        m = d.get("measurement") if isinstance(d, dict) else None
+        name = _typed(d, "name", "a stage", str, "a string")
+        what = f"stage {name!r}"
         return cls(
-            name=_require(d, "name", "a stage"),
-            kind=_require(d, "kind", "a stage"),
-            seconds=float(_require(d, "seconds", "a stage")),
-            measurement=None if m is None else Measurement.from_dict(m),
-            summary=copy.deepcopy(d.get("summary", {})),
+            name=name,
+            kind=_typed(d, "kind", what, str, "a string"),
+            seconds=float(_typed(d, "seconds", what, (int, float), "a number")),
+            measurement=_measurement(_typed(d, "measurement", what, (dict, type(None)), "a mapping or null", None), what),
+            summary=copy.deepcopy(_typed(d, "summary", what, dict, "a mapping", {})),
         )
 
 
@@ -323,8 +367,18 @@ class Report:
     def from_dict(cls, d: dict[str, Any]) -> Report:
         """Inverse of :meth:`to_dict` (exact round trip).
 
+        Every field is checked before it is used: a damaged report (a field of the wrong
+        type, nesting deeper than :data:`~torchslim.report.io.MAX_JSON_DEPTH`, an integer
+        beyond 64 bits, a non-finite figure) is refused naming the field.
+
         Raises:
-            TorchslimError: ``d`` is not a torchslim report, or is of a newer version.
+            TorchslimError: ``d`` is not a torchslim report, is of a newer version, or is damaged.
+
+        Example:
+            >>> Report.from_dict({**Report("demo").to_dict(), "layers": {"fc1": 3}})
+            Traceback (most recent call last):
+            ...
+            torchslim.errors.TorchslimError: invalid report: the report's 'layers' must be a list, got dict
         """
         if not isinstance(d, dict) or d.get("format") != REPORT_FORMAT:
             raise TorchslimError(f"not a torchslim report (expected format {REPORT_FORMAT!r})")
@@ -333,16 +387,17 @@ class Report:
             raise TorchslimError(
                 f"report version {version!r} is not supported (this torchslim reads up to {REPORT_VERSION})"
             )
-        before, after = d.get("before"), d.get("after")
+        report_io.check_json(d, "invalid report")
+        what = "the report"
         return cls(
-            title=_require(d, "title", "the report"),
-            technique=d.get("technique"),
-            layers=[LayerReport.from_dict(x) for x in d.get("layers", [])],
-            skipped=[SkippedLayer.from_dict(x) for x in d.get("skipped", [])],
-            before=None if before is None else Measurement.from_dict(before),
-            after=None if after is None else Measurement.from_dict(after),
-            stages=[StageRecord.from_dict(x) for x in d.get("stages", [])],
-            meta=copy.deepcopy(d.get("meta", {})),
+            title=_typed(d, "title", what, str, "a string"),
+            technique=_typed(d, "technique", what, (str, type(None)), "a string or null", None),
+            layers=[LayerReport.from_dict(x) for x in _typed(d, "layers", what, list, "a list", [])],
+            skipped=[SkippedLayer.from_dict(x) for x in _typed(d, "skipped", what, list, "a list", [])],
+            before=_measurement(_typed(d, "before", what, (dict, type(None)), "a mapping or null", None), "'before'"),
+            after=_measurement(_typed(d, "after", what, (dict, type(None)), "a mapping or null", None), "'after'"),
+            stages=[StageRecord.from_dict(x) for x in _typed(d, "stages", what, list, "a list", [])],
+            meta=copy.deepcopy(_typed(d, "meta", what, dict, "a mapping", {})),
         )
 
     def to_json(self, indent: int | None = 2) -> str:

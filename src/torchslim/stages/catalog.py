@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -37,6 +36,7 @@ from torchslim.prune.structured import STRUCTURED_GRANULARITIES
 from torchslim.quant import QuantizeConfig, quantize_
 from torchslim.quant.qat import KDConfig, qat_finetune
 from torchslim.report import Report
+from torchslim.rundir import MAX_NAME_BYTES, check_name, is_run_file
 from torchslim.stages.base import STAGES, StageContext, StageResult, StageSpec, technique_stage
 from torchslim.train import TrainConfig, finetune
 from torchslim.zoo.spec import ModelSpec
@@ -104,8 +104,19 @@ class EncodeStage(Config):
     """Write the model as a ``.tslim`` file.
 
     Attributes:
-        file: file name inside the run directory.
+        file: file name inside the run directory: one plain name (no ``/``, ``..``, control
+            characters; at most 200 UTF-8 bytes) that is not one of the run's own files
+            (``state.json``, ``recipe.json``, ``manifest.json``, ``report.*``, ``stage-NN-*``).
         coding: ``huffman`` (Deep Compression) or ``fixed`` (fixed-width indices).
+
+    Example:
+        >>> EncodeStage(file="lenet.tslim").run_files()
+        ['lenet.tslim']
+        >>> EncodeStage.parse({"file": "state.json"})
+        Traceback (most recent call last):
+        ...
+        torchslim.errors.ConfigError: 1 error(s) in config
+          - file: names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): choose another name (got 'state.json')
     """
 
     file: str = Field(default="model.tslim", min_length=1)
@@ -114,9 +125,23 @@ class EncodeStage(Config):
     @field_validator("file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if Path(v).name != v or v in (".", ".."):
-            raise ValueError("must be a plain file name (it is written inside the run directory)")
+        try:
+            check_name(v, "file")
+        except TorchslimError:
+            raise ValueError(
+                f"must be a plain file name (it is written inside the run directory): no '/', '..' or control "
+                f"characters, at most {MAX_NAME_BYTES} UTF-8 bytes"
+            ) from None
+        if is_run_file(v):
+            raise ValueError(
+                "names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): "
+                "choose another name"
+            )
         return v
+
+    def run_files(self) -> list[str]:
+        """The files this stage writes into the run directory (the run lists them in its manifest first)."""
+        return [self.file]
 
 
 def _run_encode(model: nn.Module, cfg: EncodeStage, ctx: StageContext) -> StageResult:

@@ -29,6 +29,13 @@ from torchslim.graph import constraints
 from torchslim.measure import evaluate_accuracy
 from torchslim.report import Report
 
+#: bounds of the numbers in a :class:`TrainConfig` (and of the same kinds of numbers in a recipe)
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10**9
+MAX_BATCH = 65_536
+MAX_FLOAT = 1e12
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators take, with room for derived seeds
+
 
 class TrainConfig(Config):
     """How to (re)train a model.
@@ -48,23 +55,29 @@ class TrainConfig(Config):
         label_smoothing: cross-entropy label smoothing.
         grad_clip: clip the global gradient norm to this value.
         seed: seeds shuffling and any randomness in the model (dropout).
+
+    Every number is bounded (a recipe that validates can run): epochs and
+    ``step_epochs`` up to 10,000, steps up to 10^9, batches up to 65,536 samples,
+    ``lr`` and ``grad_clip`` up to 10^12 (larger values overflow float32 inside
+    torch; a large ``lr`` diverges cleanly instead), ``weight_decay`` and ``gamma``
+    up to 1, seeds in 0..2^32 - 1.
     """
 
-    epochs: int = Field(default=1, ge=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=1, ge=0, le=MAX_EPOCHS)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(default=0.01, gt=0)
+    lr: float = Field(default=0.01, gt=0, le=MAX_FLOAT)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
     schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
-    step_epochs: int = Field(default=1, ge=1)
-    gamma: float = Field(default=0.1, gt=0)
-    warmup_steps: int = Field(default=0, ge=0)
+    step_epochs: int = Field(default=1, ge=1, le=MAX_EPOCHS)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(default=None, gt=0)
-    seed: int = 0
+    grad_clip: float | None = Field(default=None, gt=0, le=MAX_FLOAT)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 @dataclass
@@ -159,7 +172,7 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 
 def _progress(enabled: bool, console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # a stage's name is plain text
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
@@ -268,7 +281,8 @@ def _epoch(run: _Run, epoch: int, advance: Callable[[float], None]) -> None:
     state.history.append(row)
     run.console.log(
         f"{run.description} epoch {epoch + 1}/{run.cfg.epochs}: loss {row['loss']:.4f}, "
-        f"val acc {100 * val_acc:.2f}%, {row['seconds']:.1f}s"
+        f"val acc {100 * val_acc:.2f}%, {row['seconds']:.1f}s",
+        markup=False,  # the description is a stage's name: plain text
     )
     for cb in run.callbacks:
         cb.on_epoch_end(state)

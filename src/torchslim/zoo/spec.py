@@ -1,23 +1,338 @@
-"""How a recipe (or a distillation stage) names a model: ``zoo:NAME`` or an entry point, with weights."""
+"""How a recipe (or a distillation stage) names a model: ``zoo:NAME`` or an entry point, with weights.
+
+An entry point ``package.module:function`` is code: building the model imports the
+module and calls the function, like running a Python script. :class:`ModelSpec`
+checks, without importing anything, that the module can be found and is not part of
+the standard library or of torchslim (other than :mod:`torchslim.zoo`);
+:func:`call_entry_point` imports it, calls it and checks that it returned an
+``nn.Module``.
+
+A zoo model's ``args`` are checked against its builder's signature (names, types,
+sizes), and :func:`input_problem` checks that a zoo model fits a data set's inputs,
+without building it.
+
+Example:
+    >>> ModelSpec(name="zoo:lenet300", args={"in_features": 64}).args
+    {'in_features': 64}
+    >>> ModelSpec.parse({"name": "zoo:lenet300", "args": {"in_featurs": 64}})
+    Traceback (most recent call last):
+        ...
+    torchslim.errors.ConfigError: 1 error(s) in config
+      - args: in_featurs: zoo model 'lenet300' takes no such argument; allowed: in_features, num_classes
+    >>> ModelSpec.parse({"name": "os:system"})
+    Traceback (most recent call last):
+        ...
+    torchslim.errors.ConfigError: 1 error(s) in config
+      - name: module 'os' is part of the Python standard library, not a model builder (got 'os:system')
+"""
 
 from __future__ import annotations
 
+import collections.abc
+import importlib
+import importlib.util
+import inspect
+import math
 import re
+import stat
+import sys
+import types
+import typing
+import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+from torch import nn
 
 from torchslim.config import Config
+from torchslim.errors import ConfigIssue, TorchslimError
 from torchslim.zoo.registry import MODELS
 
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: the largest integer a zoo builder's size argument (a width, depth, image size...) may take
+MAX_SIZE_ARG = 65_536
+MAX_PATH_CHARS = 4096
+_NOT_PLAIN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, format (bidi overrides), lone surrogates, line breaks
+
+
+def plain_text_problem(text: str, max_chars: int) -> str | None:
+    """Why ``text`` is not plain text of at most ``max_chars`` characters (``None`` if it is).
+
+    Plain text has no control or format characters (NUL, escape sequences, bidirectional
+    overrides) and no unpaired surrogates.
+
+    Example:
+        >>> plain_text_problem("stage [/] one", 100) is None
+        True
+        >>> plain_text_problem("a\\x00b", 100)
+        'must be plain text: no control characters (found U+0000)'
+    """
+    if len(text) > max_chars:
+        return f"is {len(text)} characters long; at most {max_chars} allowed"
+    for ch in text:
+        if unicodedata.category(ch) in _NOT_PLAIN:
+            return f"must be plain text: no control characters (found U+{ord(ch):04X})"
+    return None
+
+
+def _missing_module(dotted: str) -> str | None:
+    """The first prefix of the module path ``dotted`` that cannot be found (``None``: all found).
+
+    Looked up with the import system's finders, importing nothing: ``find_spec("a.b")``
+    would import ``a`` (running its ``__init__``), so a submodule is looked up in its
+    parent's search locations instead.
+    """
+    parts = dotted.split(".")
+    locations: Any = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        module = sys.modules.get(name)
+        if module is not None:
+            locations = getattr(module, "__path__", None)
+        else:
+            spec = importlib.util.find_spec(name) if i == 0 else _find_in(name, locations)
+            if spec is None:
+                return name
+            locations = spec.submodule_search_locations
+        if i + 1 < len(parts) and locations is None:  # a plain module has no submodules
+            return ".".join(parts[: i + 2])
+    return None
+
+
+def _find_in(name: str, locations: Any) -> Any:
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, list(locations)) if find is not None else None
+        if spec is not None:
+            return spec
+    return None
+
+
+def entry_point_problem(name: str) -> str | None:
+    """Why the entry point ``package.module:function`` may not be used (``None`` if it may); imports nothing.
+
+    Example:
+        >>> entry_point_problem("torchslim.zoo.lenet:lenet300") is None
+        True
+        >>> entry_point_problem("no_such_package_xyz.models:build")
+        "module 'no_such_package_xyz' cannot be found (is the package installed?)"
+    """
+    if not ENTRY_POINT.fullmatch(name):  # not .match: "$" would let a trailing newline through
+        return "must be 'zoo:NAME' or an entry point 'package.module:function'"
+    module = name.partition(":")[0]
+    parts = module.split(".")
+    if not all(parts):
+        return f"{module!r} is not a module path"
+    if parts[0] in sys.stdlib_module_names or parts[0] in sys.builtin_module_names:
+        return f"module {module!r} is part of the Python standard library, not a model builder"
+    if parts[0] == "torchslim" and parts[:2] != ["torchslim", "zoo"]:
+        return f"module {module!r} is part of torchslim; name torchslim's models as 'zoo:NAME'"
+    try:
+        missing = _missing_module(module)
+    except (ImportError, ValueError, AttributeError, TypeError, OSError) as exc:  # a finder failed: say so
+        return f"module {module!r} cannot be looked up: {type(exc).__name__}: {exc}"
+    return None if missing is None else f"module {missing!r} cannot be found (is the package installed?)"
+
+
+def call_entry_point(name: str, args: dict[str, Any], *, what: str = "model") -> nn.Module:
+    """Import the entry point ``package.module:function``, call it with ``args`` and check it built an ``nn.Module``.
+
+    This runs the module's code, as ``python -c "import package.module"`` would.
+
+    Raises:
+        TorchslimError: the entry point is refused (:func:`entry_point_problem`), cannot be
+            imported, is not callable, does not take ``args``, or returned something else.
+
+    Example:
+        >>> call_entry_point("torchslim.zoo.lenet:lenet300", {"in_features": 64}).fc1.in_features
+        64
+        >>> call_entry_point("torchslim.zoo.lenet:lenet300", {"width": 3})
+        Traceback (most recent call last):
+            ...
+        torchslim.errors.TorchslimError: model entry point 'torchslim.zoo.lenet:lenet300' does not take these args: got an unexpected keyword argument 'width'; its parameters: in_features, num_classes
+    """
+    problem = entry_point_problem(name)
+    if problem is not None:
+        raise TorchslimError(f"{what} entry point {name!r}: {problem}")
+    module_name, fn_name = name.split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise TorchslimError(f"cannot import {what} entry point {name!r}: {exc}") from None
+    if not callable(fn):
+        raise TorchslimError(f"{what} entry point {name!r} is a {type(fn).__name__}, not a function returning an nn.Module")
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call itself will say
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**args)
+        except TypeError as exc:
+            params = ", ".join(signature.parameters) or "(none)"
+            raise TorchslimError(f"{what} entry point {name!r} does not take these args: {exc}; its parameters: {params}") from None
+    model = fn(**args)
+    if not isinstance(model, nn.Module):
+        raise TorchslimError(f"{what} entry point {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (``None``: it fits or the annotation is not checked)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+        return None if 1 <= value <= MAX_SIZE_ARG else f"must be an integer in 1..{MAX_SIZE_ARG}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    if hint is type(None):
+        return None if value is None else "must be null"
+    if origin is Literal:
+        return None if any(value == p and type(value) is type(p) for p in params) else f"must be one of {list(params)}"
+    if origin in (typing.Union, types.UnionType):
+        found = [_type_problem(p, value) for p in params]
+        return None if any(f is None for f in found) else " or ".join(f for f in found if f)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        if origin is tuple and params and params[-1] is not Ellipsis:
+            if len(value) != len(params):
+                return f"must be a list of {len(params)} items"
+            items = list(zip(params, value, strict=True))
+        else:
+            items = [(params[0] if params else Any, v) for v in value]
+        for i, (p, v) in enumerate(items):
+            found_item = _type_problem(p, v)
+            if found_item is not None:
+                return f"item {i} {found_item}"
+    return None
+
+
+def zoo_arg_issues(name: str, args: dict[str, Any]) -> list[ConfigIssue]:
+    """Problems of ``args`` for the zoo model ``name`` (unknown names, wrong types, sizes out of range).
+
+    Example:
+        >>> [str(i) for i in zoo_arg_issues("lenet5", {"image_size": "big"})]
+        ["image_size: must be an integer (got 'big')"]
+    """
+    factory = MODELS.get(name)
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
+    try:
+        hints = typing.get_type_hints(factory)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: check the names only
+        hints = {}
+    issues = []
+    for key, value in args.items():
+        if key not in params:
+            allowed = ", ".join(params) or "(none)"
+            issues.append(ConfigIssue(key, f"zoo model {name!r} takes no such argument; allowed: {allowed}"))
+            continue
+        problem = _type_problem(hints[key], value) if key in hints else None
+        if problem is not None:
+            shown = value if isinstance(value, (str, int, float)) and len(repr(value)) <= 80 else None
+            issues.append(ConfigIssue(key, problem, shown))
+    return issues
+
+
+def _default(name: str, arg: str) -> Any:
+    param = inspect.signature(MODELS.get(name)).parameters.get(arg)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def data_args(name: str, args: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The arguments to build the zoo model ``name`` for a data set: ``args``, then what the data decides.
+
+    ``in_channels`` and ``num_classes`` come from the data when the builder takes them
+    and ``args`` does not give them; so do ``in_features`` (the values per sample) and
+    ``image_size`` (square images) when the builder's default does not fit the data.
+
+    Example:
+        >>> data_args("lenet300", {}, (1, 8, 8), 10)
+        {'num_classes': 10, 'in_features': 64}
+        >>> data_args("lenet300", {}, (1, 28, 28), 10)
+        {'num_classes': 10}
+    """
+    params = inspect.signature(MODELS.get(name)).parameters
+    out = dict(args)
+    if "in_channels" in params and "in_channels" not in out and input_shape:
+        out["in_channels"] = input_shape[0]
+    if "num_classes" in params and "num_classes" not in out:
+        out["num_classes"] = num_classes
+    values = math.prod(input_shape)
+    if "in_features" in params and "in_features" not in out and _default(name, "in_features") != values:
+        out["in_features"] = values
+    square = len(input_shape) == 3 and input_shape[1] == input_shape[2]
+    if "image_size" in params and "image_size" not in out and square and _default(name, "image_size") != input_shape[1]:
+        out["image_size"] = input_shape[1]
+    return out
+
+
+#: the smallest image side each zoo convolutional model handles (its convolutions and poolings)
+MIN_IMAGE_SIDE = {"lenet5": 16, "densenet_small": 4}
+#: zoo models whose inputs are not images
+TEXT_MODELS = frozenset({"minilm"})
+
+
+def input_problem(name: str, args: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> str | None:
+    """Why the zoo model ``name`` built with ``args`` cannot take a data set's inputs (``None``: it can).
+
+    ``args`` are the arguments it is built with (see :func:`data_args`). Nothing is built.
+
+    Example:
+        >>> input_problem("lenet5", data_args("lenet5", {}, (1, 8, 8), 10), (1, 8, 8), 10)
+        'zoo model lenet5 needs images of at least 16x16; the data has 1x8x8 inputs'
+        >>> input_problem("lenet300", {"in_features": 784}, (1, 8, 8), 10)
+        'zoo model lenet300 takes in_features=784 values per sample; the data has 1x8x8 = 64'
+    """
+    shape = "x".join(map(str, input_shape))
+    if name in TEXT_MODELS:
+        return f"zoo model {name} is a text encoder (token ids in); the data has {shape} images"
+    given = {k: args.get(k, _default(name, k)) for k in ("in_channels", "num_classes", "in_features", "image_size")}
+    params = inspect.signature(MODELS.get(name)).parameters
+    if "in_features" in params and given["in_features"] != math.prod(input_shape):
+        return f"zoo model {name} takes in_features={given['in_features']} values per sample; the data has {shape} = {math.prod(input_shape)}"
+    if "in_channels" in params and input_shape and given["in_channels"] != input_shape[0]:
+        return f"zoo model {name} takes in_channels={given['in_channels']}; the data has {input_shape[0]} channel(s) ({shape})"
+    if "num_classes" in params and isinstance(given["num_classes"], int) and given["num_classes"] < num_classes:
+        return f"zoo model {name} has num_classes={given['num_classes']} outputs; the data has {num_classes} classes"
+    side = MIN_IMAGE_SIDE.get(name, 1)
+    if len(input_shape) == 3 and min(input_shape[1:]) < side:
+        return f"zoo model {name} needs images of at least {side}x{side}; the data has {shape} inputs"
+    size = given["image_size"]
+    if "image_size" in params and (len(input_shape) != 3 or input_shape[1:] != (size, size)):
+        return f"zoo model {name} takes {size}x{size} images (image_size); the data has {shape} inputs"
+    patch = args.get("patch_size", _default(name, "patch_size"))
+    if "patch_size" in params and isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
+        return f"zoo model {name}: image_size {size} is not a multiple of patch_size {patch}; set model args patch_size"
+    return None
+
+
+def _path_problem(v: str) -> str | None:
+    problem = plain_text_problem(v, MAX_PATH_CHARS)
+    if problem is not None:
+        return problem
+    try:
+        mode = Path(v).stat().st_mode
+    except FileNotFoundError:
+        return f"weights file {v!r} not found"
+    except OSError as exc:  # a symlink loop, a name too long, a directory without search permission...
+        return f"weights file {v!r} cannot be read: {exc.strerror or exc}"
+    return None if stat.S_ISREG(mode) else f"weights file {v!r} is not a regular file"
 
 
 class ModelSpec(Config):
     """Where the model comes from: ``zoo:NAME`` or an entry point ``pkg.module:build_fn``."""
 
-    name: str
+    name: str = Field(max_length=300)
     args: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
 
@@ -27,13 +342,27 @@ class ModelSpec(Config):
         if v.startswith("zoo:"):
             if v[4:] not in MODELS:
                 raise ValueError(f"unknown zoo model {v[4:]!r}; registered: {', '.join(MODELS.names())}")
-        elif not ENTRY_POINT.match(v):
-            raise ValueError("must be 'zoo:NAME' or an entry point 'package.module:function'")
+            return v
+        problem = entry_point_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _check_args(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name", "")
+        if isinstance(name, str) and name.startswith("zoo:") and name[4:] in MODELS:
+            issues = zoo_arg_issues(name[4:], v)
+            if issues:
+                raise ValueError("; ".join(map(str, issues)))
         return v
 
     @field_validator("weights")
     @classmethod
     def _check_weights(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).exists():
-            raise ValueError(f"weights file {v!r} not found")
+        if v is not None:
+            problem = _path_problem(v)
+            if problem is not None:
+                raise ValueError(problem if problem.startswith("weights") else f"weights file name {problem}")
         return v

@@ -4,7 +4,10 @@
 - :mod:`~torchslim.io.tslim.codecs`: the codec registry (``raw``, ``bits``, ``sparse``,
   ``shared``, ``support_of``, ``codes_of``; ``quantized`` comes from :mod:`torchslim.encode.tslim`);
 - :mod:`~torchslim.io.tslim.policy`: which codec each state-dict entry gets;
-- :mod:`~torchslim.io.tslim.model`: a model to and from a file;
+- :mod:`~torchslim.io.tslim.model`: a model to and from a file (:func:`load_file`: every check of
+  :func:`load`, shared with ``torchslim inspect``);
+- :mod:`~torchslim.io.tslim.arch`: the architecture a file names, built bounded on the ``meta``
+  device and checked against its records before anything is decoded;
 - :mod:`~torchslim.io.tslim.inspect`: the per-layer table of ``torchslim inspect``;
 - :mod:`~torchslim.io.tslim.streams` and :mod:`~torchslim.io.tslim.huffman`: integer streams
   (relative indices, fixed width, canonical Huffman codes).
@@ -25,7 +28,7 @@ from torchslim.io.tslim.codecs import CODECS, Codec, register
 from torchslim.io.tslim.format import FORMAT_VERSION, MAGIC, SUFFIX, TslimFile, TslimFormatError, parse, read
 from torchslim.io.tslim.huffman import HuffmanCode, HuffmanError
 from torchslim.io.tslim.inspect import LayerRow, layer_table
-from torchslim.io.tslim.model import build_from_arch, encode_model, load, save
+from torchslim.io.tslim.model import build_from_arch, encode_model, load, load_data, load_file, save
 
 __all__ = [
     "CODECS",
@@ -42,6 +45,8 @@ __all__ = [
     "encode_model",
     "layer_table",
     "load",
+    "load_data",
+    "load_file",
     "parse",
     "read",
     "register",

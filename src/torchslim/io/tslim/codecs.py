@@ -56,10 +56,16 @@ from torchslim.registry import Registry
 #: Records decoded so far, by name: ``(record, tensor)`` (what a derived record may read).
 Decoded = dict[str, tuple[Record, torch.Tensor]]
 Decoder = Callable[[Record, dict[str, bytes], Decoded], torch.Tensor]
+#: ``(record, every record of the file by name)`` -> None: header-only checks, before anything is decoded
+Checker = Callable[[Record, dict[str, Record]], None]
 
 
 def _never(record: Record) -> bool:
     return False
+
+
+def _nothing(record: Record, records: dict[str, Record]) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Codec:
             record that is not derived.
         stores_positions: whether a record stores the positions of its entries
             (a pruning mask can then be derived from it, ``support_of``).
+        check: ``(record, records by name) -> None``: what the codec can check of a
+            record from the header alone (the records it reads, their shapes and
+            dtypes), run on every record before any is decoded; raises
+            :class:`TslimFormatError` naming the record.
     """
 
     name: str
@@ -82,6 +92,7 @@ class Codec:
     decode: Decoder
     derived: bool = False
     stores_positions: Callable[[Record], bool] = _never
+    check: Checker = _nothing
 
 
 CODECS: Registry[Codec] = Registry("tslim encoding")
@@ -97,6 +108,11 @@ def codec_of(record: Record) -> Codec:
     if record.enc not in CODECS:
         raise TslimFormatError(f"record {record.name}: unknown encoding {record.enc!r}; known: {', '.join(CODECS.names())}")
     return CODECS.get(record.enc)
+
+
+def check_record(record: Record, records: dict[str, Record]) -> None:
+    """The codec's header-only checks of ``record`` (``records``: every record of the file, by name)."""
+    codec_of(record).check(record, records)
 
 
 def decode_record(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
@@ -126,14 +142,19 @@ def encode_positions(positions: np.ndarray, coding: str) -> tuple[dict[str, Any]
 
 
 def read_positions(record: Record, payload: dict[str, bytes], numel: int) -> np.ndarray:
-    """The positions stored by :func:`encode_positions`, checked against the record's ``nnz`` and ``numel``."""
+    """The positions stored by :func:`encode_positions`, checked against the record's ``nnz`` and ``numel``.
+
+    Each position takes one gap symbol, so ``nnz <= n_gap``; the stream's length
+    is checked against its bytes before it is decoded.
+    """
     info = record.info
     bits, n_gap = int_field(info, "ib", 1, 24, record.name), int_field(info, "n_gap", 0, MAX_ELEMENTS, record.name)
+    nnz = int_field(info, "nnz", 0, min(numel, n_gap), record.name)
     gap_parts = {k[4:]: v for k, v in payload.items() if k.startswith("gap_")}
     gaps = decode_stream(gap_parts, 1 << bits, n_gap, coding_field(info, record.name))
     positions = positions_from_gaps(gaps, bits, numel)
-    if positions.size != int_field(info, "nnz", 0, numel, record.name):
-        raise TslimFormatError(f"record {record.name}: {positions.size} positions decoded, header says {info['nnz']}")
+    if positions.size != nnz:
+        raise TslimFormatError(f"record {record.name}: {positions.size} positions decoded, header says {nnz}")
     return positions
 
 
@@ -180,6 +201,8 @@ def bits_record(name: str, t: torch.Tensor) -> Record:
 
 def _decode_bits(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
     numel = math.prod(record.shape)
+    if record.dtype != "bool":
+        raise TslimFormatError(f"record {record.name}: bits are bool, not {record.dtype}")
     data = payload.get("data", b"")
     if len(data) != (numel + 7) // 8:
         raise TslimFormatError(f"record {record.name}: {len(data)} bytes of bits for {numel} elements")
@@ -203,11 +226,11 @@ def sparse_record(name: str, t: torch.Tensor, where: np.ndarray, coding: str) ->
 def _decode_sparse(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
     numel = math.prod(record.shape)
     np_dtype = DTYPES[record.dtype][1]
-    positions = read_positions(record, payload, numel)
-    out = np.zeros(numel, dtype=np_dtype)
+    positions = read_positions(record, payload, numel)  # as many as the gap bytes allow
     values = payload.get("values", b"")
-    if len(values) != positions.size * np_dtype.itemsize:
+    if len(values) != positions.size * np_dtype.itemsize:  # checked before the tensor is allocated
         raise TslimFormatError(f"record {record.name}: values part has {len(values)} bytes for {positions.size} entries")
+    out = np.zeros(numel, dtype=np_dtype)
     out[positions] = np.frombuffer(values, dtype=np_dtype)
     return from_pattern(out, record.dtype, record.shape)
 
@@ -238,13 +261,13 @@ def shared_record(name: str, t: torch.Tensor, codes: torch.Tensor, coding: str) 
 def _decode_shared(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
     numel = math.prod(record.shape)
     np_dtype = DTYPES[record.dtype][1]
-    positions = read_positions(record, payload, numel)
-    out = np.zeros(numel, dtype=np_dtype)
     k = int_field(record.info, "k", 0, 1 << 24, record.name)
     codebook = payload.get("codebook", b"")
-    if len(codebook) != k * np_dtype.itemsize:
+    if len(codebook) != k * np_dtype.itemsize:  # checked before anything is decoded
         raise TslimFormatError(f"record {record.name}: codebook has {len(codebook)} bytes for {k} entries")
+    positions = read_positions(record, payload, numel)
     symbols = cluster_codes(record, payload, positions.size)
+    out = np.zeros(numel, dtype=np_dtype)
     out[positions] = np.frombuffer(codebook, dtype=np_dtype)[symbols]
     return from_pattern(out, record.dtype, record.shape)
 
@@ -268,15 +291,28 @@ def _source(record: Record, done: Decoded) -> tuple[Record, dict[str, bytes]]:
     if not isinstance(of, str) or of not in done:
         raise TslimFormatError(f"record {record.name} refers to {of!r}, which is not an earlier record")
     source, _ = done[of]
-    if not has_support(source) or source.shape != record.shape:
-        raise TslimFormatError(f"record {record.name} cannot be derived from {of} ({source.enc}, shape {source.shape})")
+    _check_source(record, {of: source})
     return source, source.info["_payload"]
 
 
+def _check_source(record: Record, records: dict[str, Record]) -> None:
+    """A derived mask or codes record: its source exists, stores positions, has its shape; the dtypes fit."""
+    of = record.info.get("of")
+    source = records.get(of) if isinstance(of, str) else None
+    if source is None:
+        raise TslimFormatError(f"record {record.name} refers to {of!r}, which is not an earlier record")
+    if not has_support(source) or source.shape != record.shape:
+        raise TslimFormatError(f"record {record.name} cannot be derived from {of} ({source.enc}, shape {source.shape})")
+    if record.enc == "support_of" and record.dtype != "bool":
+        raise TslimFormatError(f"record {record.name}: a support must be bool, not {record.dtype}")
+    if record.enc == "codes_of" and (source.enc != "shared" or record.dtype not in ("int16", "int32", "int64")):
+        raise TslimFormatError(f"record {record.name}: codes derive only from a shared record, as integers")
+
+
 def _decode_support_of(record: Record, payload: dict[str, bytes], done: Decoded) -> torch.Tensor:
-    source, src_payload = _source(record, done)
     if record.dtype != "bool":
         raise TslimFormatError(f"record {record.name}: a support must be bool, not {record.dtype}")
+    source, src_payload = _source(record, done)
     return torch.from_numpy(support(source, src_payload)).reshape(record.shape)
 
 
@@ -300,5 +336,5 @@ RAW = register(Codec("raw", raw_record, _decode_raw))
 BITS = register(Codec("bits", bits_record, _decode_bits))
 SPARSE = register(Codec("sparse", sparse_record, _decode_sparse, stores_positions=_always))
 SHARED = register(Codec("shared", shared_record, _decode_shared, stores_positions=_always))
-SUPPORT_OF = register(Codec("support_of", support_of_record, _decode_support_of, derived=True))
-CODES_OF = register(Codec("codes_of", codes_of_record, _decode_codes_of, derived=True))
+SUPPORT_OF = register(Codec("support_of", support_of_record, _decode_support_of, derived=True, check=_check_source))
+CODES_OF = register(Codec("codes_of", codes_of_record, _decode_codes_of, derived=True, check=_check_source))

@@ -460,66 +460,91 @@ class HuffmanCode:
         return head + (bytes(runs) if len(runs) < len(packed) else packed)
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> tuple[HuffmanCode, int]:
+    def from_bytes(
+        cls, data: bytes | bytearray | memoryview, *, n_symbols: int | None = None, max_present: int | None = None
+    ) -> tuple[HuffmanCode, int]:
         """Read a table written by :meth:`to_bytes` at the start of ``data``: ``(code, bytes consumed)``.
 
         Raises :class:`HuffmanError` saying what is wrong if the table is
         truncated, uses an unknown mode, declares more than :data:`MAX_SYMBOLS`
         symbols or a length above :data:`MAX_LENGTH`, or if its lengths do not
         form a complete prefix code (Kraft sum 1, unless at most one symbol).
+        A reader that knows the alphabet (``n_symbols``) or how many symbols the
+        stream holds (``max_present``: a code built from a stream gives codes only
+        to the symbols in it) has a table that disagrees refused before anything
+        the size of the alphabet is built.
 
         Example:
             >>> HuffmanCode.from_bytes(bytes.fromhex("0400026f") + b"payload")
             (HuffmanCode(n_symbols=4, present=4, max_length=3), 4)
+            >>> HuffmanCode.from_bytes(bytes.fromhex("0400026f"), n_symbols=8)
+            Traceback (most recent call last):
+                ...
+            torchslim.io.tslim.huffman.HuffmanError: Huffman table declares 4 symbols, its stream has 8
         """
         data = bytes(data)
         n, pos = _read_varint(data, 0, "the number of symbols")
         if n > MAX_SYMBOLS:
             raise HuffmanError(f"Huffman table declares {n} symbols: more than the {MAX_SYMBOLS} supported")
+        if n_symbols is not None and n != n_symbols:
+            raise HuffmanError(f"Huffman table declares {n} symbols, its stream has {n_symbols}")
         if pos >= len(data):
             raise HuffmanError("Huffman table truncated before its mode byte")
         mode = data[pos]
-        pos += 1
         if mode == _PACKED:
-            if pos >= len(data):
-                raise HuffmanError("Huffman table truncated before its bit width")
-            width = data[pos]
-            pos += 1
-            if width > 6:
-                raise HuffmanError(f"Huffman table has bit width {width}: must be at most 6")
-            size = (n * width + 7) // 8
-            if pos + size > len(data):
-                raise HuffmanError(f"Huffman table truncated: {len(data) - pos} of {size} length bytes")
-            if width:
-                bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=size, offset=pos))
-                lengths = bits[: n * width].reshape(n, width).astype(np.int64) @ (1 << np.arange(width - 1, -1, -1))
-            else:
-                lengths = np.zeros(n, dtype=np.int64)
-            pos += size
+            lengths, pos = _packed_lengths(data, pos + 1, n)
         elif mode == _RUNS:
-            n_runs, pos = _read_varint(data, pos, "the number of runs")
-            if n_runs > n or 2 * n_runs > len(data) - pos:
-                raise HuffmanError(f"Huffman table declares {n_runs} runs: more than it can hold")
-            values, sizes = [], []
-            total = 0
-            for _ in range(n_runs):  # one step per run; bounded by the bytes present
-                if pos >= len(data):
-                    raise HuffmanError("Huffman table truncated in its runs")
-                values.append(data[pos])
-                size, pos = _read_varint(data, pos + 1, "a run size")
-                size += 1
-                total += size
-                if total > n:
-                    raise HuffmanError(f"Huffman table runs cover more than its {n} symbols")
-                sizes.append(size)
-            if total != n:
-                raise HuffmanError(f"Huffman table runs cover {total} of its {n} symbols")
-            lengths = np.repeat(np.array(values, dtype=np.int64), np.array(sizes, dtype=np.int64))
+            lengths, pos = _run_lengths(data, pos + 1, n, max_present)
         else:
             raise HuffmanError(f"Huffman table has unknown mode {mode}")
         if lengths.size and lengths.max() > MAX_LENGTH:
             raise HuffmanError(f"Huffman table has a code length {int(lengths.max())}: must be at most {MAX_LENGTH}")
+        if max_present is not None and np.count_nonzero(lengths) > max(1, max_present):
+            raise HuffmanError(f"Huffman table codes {np.count_nonzero(lengths)} symbols, its stream holds {max_present}")
         return cls(lengths), pos
+
+
+def _packed_lengths(data: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+    """The ``n`` code lengths of a packed table whose bit width is at ``pos`` (uint8), and the position after."""
+    if pos >= len(data):
+        raise HuffmanError("Huffman table truncated before its bit width")
+    width = data[pos]
+    pos += 1
+    if width > 6:
+        raise HuffmanError(f"Huffman table has bit width {width}: must be at most 6")
+    size = (n * width + 7) // 8
+    if pos + size > len(data):
+        raise HuffmanError(f"Huffman table truncated: {len(data) - pos} of {size} length bytes")
+    if not width:
+        return np.zeros(n, dtype=np.uint8), pos
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=size, offset=pos))[: n * width].reshape(n, width)
+    weights = (1 << np.arange(width - 1, -1, -1)).astype(np.uint8)
+    return (bits * weights).sum(axis=1, dtype=np.uint8), pos + size
+
+
+def _run_lengths(data: bytes, pos: int, n: int, max_present: int | None) -> tuple[np.ndarray, int]:
+    """The ``n`` code lengths of a run-length table whose run count is at ``pos`` (uint8), and the position after."""
+    n_runs, pos = _read_varint(data, pos, "the number of runs")
+    if n_runs > n or 2 * n_runs > len(data) - pos:
+        raise HuffmanError(f"Huffman table declares {n_runs} runs: more than it can hold")
+    values, sizes = [], []
+    total = present = 0
+    for _ in range(n_runs):  # one step per run; bounded by the bytes present
+        if pos >= len(data):
+            raise HuffmanError("Huffman table truncated in its runs")
+        values.append(data[pos])
+        size, pos = _read_varint(data, pos + 1, "a run size")
+        size += 1
+        total += size
+        present += size if values[-1] else 0
+        if total > n:
+            raise HuffmanError(f"Huffman table runs cover more than its {n} symbols")
+        sizes.append(size)
+    if total != n:
+        raise HuffmanError(f"Huffman table runs cover {total} of its {n} symbols")
+    if max_present is not None and present > max(1, max_present):  # before building them
+        raise HuffmanError(f"Huffman table codes {present} symbols, its stream holds {max_present}")
+    return np.repeat(np.array(values, dtype=np.uint8), np.array(sizes, dtype=np.int64)), pos
 
 
 def entropy_bits(symbols: Any, n_symbols: int) -> float:

@@ -90,7 +90,7 @@ def layer_table(f: TslimFile) -> list[LayerRow]:
             weights = math.prod(entry["shape"])
             enc = entry["enc"]
             if enc == "quantized" and not entry.get("sparse"):
-                kept = float(f.state[f"{module}.weight"].count_nonzero()) / max(1, weights)
+                kept = float(f.state[entry["name"]].count_nonzero()) / max(1, weights)
                 wbits = 8 * sum(parts.values()) / max(1, weights)
             elif enc in _POSITIONAL:
                 nnz = max(1, entry["nnz"])
@@ -99,7 +99,7 @@ def layer_table(f: TslimFile) -> list[LayerRow]:
                 ibits = 8 * index / nnz
                 wbits = 8 * (sum(parts.values()) - index) / nnz
             else:
-                kept = float(f.state[f"{module}.weight"].count_nonzero()) / max(1, weights)
+                kept = float(f.state[entry["name"]].count_nonzero()) / max(1, weights)
                 wbits = 8 * DTYPES[entry["dtype"]][1].itemsize
         out.append(LayerRow(module, weights, kept, wbits, ibits, enc, row["bytes"], row["dense"]))
     return out

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from torchslim.errors import CheckpointError
 CODINGS = ("huffman", "fixed")
 #: The most elements a record may declare (a guard against garbage shapes).
 MAX_ELEMENTS = 1 << 34
+#: The most dimensions a record's shape may have.
+MAX_DIMS = 32
 
 #: dtype name -> (torch dtype, numpy dtype holding its bit pattern)
 DTYPES: dict[str, tuple[torch.dtype, np.dtype[Any]]] = {
@@ -70,6 +73,36 @@ class Record:
     def nbytes(self) -> int:
         """Payload bytes of the record."""
         return sum(len(b) for _, b in self.parts)
+
+
+def check_shape(shape: Any, name: str) -> list[int]:
+    """``shape``, checked to be a list of at most :data:`MAX_DIMS` sizes of at most :data:`MAX_ELEMENTS` elements in all.
+
+    Example:
+        >>> check_shape([300, 784], "fc1.weight")
+        [300, 784]
+        >>> check_shape([1 << 20, 1 << 20], "fc1.weight")
+        Traceback (most recent call last):
+            ...
+        torchslim.io.tslim.records.TslimFormatError: record fc1.weight: shape [1048576, 1048576] is too large (more than 17179869184 elements)
+    """
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise TslimFormatError(f"record {name}: bad shape {shape!r} (a list of at most {MAX_DIMS} sizes)")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS for d in shape):
+        raise TslimFormatError(f"record {name}: bad shape {shape!r}")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:  # an empty tensor's other sizes still make strides
+        raise TslimFormatError(f"record {name}: shape {shape} is too large (more than {MAX_ELEMENTS} elements)")
+    return shape
+
+
+def decoded_bytes(record: Record) -> int:
+    """Bytes of the tensor ``record`` decodes to (its shape and dtype are checked).
+
+    Example:
+        >>> decoded_bytes(Record("w", [300, 784], "float32", "raw"))
+        940800
+    """
+    return math.prod(record.shape) * DTYPES[record.dtype][1].itemsize
 
 
 def dtype_name(dtype: torch.dtype) -> str:

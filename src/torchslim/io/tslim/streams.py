@@ -87,8 +87,11 @@ def unpack_fixed(data: bytes, bits: int, count: int) -> np.ndarray:
     if len(data) != need:
         raise StreamError(f"fixed-width stream has {len(data)} bytes, expected {need}")
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=bits * count).reshape(count, bits)
-    weights = np.left_shift(np.uint64(1), np.arange(bits - 1, -1, -1, dtype=np.uint64))
-    return (flat.astype(np.uint64) * weights).sum(axis=1).astype(np.int64)
+    out = np.zeros(count, dtype=np.int64)
+    for column in range(bits):  # one pass per bit: the temporaries stay at one integer per symbol
+        out <<= 1
+        out |= flat[:, column]
+    return out
 
 
 def encode_stream(symbols: np.ndarray, n_symbols: int, coding: str) -> dict[str, bytes]:
@@ -105,8 +108,8 @@ def decode_stream(parts: dict[str, bytes], n_symbols: int, count: int, coding: s
     """Inverse of :func:`encode_stream`; every symbol checked to lie in ``0 .. n_symbols - 1``."""
     try:
         if coding == "huffman":
-            code, used = HuffmanCode.from_bytes(parts["table"])
-            if used != len(parts["table"]) or code.n_symbols != n_symbols:
+            code, used = HuffmanCode.from_bytes(parts["table"], n_symbols=n_symbols, max_present=count)
+            if used != len(parts["table"]):
                 raise StreamError("Huffman table does not match its stream")
             out = code.decode(parts["data"], count)
         elif coding == "fixed":
