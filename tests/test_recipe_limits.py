@@ -233,3 +233,10 @@ def test_a_recipe_of_200000_values_is_refused_fast(tmp_path):
     t0 = time.perf_counter()
     msg = refused(write(tmp_path, HEAD + "stages:\n  - type: distill\n    hints: [" + ",".join(["1"] * 9000) + "]\n"))
     assert "9000 error(s)" in msg and time.perf_counter() - t0 < 3
+
+
+def test_an_escape_beyond_the_last_code_point_is_a_clean_error(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text('name: "\\U001BECC5"\n', encoding="utf-8")  # PyYAML's scanner raises ValueError on it
+    with pytest.raises(ConfigError, match="invalid YAML: ValueError"):
+        load_recipe(path)

@@ -553,6 +553,8 @@ def read_recipe_data(path: str | Path) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"invalid YAML: {exc}")], name) from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # PyYAML's own: an escape beyond U+10FFFF...
+        raise ConfigError([ConfigIssue("", f"invalid YAML: {type(exc).__name__}: {exc}")], name) from None
     finally:
         loader.dispose()
 

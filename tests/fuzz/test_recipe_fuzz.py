@@ -30,6 +30,7 @@ from torchslim.recipe import Recipe, load_recipe, parse_recipe
 SCALE = max(1, int(os.environ.get("TORCHSLIM_FUZZ_SCALE", "1")))
 BASE_CASES = 500
 MAX_SECONDS = 5.0
+MAX_GROWTH_MB = 100.0
 RUNNER = CliRunner()
 
 BASE: dict[str, Any] = {
@@ -181,6 +182,7 @@ def test_the_base_recipe_is_valid():
 def test_recipe_mutants_end_valid_or_in_one_clean_error(raw: bytes, tmp_path: Path, rss_limit_mb: float) -> None:
     path = tmp_path / "mutant.yaml"
     path.write_bytes(raw)
+    peak_before = peak_rss_mb()
     t0 = time.perf_counter()
     try:
         load_recipe(path)
@@ -196,4 +198,7 @@ def test_recipe_mutants_end_valid_or_in_one_clean_error(raw: bytes, tmp_path: Pa
     assert "Traceback" not in res.output
     assert ("valid (" in res.output) if valid else ("error(s) in" in res.output)
     assert seconds < MAX_SECONDS, f"{seconds:.1f} s"
+    # the peak is a high-water mark: a mutant that raises it is the one that allocated (checked per mutant,
+    # so the failing one is the one reported), and the process as a whole stays under the limit
+    assert peak_rss_mb() - peak_before < MAX_GROWTH_MB, f"this mutant raised peak RSS by {peak_rss_mb() - peak_before:.0f} MB"
     assert peak_rss_mb() < rss_limit_mb, f"peak RSS {peak_rss_mb():.0f} MB"
