@@ -77,7 +77,9 @@ def test_share_weights_uses_at_most_2_to_the_bits_values_and_keeps_pruned_zeros(
         assert torch.equal(w == 0, zeros_before[name])
         codes = get_codes(module)
         assert torch.equal(codes >= 0, get_mask(module, "weight"))
-        assert torch.unique(w[codes >= 0]).numel() == report.layers[["fc1", "fc2", "fc3"].index(name)].details["clusters"]
+        assert (
+            torch.unique(w[codes >= 0]).numel() == report.layers[["fc1", "fc2", "fc3"].index(name)].details["clusters"]
+        )
         assert torch.equal(codebook_of(module)[codes[codes >= 0].long()], w[codes >= 0])
 
 
@@ -224,5 +226,48 @@ def test_a_failure_while_applying_leaves_the_model_bit_identical(monkeypatch):
 
 
 def test_a_model_without_linear_or_conv_layers_is_refused():
-    with pytest.raises(TransformRefusedError, match=r"no layer to share \(Linear or Conv weight\)"):
+    with pytest.raises(TransformRefusedError, match=r"no layer to share \(no parameter of two or more dimensions\)"):
         share_weights_(nn.Sequential(nn.ReLU()))
+
+
+class _TextRNN(nn.Module):
+    """Embedding -> GRU or LSTM -> Linear: the model the review shared 256 of 113,408 weights of."""
+
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(500, 64)
+        self.rnn = cell(64, 96, batch_first=True)
+        self.head = nn.Linear(96, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_embedding_and_recurrent_weights_are_shared_and_the_tslim_is_small(cell, tmp_path):
+    torch.manual_seed(0)
+    model = _TextRNN(cell)
+    ids = torch.randint(0, 500, (4, 12))
+    report = share_weights_(model, {"bits": 4})
+    names = [layer.name for layer in report.layers]
+    assert names == ["embed", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"]
+    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    covered = sum(layer.params for layer in report.layers)
+    assert covered == sum(p.numel() for p in matrices)  # every weight matrix, not 256 weights of them
+    assert all(len(p.detach().unique()) <= 16 for p in matrices)
+    path = ts.save(model, tmp_path / "rnn.tslim")
+    assert path.stat().st_size < 0.25 * sum(p.numel() * 4 for p in model.parameters())  # ~4 bits per weight
+    restored = ts.load(path, lambda: _TextRNN(cell))
+    assert torch.equal(restored.eval()(ids), model.eval()(ids))
+
+
+def test_attention_input_projections_are_shared_and_the_model_still_runs():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True)
+    x = torch.randn(2, 5, 32)
+    report = share_weights_(nn.Sequential(mha), {"bits": 5})
+    assert [layer.name for layer in report.layers] == ["0.in_proj_weight", "0.out_proj"]
+    assert len(mha.in_proj_weight.detach().unique()) <= 32
+    out, _ = mha(x, x, x)
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()

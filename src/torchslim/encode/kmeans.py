@@ -55,6 +55,8 @@ from torchslim.targets import check_target_keys
 from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
 CODES_SUFFIX = "_codes"
+#: layers whose weight sharing always covered (every module with a parameter of two or more
+#: dimensions of its own is shareable: Embedding, GRU/LSTM weights, attention input projections too)
 SHAREABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 INITS = ("linear", "density", "random")
 _CACHE_ATTR = "_torchslim_share_cache"
@@ -249,7 +251,9 @@ def attach_codes(module: nn.Module, param_name: str, codes: torch.Tensor) -> Non
     param = getattr(module, param_name)
     validate_codes(codes, param, f"{param_name} of {type(module).__name__}")
     buffer = param_name + CODES_SUFFIX
-    codes = codes.to(device=param.device, dtype=torch.int16 if (codes.numel() == 0 or int(codes.max()) < 2**15) else torch.int32)
+    codes = codes.to(
+        device=param.device, dtype=torch.int16 if (codes.numel() == 0 or int(codes.max()) < 2**15) else torch.int32
+    )
     if buffer in module._buffers:
         module._buffers[buffer] = codes
     else:
@@ -325,9 +329,25 @@ SHARING = constraints.register(
 # -- the technique ----------------------------------------------------------------------------------
 
 
+def shared_params(module: nn.Module) -> list[str]:
+    """The parameters of ``module`` itself that weight sharing clusters: every one of two or more dimensions.
+
+    A Linear/Conv/Embedding's ``weight``; a GRU/LSTM's ``weight_ih_l0``, ``weight_hh_l0``...;
+    an ``nn.MultiheadAttention``'s ``in_proj_weight``. Biases and normalisation scales (one
+    dimension) stay as they are.
+
+    Example:
+        >>> shared_params(nn.GRU(4, 8))
+        ['weight_ih_l0', 'weight_hh_l0']
+        >>> shared_params(nn.Embedding(10, 4)), shared_params(nn.LayerNorm(4))
+        (['weight'], [])
+    """
+    return [n for n, p in module.named_parameters(recurse=False) if p is not None and p.dim() >= 2]
+
+
 def shareable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules whose ``weight`` weight sharing may cluster, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SHAREABLE) and n]
+    """Modules with a parameter weight sharing may cluster (:func:`shared_params`), in registration order."""
+    return [(n, m) for n, m in model.named_modules() if n and shared_params(m)]
 
 
 @dataclass(frozen=True)
@@ -347,23 +367,31 @@ class LayerSharing:
     codes: torch.Tensor
     shared: torch.Tensor
     report: LayerReport
+    param: str = "weight"
 
 
-def live_weights(module: nn.Module) -> torch.Tensor:
-    """Which weights of ``module`` are live: its pruning mask (the ``mask`` constraint), else the non-zeros."""
-    mask = module._buffers.get("weight" + constraints.get("mask").suffix)
-    return (_weight(module) != 0) if mask is None else mask.bool()
+def live_weights(module: nn.Module, param: str = "weight") -> torch.Tensor:
+    """Which weights of ``module.<param>`` are live: its pruning mask (the ``mask`` constraint), else the non-zeros."""
+    mask = module._buffers.get(param + constraints.get("mask").suffix)
+    return (_weight(module, param) != 0) if mask is None else mask.bool()
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
-    """``module.weight``, detached (every shareable layer has a tensor weight)."""
-    return cast(torch.Tensor, module.weight).detach()
+def _weight(module: nn.Module, param: str = "weight") -> torch.Tensor:
+    """``module.<param>``, detached."""
+    return cast(torch.Tensor, getattr(module, param)).detach()
 
 
-def plan_layer(name: str, module: nn.Module, bits: int, init: str, cfg: ShareConfig, index: int) -> LayerSharing | str:
-    """The k-means of one layer's live weights, or why the layer is skipped (reads only)."""
-    weight = _weight(module)
-    live = live_weights(module)
+def layer_name(name: str, param: str) -> str:
+    """How a report names one shared parameter: the module for its ``weight``, else ``module.param``."""
+    return name if param == "weight" else f"{name}.{param}" if name else param
+
+
+def plan_layer(
+    name: str, module: nn.Module, bits: int, init: str, cfg: ShareConfig, index: int, param: str = "weight"
+) -> LayerSharing | str:
+    """The k-means of one parameter's live weights, or why it is skipped (reads only)."""
+    weight = _weight(module, param)
+    live = live_weights(module, param)
     n_live = int(live.sum())
     if n_live == 0 or n_live < cfg.min_weights:
         return f"{n_live} live weights (min_weights {cfg.min_weights})"
@@ -377,7 +405,8 @@ def plan_layer(name: str, module: nn.Module, bits: int, init: str, cfg: ShareCon
     change = float((shared.double() - torch.from_numpy(values)).abs().mean())
     details = {"bits": bits, "clusters": int(centroids.size), "init": init, "mean_abs_change": change}
     # counted on the live weights: the report's nonzeros are the weights clustered
-    return LayerSharing(name, module, codes, shared, LayerReport.of(name, module, "shared", details, weight=live))
+    report = LayerReport.of(layer_name(name, param), module, "shared", details, weight=live)
+    return LayerSharing(layer_name(name, param), module, codes, shared, report, param)
 
 
 class Share(Technique[ShareConfig, Plan]):
@@ -401,13 +430,13 @@ class Share(Technique[ShareConfig, Plan]):
     verb = "share"
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The Linear and Conv layers (:func:`shareable_layers`)."""
+        """Every module with a parameter of two or more dimensions (:func:`shareable_layers`)."""
         return shareable_layers(model)
 
     def select(self, model: nn.Module, cfg: ShareConfig, filter_fn: FilterFn | None) -> Selection:
-        """The targets grammar over :meth:`candidates`; refuses a model with no Linear or Conv layer."""
+        """The targets grammar over :meth:`candidates`; refuses a model with no weight matrix."""
         if not self.candidates(model):
-            raise TransformRefusedError("the model has no layer to share (Linear or Conv weight)")
+            raise TransformRefusedError("the model has no layer to share (no parameter of two or more dimensions)")
         return super().select(model, cfg, filter_fn)
 
     def plan(self, model: nn.Module, cfg: ShareConfig, selection: Selection, inputs: Inputs) -> Plan:
@@ -418,11 +447,12 @@ class Share(Technique[ShareConfig, Plan]):
             override = match.value if match is not None and match.value is not None else LayerShareConfig()
             bits = override.bits if override.bits is not None else cfg.bits
             init = override.init if override.init is not None else cfg.init
-            layer = plan_layer(name, module, bits, init, cfg, index)
-            if isinstance(layer, str):
-                skipped.append(SkippedLayer(name, layer))
-            else:
-                work.append(layer)
+            for param in shared_params(module):
+                layer = plan_layer(name, module, bits, init, cfg, index, param)
+                if isinstance(layer, str):
+                    skipped.append(SkippedLayer(layer_name(name, param), layer))
+                else:
+                    work.append(layer)
         refuse_if_empty(work, skipped, "share")
         return Plan(skipped, {"config": cfg.model_dump()}, work)
 
@@ -431,11 +461,11 @@ class Share(Technique[ShareConfig, Plan]):
         """Write each layer's shared values, then attach its codes (snapping is then a no-op)."""
         for layer in plan.work:
             # the centroids go in first, so snapping to each cluster's first member keeps them
-            weight = cast(torch.Tensor, layer.module.weight)
+            weight = cast(torch.Tensor, getattr(layer.module, layer.param))
             new = torch.zeros(weight.shape, dtype=weight.dtype)
             new[layer.codes >= 0] = layer.shared
             weight.data.copy_(new.to(weight.device))
-            attach_codes(layer.module, "weight", layer.codes)
+            attach_codes(layer.module, layer.param, layer.codes)
         return [layer.report for layer in plan.work]
 
 
@@ -452,7 +482,8 @@ def share_weights_(
     example_input: Any = None,
     **deprecated: Any,
 ) -> Report:
-    """Share the weights of ``model``'s Linear/Conv layers by per-layer k-means, in place.
+    """Share the weights of ``model`` by per-layer k-means, in place: every weight matrix (Linear, Conv,
+    Embedding, GRU/LSTM weights, attention input projections), each with its own codebook.
 
     Only live weights are clustered (a pruning mask, or the non-zeros when the
     layer has none); pruned weights stay exactly zero. Every cluster is computed
