@@ -3,7 +3,8 @@ and ONNX Runtime (sessions, :func:`ort_optimize`, :class:`OrtModel`, latency).
 
 Modules: :mod:`~torchslim.deploy.export` (torch → ONNX), :mod:`~torchslim.deploy.onnx_graph`
 (helpers the passes share), :mod:`~torchslim.deploy.passes` (one module per rewrite, run from
-ordered lists), :mod:`~torchslim.deploy.runtime` (ONNX Runtime).
+ordered lists), :mod:`~torchslim.deploy.runtime` (ONNX Runtime), :mod:`~torchslim.deploy.speed`
+(which layers to keep in float, by timing whole graphs).
 
 Example:
     >>> from torchslim.deploy import OrtModel, export_qdq, ort_optimize
@@ -16,7 +17,14 @@ Example:
     torch.Size([8, 10])
 """
 
-from torchslim.deploy.export import check_exportable, eager_attention, export_fp32, export_qdq, onnx_export_bytes
+from torchslim.deploy.export import (
+    check_exportable,
+    eager_attention,
+    export_fp32,
+    export_qdq,
+    mha_slow_path,
+    onnx_export_bytes,
+)
 from torchslim.deploy.onnx_graph import qdq_summary
 from torchslim.deploy.passes import ORT_PASSES, QDQ_PASSES, Pass, run_passes
 from torchslim.deploy.runtime import (
@@ -27,6 +35,7 @@ from torchslim.deploy.runtime import (
     ort_optimize,
     ort_session,
 )
+from torchslim.deploy.speed import SpeedChoice, choose_float_layers, layer_groups
 
 __all__ = [
     "ORT_PASSES",
@@ -34,11 +43,15 @@ __all__ = [
     "OnnxSource",
     "OrtModel",
     "Pass",
+    "SpeedChoice",
     "check_exportable",
+    "choose_float_layers",
     "eager_attention",
     "export_fp32",
     "export_qdq",
+    "layer_groups",
     "measure_ort_latency",
+    "mha_slow_path",
     "onnx_export_bytes",
     "ort_feed",
     "ort_optimize",

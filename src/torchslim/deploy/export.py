@@ -40,9 +40,9 @@ from torchslim.io import atomic_write_bytes
 from torchslim.measure.macs import ExampleInput, eval_mode
 from torchslim.quant.affine import fake_quantize
 from torchslim.quant.fake import FakeQuantize
-from torchslim.quant.model import QUANT_LAYERS, activation_quantizers
+from torchslim.quant.model import QUANT_LAYERS, QUANT_MODULES, activation_quantizers
 
-__all__ = ["check_exportable", "eager_attention", "export_fp32", "export_qdq", "onnx_export_bytes"]
+__all__ = ["check_exportable", "eager_attention", "export_fp32", "export_qdq", "mha_slow_path", "onnx_export_bytes"]
 
 
 class _FlatIO(nn.Module):
@@ -114,6 +114,29 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
             c._attn_implementation = saved[k]
 
 
+@contextmanager
+def mha_slow_path() -> Iterator[None]:
+    """Keep ``nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer``) off their fused fast path inside the block.
+
+    Under ``no_grad`` in eval mode PyTorch runs them through ``aten::_native_multi_head_attention``,
+    which the ONNX exporter cannot export; the slow path computes the same function with exportable
+    operators. The previous setting is restored afterwards.
+
+    Example:
+        >>> with mha_slow_path():
+        ...     torch.backends.mha.get_fastpath_enabled()
+        False
+        >>> torch.backends.mha.get_fastpath_enabled()
+        True
+    """
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 def onnx_export_bytes(
     model: nn.Module, example_input: ExampleInput, *, opset: int = 17, constant_folding: bool = True
 ) -> bytes:
@@ -124,7 +147,8 @@ def onnx_export_bytes(
     ``input_<i>`` (positional tensors) or by their keys (a dict, e.g. a tokenizer
     output); every input and output has a dynamic batch axis 0, and integer inputs
     (token ids, attention masks) a dynamic sequence axis 1. Hugging Face
-    attention is exported in its eager form (:func:`eager_attention`). The model's
+    attention is exported in its eager form (:func:`eager_attention`),
+    ``nn.MultiheadAttention`` on its slow path (:func:`mha_slow_path`). The model's
     training mode is restored afterwards.
 
     Args:
@@ -146,7 +170,7 @@ def onnx_export_bytes(
     """
     keys, names, tensors = _flat_inputs(example_input)
     wrapper = _FlatIO(model, keys)
-    with eval_mode(model), torch.no_grad(), eager_attention(model):
+    with eval_mode(model), torch.no_grad(), eager_attention(model), mha_slow_path():
         probe = wrapper(*tensors)
         n_out = 1 if isinstance(probe, torch.Tensor) else len(probe)
         out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
@@ -216,14 +240,19 @@ def _export_quantized(model: nn.Module, layers: list[Any], example_input: Exampl
     for module in model.modules():
         if isinstance(module, FakeQuantize):
             module.freeze_learned_scale()
+    constants: list[Any] = [m for m in model.modules() if callable(getattr(m, "begin_export", None))]  # int8 tables
     try:
         for layer in layers:
             qp = layer.weight_fq.qparams()
             layer._export_weight = fake_quantize(layer.weight.detach(), qp)
+        for module in constants:
+            module.begin_export()
         return onnx_export_bytes(model, example_input, opset=opset, constant_folding=False)
     finally:
         for layer in layers:
             layer._export_weight = None
+        for module in constants:
+            module.end_export()
 
 
 def export_qdq(
@@ -281,7 +310,7 @@ def export_qdq(
         >>> tmp.cleanup()
     """
     layers: list[Any] = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
-    if not layers:
+    if not any(isinstance(m, QUANT_MODULES) for m in model.modules()):
         raise TorchslimError("export_qdq needs a quantized model (run quantize_ first); use export_fp32 for float")
     check_exportable(model)
     proto = onnx.load_from_string(_export_quantized(model, layers, example_input, opset))

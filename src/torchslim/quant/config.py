@@ -88,6 +88,9 @@ class ActQuantConfig(Config):
             activation statistics and smoothing maxima skip the padded positions
             (see :mod:`torchslim.quant.tokens`). ``None`` counts every position;
             batches without the key (tensors, tuples) count every position too.
+        float_points: residual ``add`` outputs left in float, by their point names (as in the
+            report's ``meta["activation_placement"]["points"]``, e.g. ``add_3``); the accuracy
+            guard's ``fallback: auto`` fills it when keeping such a point in float helps.
     """
 
     bits: int = Field(default=8, ge=2, le=8)
@@ -97,6 +100,7 @@ class ActQuantConfig(Config):
     percentile: float = Field(default=99.99, gt=50.0, le=100.0)
     smooth: float | None = Field(default=None, gt=0.0, le=1.0)
     mask_key: str | None = "attention_mask"
+    float_points: list[str] = Field(default_factory=list)
 
     @field_validator("observer")
     @classmethod
@@ -125,6 +129,43 @@ class LayerQuantConfig(Config):
     group_size: int | None = Field(default=None, ge=1)
 
 
+class GuardConfig(Config):
+    """The accuracy guard of static PTQ: measured on calibration batches held back from calibration.
+
+    After calibration the quantized model is compared with the float model on the
+    held-back batches: every quantized layer's output (SQNR against the same layer of
+    the float model, errors accumulated from the layers before it), and the model's
+    output (SQNR and top-1 agreement). Below the floor :func:`~torchslim.quant.quantize_`
+    warns with an :class:`~torchslim.quant.guard.AccuracyWarning` naming the most
+    sensitive layers; with ``fallback: auto`` it keeps the fewest layers in float that
+    meet the floor (greedy by measured sensitivity) and reports which, with the figures
+    before and after.
+
+    Attributes:
+        enabled: measure (and warn); ``False`` skips the guard (and holds nothing back).
+        holdout: the part of the calibration batches held back for the check
+            (``floor(batches * holdout)``; when that is 0, e.g. a single batch, the check
+            runs on the calibration batches and the report says so).
+        min_sqnr_db: the floor on the output SQNR (dB).
+        min_agreement: the floor on top-1 agreement with the float model (0 to 1).
+        fallback: ``none`` (warn only) or ``auto`` (keep layers in float until the floor is met).
+        max_float_layers: the most layers ``auto`` may keep in float (``None``: no limit).
+        sensitive_layers: how many of the most sensitive layers the warning and report name.
+
+    Example:
+        >>> GuardConfig(fallback="auto").min_sqnr_db
+        15.0
+    """
+
+    enabled: bool = True
+    holdout: float = Field(default=0.25, ge=0.0, lt=1.0)
+    min_sqnr_db: float = 15.0
+    min_agreement: float = Field(default=0.9, ge=0.0, le=1.0)
+    fallback: Literal["none", "auto"] = "none"
+    max_float_layers: int | None = Field(default=None, ge=1)
+    sensitive_layers: int = Field(default=5, ge=1)
+
+
 class QuantizeConfig(Config):
     """Quantize a model: weight-only or static (weights + activations from calibration data).
 
@@ -139,6 +180,10 @@ class QuantizeConfig(Config):
         calibration: the calibration batches of ``static`` mode (at most ``batches`` of them are
             used; a recipe stage draws ``batch_size`` samples each from ``split``).
         learn_scale: make scales learnable (LSQ) for a following QAT stage.
+        bias_correction: ``static`` mode: after calibration, shift each quantized layer's bias
+            so its mean output per channel on the calibration batches is the float model's
+            (:mod:`torchslim.quant.correct`).
+        guard: the accuracy guard (``static`` mode): :class:`GuardConfig`.
     """
 
     RENAMED: ClassVar[dict[str, str]] = {"calibration_batches": "calibration.batches"}
@@ -151,6 +196,8 @@ class QuantizeConfig(Config):
     fold_batchnorm: bool = True
     calibration: CalibrationConfig = calibration_field(batches=16, batch_size=128)
     learn_scale: bool = False
+    bias_correction: bool = True
+    guard: GuardConfig = Field(default_factory=GuardConfig)
 
     @model_validator(mode="after")
     def _check_smooth(self) -> QuantizeConfig:

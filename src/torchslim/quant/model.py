@@ -10,7 +10,10 @@ pattern ONNX Runtime runs as integer kernels:
 
 * the output of every quantized layer and every residual ``add`` is quantized
   (after the ReLU when a ReLU is its only consumer, so the ReLU folds into the
-  quantization's clamp);
+  quantization's clamp; the same for a clamping activation, ``ReLU6`` or
+  ``Hardtanh``: quantized before it, MobileNetV2's depthwise outputs spent the
+  8-bit range on pre-activation values up to ±11 that ReLU6 then cut to [0, 6],
+  and were quantized twice);
 * every quantized layer's input is quantized: through grid-preserving ops
   (max-pool, flatten, reshape, identity, ReLU) it reuses its producer's scale
   (a numerical no-op), otherwise (model input, average pool...) it gets its own;
@@ -33,133 +36,42 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.errors import TorchslimError, TransformRefusedError
+from torchslim.errors import TorchslimError, TransformRefusedError  # noqa: F401 - importable from here as before
 from torchslim.graph.trace import TraceError, fx_trace
 from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import QParams
-from torchslim.quant.config import ActQuantConfig, WeightQuantConfig
+from torchslim.quant.attention import QuantMultiheadAttention, quantize_attention_input
+from torchslim.quant.config import ActQuantConfig, WeightQuantConfig  # noqa: F401 - the doctests and old imports
 from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.layers import (
+    QUANT_CLASS,
+    QUANT_LAYERS,
+    QUANT_MODULES,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConv3d,
+    QuantLinear,
+    SharedFakeQuantize,
+    float_weights,
+    is_quantized,
+    quantizable_layers,
+    quantizable_modules,
+    swap_layer,
+    swap_module,
+    weights_of,
+)
 from torchslim.quant.tokens import mask_of, token_mask
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ACT_DICT = "quant_act"
 
-
-class _QuantMixin:
-    """Forward of a quantized layer: optional input fake-quant, fake-quantized weight."""
-
-    weight_fq: FakeQuantize
-    input_fq: nn.Module | None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        smooth = getattr(self, "input_smooth", None)  # SmoothQuant input scale, before the input quantizer
-        if smooth is not None:
-            x = smooth(x)
-        if self.input_fq is not None:
-            x = self.input_fq(x)
-        exported = getattr(self, "_export_weight", None)
-        if torch.onnx.is_in_onnx_export() and exported is not None:
-            if self.weight_fq.spec.granularity == "group":  # no int8 kernel: a float constant on the grid
-                return self._qforward(x, exported)  # type: ignore[attr-defined]
-            return self._qforward(x, self.weight_fq(exported))  # type: ignore[attr-defined]
-        return self._qforward(x, self.weight_fq(self.weight))  # type: ignore[attr-defined]
-
-
-class QuantLinear(_QuantMixin, nn.Linear):
-    """``nn.Linear`` with a fake-quantized weight."""
-
-    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, w, self.bias)
-
-
-class QuantConv1d(_QuantMixin, nn.Conv1d):
-    """``nn.Conv1d`` with a fake-quantized weight."""
-
-    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, w, self.bias)
-
-
-class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """``nn.Conv2d`` with a fake-quantized weight."""
-
-    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, w, self.bias)
-
-
-class QuantConv3d(_QuantMixin, nn.Conv3d):
-    """``nn.Conv3d`` with a fake-quantized weight."""
-
-    def _qforward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, w, self.bias)
-
-
-QUANT_CLASS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: QuantLinear,
-    nn.Conv1d: QuantConv1d,
-    nn.Conv2d: QuantConv2d,
-    nn.Conv3d: QuantConv3d,
-}
-QUANT_LAYERS = tuple(QUANT_CLASS.values())
-
-
-class SharedFakeQuantize(nn.Module):
-    """Applies another :class:`FakeQuantize`'s current scale without observing (holds no state)."""
-
-    def __init__(self, ref: FakeQuantize) -> None:
-        super().__init__()
-        self.__dict__["ref"] = ref
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ref: FakeQuantize = self.__dict__["ref"]
-        if not ref.enabled or not bool(ref.initialized):
-            return x
-        observing = ref.observing
-        ref.observing = False
-        try:
-            return ref(x)
-        finally:
-            ref.observing = observing
-
-
-def is_quantized(module: nn.Module) -> bool:
-    """Whether ``module`` is a quantized layer.
-
-    Example:
-        >>> is_quantized(nn.Linear(2, 2))
-        False
-    """
-    return isinstance(module, QUANT_LAYERS)
-
-
-def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Float Linear/Conv layers (exact classes) in registration order.
-
-    Example:
-        >>> [n for n, _ in quantizable_layers(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))]
-        ['0']
-    """
-    return [(n, m) for n, m in model.named_modules() if n and type(m) in QUANT_CLASS]
-
-
-def swap_layer(module: nn.Module, weight: WeightQuantConfig, *, learn_scale: bool = False) -> None:
-    """Turn a float layer into its quantized subclass in place and fit its weight quantizer.
-
-    Example:
-        >>> lin = nn.Linear(4, 3); swap_layer(lin, WeightQuantConfig(bits=4))
-        >>> type(lin).__name__, lin.weight_fq.qparams().qmax
-        ('QuantLinear', 7)
-    """
-    cls = QUANT_CLASS.get(type(module))
-    if cls is None:
-        raise TorchslimError(f"cannot quantize a {type(module).__name__}")
-    fq = FakeQuantize(weight.spec(), observer=weight.observer, learn_scale=learn_scale, per_call=True)
-    module.__class__ = cls
-    module.add_module("weight_fq", fq)
-    module.add_module("input_fq", None)
-    module._export_weight = None  # type: ignore[attr-defined]
-    with torch.no_grad():
-        fq.observe(module.weight)
-    fq.observing = False  # weights are fixed until QAT switches per-call observation on
+__all__ = [  # the layer classes and swaps live in torchslim.quant.layers; their names still work from here
+    "ACT_DICT", "QUANTIZABLE", "QUANT_CLASS", "QUANT_LAYERS", "QUANT_MODULES", "Placement", "QuantConv1d",
+    "QuantConv2d", "QuantConv3d", "QuantLinear", "SharedFakeQuantize", "activation_quantizers", "calibrate",
+    "float_weights", "is_quantized", "layer_quantizers", "place_activation_quant", "quantizable_layers",
+    "quantizable_modules", "scale_range", "set_enabled", "set_observing", "swap_layer", "swap_module",
+    "weight_quantizers", "weights_of", "add_points",
+]
 
 
 # ----------------------------------------------------------------------------- activation placement
@@ -168,11 +80,14 @@ _PASSTHROUGH_MODULES = (nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, n
 _PASSTHROUGH_FUNCS = {torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
 _PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+#: clamping activations: quantized after them (their clamp falls inside the quantizer's), not passed through
+_CLAMP_MODULES = (nn.ReLU6, nn.Hardtanh)
+_CLAMP_FUNCS = {F.relu6, F.hardtanh}
 
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (*QUANT_LAYERS, FakeQuantize)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (*QUANT_MODULES, FakeQuantize)) or super().is_leaf_module(m, qualname)
 
 
 def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -182,6 +97,8 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "layer"
         if isinstance(m, nn.ReLU):
             return "relu"
+        if isinstance(m, _CLAMP_MODULES):
+            return "clamp"
         if isinstance(m, _PASSTHROUGH_MODULES):
             return "pass"
         return "other"
@@ -190,6 +107,8 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "add"
         if node.target in (F.relu, torch.relu):
             return "relu"
+        if node.target in _CLAMP_FUNCS:
+            return "clamp"
         if node.target in _PASSTHROUGH_FUNCS:
             return "pass"
         return "other"
@@ -256,7 +175,18 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__ + "Quantized")
     model.__dict__["_torchslim_quant_graph"] = gm
     model.__dict__["forward"] = gm.forward
+    placer.placement.points += _attention_inputs(model, act, learn_scale)
     return placer.placement
+
+
+def _attention_inputs(model: nn.Module, act: ActQuantConfig, learn_scale: bool) -> list[str]:
+    """Every quantized ``MultiheadAttention`` quantizes its own input (it is a leaf of the graph)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantMultiheadAttention):
+            quantize_attention_input(module, act, learn_scale=learn_scale)
+            names.append(name)
+    return names
 
 
 def _layer_input_points(model: nn.Module, act: ActQuantConfig, learn_scale: bool, note: str) -> Placement:
@@ -266,7 +196,7 @@ def _layer_input_points(model: nn.Module, act: ActQuantConfig, learn_scale: bool
         if isinstance(module, QUANT_LAYERS):
             module.input_fq = _make_act_fq(act, learn_scale)
             points.append(name)
-    return Placement("layer_inputs", points, note=note)
+    return Placement("layer_inputs", points + _attention_inputs(model, act, learn_scale), note=note)
 
 
 def _drop_identities(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> None:
@@ -318,11 +248,13 @@ class _GraphPlacer:
             if self.kind(node) not in ("layer", "add"):
                 continue
             users = list(node.users)
-            targets = users if users and all(self.kind(u) == "relu" for u in users) else [node]
+            targets = users if users and all(self.kind(u) in ("relu", "clamp") for u in users) else [node]
             for t in targets:
                 if t in self.quantized or output_node in t.users:
                     continue
                 key = self.key_of(t)
+                if self.kind(node) == "add" and key in self.act.float_points:  # left in float (the guard's fallback)
+                    continue
                 self.quantized[self.insert_after(t, key)] = key
 
     def quantize_layer_inputs(self, nodes: list[torch.fx.Node]) -> None:
@@ -366,21 +298,94 @@ def activation_quantizers(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
         >>> activation_quantizers(nn.Linear(2, 2))
         []
     """
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, FakeQuantize) and not name.endswith("weight_fq"):
-            out.append((name, module))
-    return out
+    weights = {id(fq) for _, fq in weight_quantizers(model)}
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize) and id(m) not in weights]
+
+
+def add_points(model: nn.Module) -> list[str]:
+    """The activation points (keys of ``model.quant_act``) of residual ``add`` outputs (or of their sole ReLU).
+
+    Example:
+        >>> class Res(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.fc = nn.Linear(4, 4); self.out = nn.Linear(4, 2)
+        ...     def forward(self, x):
+        ...         return self.out(torch.relu(x + self.fc(x)))
+        >>> m = Res(); swap_module(m.fc, WeightQuantConfig()); swap_module(m.out, WeightQuantConfig())
+        >>> _ = place_activation_quant(m, ActQuantConfig())
+        >>> add_points(m)
+        ['relu']
+    """
+    gm = model.__dict__.get("_torchslim_quant_graph")
+    if gm is None:
+        return []
+    modules = dict(model.named_modules())
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not str(node.target).startswith(ACT_DICT + ".") or not node.args:
+            continue
+        src = node.args[0]
+        if isinstance(src, torch.fx.Node) and _kind(src, modules) in ("relu", "clamp") and src.args:
+            src = src.args[0]
+        if isinstance(src, torch.fx.Node) and _kind(src, modules) == "add":
+            found.append(str(node.target).removeprefix(ACT_DICT + "."))
+    return found
+
+
+def layer_quantizers(model: nn.Module, name: str) -> list[FakeQuantize]:
+    """The quantizers that exist for layer ``name`` alone: its weight's, its own input's, its output's.
+
+    Its output's: the activation points that read the layer's output (or the output
+    of its sole ReLU/ReLU6 consumer); its own input's: a point read by this layer
+    only (the layer's ``input_fq``, or a graph point). Turning them all off runs the
+    layer in float, as if it had not been quantized (the accuracy guard's probe).
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> for _, l in quantizable_layers(m): swap_layer(l, WeightQuantConfig())
+        >>> _ = place_activation_quant(m, ActQuantConfig())
+        >>> len(layer_quantizers(m, "0")), len(layer_quantizers(m, "2"))     # weight, input, output; weight
+        (3, 1)
+    """
+    modules = dict(model.named_modules())
+    layer = modules.get(name)
+    if layer is None or not is_quantized(layer):
+        return []
+    found = [m for m in layer.modules() if isinstance(m, FakeQuantize)]  # weights', its own input's
+    gm = model.__dict__.get("_torchslim_quant_graph")
+    if gm is None:
+        return found
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not str(node.target).startswith(ACT_DICT + "."):
+            continue
+        fq = modules.get(str(node.target))
+        src = node.args[0] if node.args else None
+        if not isinstance(fq, FakeQuantize) or not isinstance(src, torch.fx.Node):
+            continue
+        if _kind(src, modules) in ("relu", "clamp") and src.args and isinstance(src.args[0], torch.fx.Node):
+            src = src.args[0]
+        producer = str(src.target) if src.op == "call_module" and isinstance(modules.get(str(src.target)), QUANT_LAYERS) else None
+        own_input = producer is None and [(u.op, u.target) for u in node.users] == [("call_module", name)]
+        if producer == name or own_input:
+            found.append(fq)
+    return found
 
 
 def weight_quantizers(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
-    """``(layer_name, weight_fq)`` of every quantized layer.
+    """``(layer_name, weight_fq)`` of every quantized Linear/Conv, ``(layer_name.parameter, quantizer)`` of the
+    weights of the other quantized modules (attention, embedding, recurrent).
 
     Example:
         >>> weight_quantizers(nn.Linear(2, 2))
         []
     """
-    return [(n, m.weight_fq) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+    out: list[tuple[str, FakeQuantize]] = []
+    for n, m in model.named_modules():
+        if isinstance(m, QUANT_LAYERS):
+            out.append((n, m.get_submodule("weight_fq")))  # type: ignore[arg-type]  # a FakeQuantize by construction
+        elif isinstance(m, QUANT_MODULES):
+            out += [(f"{n}.{p}", fq) for p, _, fq in weights_of(m)]
+    return out
 
 
 def set_observing(model: nn.Module, *, weights: bool | None = None, activations: bool | None = None) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,21 +25,27 @@ from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, Transform
 from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_
 from torchslim.graph import provenance
 from torchslim.graph.transaction import transplant
-from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
+from torchslim.quant.attention import QuantMultiheadAttention
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
+from torchslim.quant.correct import correct_biases
+from torchslim.quant.coverage import float_modules
 from torchslim.quant.fake import FakeQuantize
-from torchslim.quant.model import (
-    ACT_DICT,
+from torchslim.quant.guard import GuardOutcome, run_guard, split_holdout
+from torchslim.quant.layers import (
     QUANT_LAYERS,
-    activation_quantizers,
-    calibrate,
-    place_activation_quant,
-    quantizable_layers,
-    scale_range,
-    swap_layer,
+    QUANT_MODULES,
+    float_weights,
+    quantizable_layers,  # noqa: F401 - importable from here as before
+    quantizable_modules,
+    swap_layer,  # noqa: F401 - importable from here as before
+    swap_module,
+    weights_of,
 )
+from torchslim.quant.metrics import LOGITS_PLACES, comparable_output, output_agreement  # noqa: F401 - as before
+from torchslim.quant.model import ACT_DICT, activation_quantizers, calibrate, place_activation_quant, scale_range
 from torchslim.quant.smooth import attach_input_scales, smooth_layernorm_inputs_
+from torchslim.quant.weight_only import QuantEmbedding, QuantGRU, QuantLSTM
 from torchslim.report import LayerReport, Report, SkippedLayer
 from torchslim.targets import Match, select_layers
 from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
@@ -47,7 +53,7 @@ from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, le
 #: the provenance kind of quantization records
 QUANT = "quant"
 #: where the compared tensor came from when :func:`comparable_output` finds it where ``logits_of`` did
-_LOGITS_PLACES = ("output", "logits", "output[0]")
+_LOGITS_PLACES = LOGITS_PLACES
 
 
 # ----------------------------------------------------------------------------- selection and per-layer configs
@@ -60,10 +66,13 @@ def quantizable_selection(
     filter_fn: FilterFn | None = None,
     keep_first_last: bool = False,
 ) -> Selection:
-    """The float Linear/Conv layers of ``model`` chosen by the targets grammar, and the skipped ones.
+    """The float layers of ``model`` chosen by the targets grammar, and the skipped ones.
+
+    The candidates are :func:`~torchslim.quant.layers.quantizable_modules`: Linear/Conv,
+    ``MultiheadAttention``, and (weight-only) ``Embedding``, ``GRU`` and ``LSTM``.
 
     Raises:
-        TransformRefusedError: the model is already quantized or has no Linear/Conv layer.
+        TransformRefusedError: the model is already quantized or has no quantizable layer.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -71,11 +80,12 @@ def quantizable_selection(
         >>> [n for n, _, _ in sel.chosen], [(s.name, s.reason) for s in sel.skipped][0]
         ([], ('0', 'first layer kept (keep_first_last; kept in float)'))
     """
-    if any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
+    if any(isinstance(m, QUANT_MODULES) for m in model.modules()):
         raise TransformRefusedError("the model is already quantized (it has quantized layers)")
-    layers = quantizable_layers(model)
+    layers = quantizable_modules(model)
     if not layers:
-        raise TransformRefusedError("the model has no quantizable layer (Linear or Conv)")
+        raise TransformRefusedError(
+            "the model has no quantizable layer (Linear, Conv, MultiheadAttention, Embedding, GRU or LSTM)")
     chosen, skipped = select_layers(
         layers, targets, filter_fn=filter_fn, keep_first_last=keep_first_last, kept_note="kept in float"
     )
@@ -104,7 +114,8 @@ def layer_configs(
             issues.append(ConfigIssue(f"targets.{match.key if match else name}", str(exc)))
             continue
         try:
-            check_spec_fits(wcfg.spec(), tuple(cast(torch.Tensor, module.weight).shape), name)
+            for pname, weight in float_weights(module):
+                check_spec_fits(wcfg.spec(), tuple(weight.shape), name if pname == "weight" else f"{name}.{pname}")
         except TorchslimError as exc:
             path = f"targets.{match.key}.group_size" if match and override and override.group_size else "weight.group_size"
             issues.append(ConfigIssue(path, str(exc), wcfg.group_size))
@@ -181,9 +192,9 @@ def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, 
         if note:
             meta["batchnorm_note"] = note
     meta["batchnorm_folded"] = [{"layer": a, "batchnorm": b} for a, b in folded]
-    for name, module in work.named_modules():
+    for name, module in list(work.named_modules()):
         if name in wcfg_of:
-            swap_layer(module, wcfg_of[name], learn_scale=config.learn_scale)
+            swap_module(module, wcfg_of[name], learn_scale=config.learn_scale)
     if config.mode == "static":
         placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale)
         meta["activation_placement"] = {
@@ -193,6 +204,8 @@ def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, 
         }
         if placement.note:
             meta["activation_placement"]["note"] = placement.note
+        if config.activation.float_points:
+            meta["activation_placement"]["float_points"] = list(config.activation.float_points)
     return meta
 
 
@@ -225,103 +238,123 @@ def _calibrate(work: nn.Module, config: QuantizeConfig, batches: list[Any]) -> d
 
 
 def layer_report(name: str, module: nn.Module, wcfg: WeightQuantConfig, config: QuantizeConfig,
-                 smoothed_input_of: str | None = None) -> LayerReport:
+                 smoothed_input_of: str | None = None, output_sqnr: float | None = None) -> LayerReport:
     """The report of one quantized layer: bits, granularity, scale range, weight SQNR and relative error.
 
     Example:
-        >>> fc = nn.Linear(8, 4); swap_layer(fc, WeightQuantConfig(bits=4))
+        >>> fc = nn.Linear(8, 4); swap_module(fc, WeightQuantConfig(bits=4))
         >>> r = layer_report("fc", fc, WeightQuantConfig(bits=4), QuantizeConfig(mode="weight_only"))
         >>> r.kind, r.details["bits"], r.details["act_bits"], r.details["weight_sqnr_db"] > 10
         ('Linear', 4, None, True)
     """
-    qp = cast(FakeQuantize, module.weight_fq).qparams()
-    w_ref = cast(torch.Tensor, module.weight).detach()  # float weight after BatchNorm folding
-    w_q = dequantize(quantize(w_ref, qp), qp)
-    lo, hi = scale_range(qp)
+    pairs = [(pname, w.detach(), fq.qparams()) for pname, w, fq in weights_of(module)]  # float weights after folding
+    w_ref = torch.cat([w.flatten() for _, w, _ in pairs]) if len(pairs) > 1 else pairs[0][1]
+    w_q = [dequantize(quantize(w, qp), qp) for _, w, qp in pairs]
+    w_q_all = torch.cat([w.flatten() for w in w_q]) if len(w_q) > 1 else w_q[0]
+    ranges = [scale_range(qp) for _, _, qp in pairs]
     details = {
         "bits": wcfg.bits,
         "granularity": wcfg.granularity,
         **({"group_size": wcfg.group_size} if wcfg.granularity == "group" else {}),
         "symmetric": wcfg.symmetric,
         "observer": wcfg.observer,
-        "scale_min": lo,
-        "scale_max": hi,
-        "weight_sqnr_db": sqnr_db(w_ref, w_q),
+        "scale_min": min(lo for lo, _ in ranges),
+        "scale_max": max(hi for _, hi in ranges),
+        "weight_sqnr_db": sqnr_db(w_ref, w_q_all),
         "weight_rel_error": float(
-            torch.linalg.vector_norm(w_q - w_ref) / torch.linalg.vector_norm(w_ref).clamp_min(1e-12)
+            torch.linalg.vector_norm(w_q_all - w_ref) / torch.linalg.vector_norm(w_ref).clamp_min(1e-12)
         ),
-        "act_bits": config.activation.bits if config.mode == "static" else None,
+        **({"weights": [p for p, _, _ in pairs]} if len(pairs) > 1 else {}),
+        "act_bits": config.activation.bits if config.mode == "static" and not weight_only_io(module) else None,
+        **({"note": _NOTES[type(module)]} if type(module) in _NOTES else {}),
         **({"smoothed_input_of": smoothed_input_of} if smoothed_input_of is not None else {}),
+        **({"output_sqnr_db": output_sqnr} if output_sqnr is not None else {}),
     }
-    return LayerReport.of(name, module, "quantized", details, weight=w_q, kind=type(module).__name__.removeprefix("Quant"))
+    return LayerReport.of(name, module, "quantized", details, weight=w_q_all, kind=type(module).__name__.removeprefix("Quant"))
 
 
-# ----------------------------------------------------------------------------- float vs quantized outputs
+#: what a quantized layer of these classes leaves in float, in its report
+_NOTES: dict[type[nn.Module], str] = {
+    QuantMultiheadAttention: "input and output projection weights int8; in static mode its query input (and key "
+                             "and value when they are the query tensor) quantized; attention scores, softmax and "
+                             "the context read by the output projection in float",
+    QuantEmbedding: "weight-only: one scale per row (token vector); ids in, float vectors out",
+    QuantGRU: "weight-only: input and hidden weight matrices, one scale per gate row; inputs, states and biases float",
+    QuantLSTM: "weight-only: input and hidden weight matrices, one scale per gate row; inputs, states and biases float",
+}
 
 
-def comparable_output(output: Any) -> tuple[torch.Tensor, str] | None:
-    """The tensor of a model output that the float/quantized comparison uses, and where it was found.
-
-    In order: the output itself when it is a tensor; its ``logits`` (attribute or
-    key: Hugging Face outputs, dicts); its ``last_hidden_state``; the first tensor
-    among its items (tuple, list) or values (mapping). ``None`` when there is none.
-
-    Example:
-        >>> comparable_output({"last_hidden_state": torch.zeros(1, 2)})[1]
-        'last_hidden_state'
-        >>> comparable_output((None, torch.zeros(2)))[1], comparable_output(("text",))
-        ('output[1]', None)
-    """
-    if isinstance(output, torch.Tensor):
-        return output, "output"
-    for key in ("logits", "last_hidden_state"):
-        value = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return value, key
-    items: Iterable[tuple[Any, Any]] = ()
-    if isinstance(output, Mapping):
-        items = output.items()
-    elif isinstance(output, (tuple, list)):
-        items = enumerate(output)
-    for key, value in items:
-        if isinstance(value, torch.Tensor):
-            return value, f"output[{key!r}]"
-    return None
-
-
-def output_agreement(model: nn.Module, work: nn.Module, batch: Any) -> dict[str, Any]:
-    """SQNR (dB) and top-1 agreement of ``work``'s output against ``model``'s on ``batch`` (eval mode).
-
-    The tensor compared is :func:`comparable_output`'s; when it is not the output
-    itself or its logits, ``output_compared`` says which it was. When the outputs
-    have no comparable floating-point tensor of one shape, the metrics are left
-    out and ``output_note`` says why: this never raises.
+def weight_only_io(module: nn.Module) -> bool:
+    """Whether a quantized module takes no activation quantization (embeddings, recurrent layers).
 
     Example:
-        >>> m = nn.Linear(4, 3)
-        >>> output_agreement(m, m, torch.randn(2, 4))
-        {'output_sqnr_db': inf, 'output_top1_agreement': 1.0}
+        >>> weight_only_io(nn.Linear(2, 2))
+        False
     """
-    sample = batch_inputs(batch)
-    with torch.no_grad(), eval_mode(model), eval_mode(work):
-        ref_out = call_model(model, sample)
-        q_out = call_model(work, sample)
-    ref, q = comparable_output(ref_out), comparable_output(q_out)
-    if ref is None or q is None:
-        kind = type(ref_out if ref is None else q_out).__name__
-        return {"output_note": f"the model's output ({kind}) holds no tensor: output_sqnr_db and "
-                               "output_top1_agreement left out"}
-    (r, where), (y, _) = ref, q
-    if r.shape != y.shape or not r.is_floating_point() or not y.is_floating_point():
-        return {"output_note": f"the float and quantized {where} ({r.dtype} {tuple(r.shape)} vs {y.dtype} "
-                               f"{tuple(y.shape)}) cannot be compared: output_sqnr_db and output_top1_agreement left out"}
-    meta: dict[str, Any] = {} if where in _LOGITS_PLACES else {"output_compared": where}
-    meta["output_sqnr_db"] = sqnr_db(r, y)
-    meta["output_top1_agreement"] = float((r.argmax(-1) == y.argmax(-1)).float().mean())
-    return meta
+    return isinstance(module, (QuantEmbedding, QuantGRU, QuantLSTM))
 
 
 # ----------------------------------------------------------------------------- the technique
+
+
+@dataclass
+class BuiltModel:
+    """A quantized, calibrated copy of a model, with the report facts of its building.
+
+    Attributes:
+        model: the copy.
+        meta: the report's ``meta`` so far (config, folds, placement, calibration, bias correction).
+        smoothed_by: quantized layer -> the LayerNorm whose output SmoothQuant rescaled for it.
+        config: the config it was built with (the guard's fallback adds ``activation.float_points``).
+    """
+
+    model: nn.Module
+    meta: dict[str, Any]
+    smoothed_by: dict[str, str]
+    config: QuantizeConfig
+
+
+def build_calibrated(model: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, WeightQuantConfig],
+                     batches: Sequence[Any]) -> BuiltModel:
+    """A quantized copy of ``model`` (layers ``wcfg_of``): smoothed, folded, swapped, calibrated, bias-corrected.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(4, 2))
+        >>> built = build_calibrated(m, QuantizeConfig(), {"0": WeightQuantConfig()}, [torch.randn(8, 4)])
+        >>> type(built.model[0]).__name__, built.meta["calibration_batches"], built.meta["bias_correction"]["layers"]
+        ('QuantLinear', 1, 1)
+    """
+    work = copy.deepcopy(model)
+    meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
+    smoothed_by, smooth_meta = _smooth(work, config, list(wcfg_of), list(batches))
+    meta.update(smooth_meta)
+    meta.update(build_structure(work, config, wcfg_of))
+    if config.mode == "static":
+        meta.update(_calibrate(work, config, list(batches)))
+        if config.bias_correction:
+            layers = [(n, m) for n, m in work.named_modules() if n in wcfg_of and isinstance(m, QUANT_LAYERS)]
+            meta["bias_correction"] = correct_biases(work, layers, batches, config.activation.mask_key)
+    return BuiltModel(work, meta, smoothed_by, config)
+
+
+def _guard(model: nn.Module, config: QuantizeConfig, built: BuiltModel, wcfg_of: dict[str, WeightQuantConfig],
+           calib: list[Any], held: list[Any]) -> tuple[GuardOutcome, BuiltModel]:
+    """The accuracy guard on ``built`` (:func:`~torchslim.quant.guard.run_guard`) and the model it kept."""
+    reference = copy.deepcopy(model)
+    if config.fold_batchnorm:
+        fold_batchnorm(reference)
+    rebuilt: list[BuiltModel] = []
+
+    def rebuild(kept_float: list[str]) -> nn.Module:
+        points = [n.removeprefix(ACT_DICT + ".") for n in kept_float if n.startswith(ACT_DICT + ".")]
+        act = config.activation.model_copy(update={"float_points": [*config.activation.float_points, *points]})
+        wcfg = {n: c for n, c in wcfg_of.items() if n not in kept_float}
+        rebuilt.append(build_calibrated(model, config.model_copy(update={"activation": act}), wcfg, calib))
+        return rebuilt[-1].model
+
+    outcome = run_guard(model, built.model, config, list(wcfg_of), held or calib[:1], reference, rebuild,
+                        held_back=bool(held))
+    return outcome, next((c for c in rebuilt if c.model is outcome.model), built)
 
 
 @dataclass
@@ -348,39 +381,46 @@ class Quantize(Technique[QuantizeConfig, Plan]):
     verb = "quantize"
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The float Linear/Conv layers (exact classes)."""
-        return quantizable_layers(model)
+        """The float layers :func:`~torchslim.quant.layers.quantizable_modules` offers (exact classes)."""
+        return quantizable_modules(model)
 
     def select(self, model: nn.Module, cfg: QuantizeConfig, filter_fn: FilterFn | None) -> Selection:
         """:func:`quantizable_selection` with the config's ``targets`` and ``keep_first_last``."""
         return quantizable_selection(model, cfg.targets, filter_fn=filter_fn, keep_first_last=cfg.keep_first_last)
 
     def plan(self, model: nn.Module, cfg: QuantizeConfig, selection: Selection, inputs: Inputs) -> Plan:
-        """Build, calibrate and measure the quantized copy; ``model`` is only read."""
+        """Build, calibrate and measure the quantized copy (the accuracy guard included); ``model`` is only read."""
         chosen = layer_configs(cfg, selection.chosen)
         refuse_if_empty(chosen, selection.skipped, "quantize")
         batches = calibration_batches(cfg, inputs.calibration)
-        work = copy.deepcopy(model)
+        calib, held = split_holdout(batches, cfg.guard)
         wcfg_of = {n: c for n, _, c in chosen}
-        meta: dict[str, Any] = {"mode": cfg.mode, "config": cfg.model_dump()}
-        smoothed_by, smooth_meta = _smooth(work, cfg, list(wcfg_of), batches)
-        meta.update(smooth_meta)
-        meta.update(build_structure(work, cfg, wcfg_of))
-        if cfg.mode == "static":
-            meta.update(_calibrate(work, cfg, batches))
+        built = build_calibrated(model, cfg, wcfg_of, calib)
+        skipped = list(selection.skipped)
+        layer_sqnr: dict[str, float] = {}
+        if cfg.mode == "static" and cfg.guard.enabled:
+            outcome, built = _guard(model, cfg, built, wcfg_of, calib, held)
+            cfg = built.config
+            wcfg_of = {n: c for n, c in wcfg_of.items() if n not in outcome.float_layers}
+            skipped += [SkippedLayer(n, f"kept in float by the accuracy guard (guard.fallback auto): output SQNR "
+                                        f"{db:.1f} dB with it alone in float") for n, db in outcome.float_layers.items()
+                        if not n.startswith(ACT_DICT + ".")]
+            built.meta.update(outcome.output, guard=outcome.meta)
+            layer_sqnr = outcome.layer_sqnr
+        elif batches:
+            built.meta.update(output_agreement(model, built.model, batches[0]))
         layers = [
-            layer_report(name, module, wcfg_of[name], cfg, smoothed_by.get(name))
-            for name, module in work.named_modules()
+            layer_report(name, module, wcfg_of[name], cfg, built.smoothed_by.get(name), layer_sqnr.get(name))
+            for name, module in built.model.named_modules()
             if name in wcfg_of
         ]
-        if batches:
-            meta.update(output_agreement(model, work, batches[0]))
+        skipped += float_modules(built.model, [*wcfg_of, *(s.name for s in skipped)])  # no silent skip
         record = {
             "config": cfg.model_dump(),
             "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
-            **({"smoothed": list(smoothed_by)} if smoothed_by else {}),
+            **({"smoothed": list(built.smoothed_by)} if built.smoothed_by else {}),
         }
-        return Plan(selection.skipped, meta, QuantWork(work, record, layers))
+        return Plan(skipped, built.meta, QuantWork(built.model, record, layers))
 
     def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
         """Record the quantization on the copy and transplant it into ``model``."""
@@ -427,11 +467,19 @@ def quantize_(
         A :class:`Report`: per layer the bits, granularity, scale range and weight
         SQNR; ``meta`` has activation points, scale ranges and BatchNorm folds
         (``batchnorm_note`` says why nothing was folded when the model does not
-        trace), and in ``static`` mode the float/quantized agreement on the first
-        calibration batch (``output_sqnr_db``, ``output_top1_agreement``; the
-        tensor compared is the output, its ``logits``, its ``last_hidden_state``
-        or its first tensor, see :func:`comparable_output`; ``output_note`` says
-        why they are left out when there is none).
+        trace), and in ``static`` mode the float/quantized agreement on the
+        calibration batches held back by the accuracy guard (``output_sqnr_db``,
+        ``output_top1_agreement``; the tensor compared is the output, its
+        ``logits``, its ``last_hidden_state`` or its first tensor, see
+        :func:`~torchslim.quant.metrics.comparable_output`; ``output_note`` says
+        why they are left out when there is none), the guard's findings
+        (``meta["guard"]``, :mod:`torchslim.quant.guard`) and each layer's
+        ``output_sqnr_db`` against the float model's same layer. Static mode also
+        corrects biases (``bias_correction``, :mod:`torchslim.quant.correct`).
+
+    Warns:
+        AccuracyWarning: the quantized model measures below the guard's floor
+            (it names the most sensitive layers, and what ``guard.fallback: auto`` did).
 
     Raises:
         ConfigError: a bad config (names the field, the value, the allowed values).
@@ -497,6 +545,9 @@ def _rebuild_quantized(model: nn.Module, info: Any, state: dict[str, torch.Tenso
     for key, value in state.items():
         mod_name, _, attr = key.rpartition(".")
         module = modules.get(mod_name)
+        if attr == "bias" and key not in own and isinstance(module, QUANT_LAYERS) and module.bias is None:
+            module.bias = nn.Parameter(torch.empty_like(value))  # added by bias correction
+            continue
         if not isinstance(module, FakeQuantize):
             continue
         if attr == "log_scale" and key not in own:
