@@ -16,6 +16,12 @@ one :func:`~torchslim.graph.transaction.transaction`: an exception in any of the
 torchslim's or not, leaves the model exactly as it was. Training-time techniques
 also give ``callbacks(cfg)`` for the training loop.
 
+No silent skip: after the report, :func:`run` lists every module still holding a
+parameter the report does not account for (:func:`~torchslim.report.coverage.unlisted_layers`)
+as skipped, with :meth:`Technique.skip_reason`'s why (by default the generic reason
+naming the layer kind and the kinds in :attr:`Technique.handles`), so every parameter
+tensor is transformed or listed in ``report.skipped``.
+
 Example:
     A toy technique that scales every Linear weight (``docs/architecture.md``
     adds one the same way):
@@ -38,6 +44,9 @@ Example:
     >>> report = run(Scale(), model, {"factor": 2.0, "targets": {"0": {}}})
     >>> [l.name for l in report.layers], [s.name for s in report.skipped]
     (['0'], ['2'])
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    >>> [(s.name, s.reason) for s in run(Scale(), model).skipped]     # no silent skip
+    [('1', 'LayerNorm: normalisation parameters (weight, bias) are not transformed')]
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
 from torchslim.graph.transaction import transaction
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import skip_reason, unlisted_layers
 from torchslim.targets import Match, select_layers
 from torchslim.train.loop import Callback
 
@@ -104,6 +114,10 @@ class Technique(Generic[C, P]):
     config: ClassVar[type[Config]]
     #: what the technique calls the layers it refuses with an empty selection ("no layer left to ...")
     verb: ClassVar[str] = "transform"
+    #: the verb users call, named in skip reasons (default: ``name`` + ``"_"``)
+    function: ClassVar[str] = ""
+    #: the layer kinds the technique transforms, named in the reason of a layer of another kind it leaves alone
+    handles: ClassVar[tuple[type[nn.Module], ...]] = ()
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every ``(name, module)`` the technique could act on, in registration order."""
@@ -135,9 +149,38 @@ class Technique(Generic[C, P]):
         """The :class:`Report` of a run (default: the layers, the plan's skipped layers and meta)."""
         return Report(title=self.title or self.name, technique=self.name, layers=layers, skipped=plan.skipped, meta=plan.meta)
 
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """Why the run left ``module``'s own parameters ``params`` as they were (the report lists nothing for them).
+
+        Default: :func:`~torchslim.report.coverage.skip_reason`, naming the layer kind and
+        :attr:`handles`. A technique overrides it for a more specific reason, or returns
+        ``None`` for parameters that belong to its own transform (a quantizer's step size).
+        """
+        return skip_reason(name, module, params, self.function or f"{self.name}_", past_tense(self.verb), self.handles)
+
     def callbacks(self, cfg: C) -> list[Callback]:
         """Training-loop callbacks that keep the technique's state while training (default: none)."""
         return []
+
+
+def past_tense(verb: str) -> str:
+    """``"prune"`` -> ``"pruned"``, ``"fold"`` -> ``"folded"`` (the verbs techniques use).
+
+    Example:
+        >>> past_tense("prune"), past_tense("fold"), past_tense("factorise")
+        ('pruned', 'folded', 'factorised')
+    """
+    return verb + ("d" if verb.endswith("e") else "ed")
+
+
+def account_for_parameters(tech: Technique[Any, Any], model: nn.Module, report: Report) -> Report:
+    """``report`` with a skipped entry, with ``tech``'s reason, for every module holding a parameter it leaves out.
+
+    Entries already in the report (a selection's reasons) are kept as they are; parameters
+    a transform removed are gone from ``model`` and need none.
+    """
+    report.skipped = [*report.skipped, *unlisted_layers(model, report, tech.skip_reason)]
+    return report
 
 
 def refuse_if_empty(work: list[Any], skipped: list[SkippedLayer], what: str) -> None:
@@ -156,6 +199,9 @@ def run(
 ) -> Report:
     """Run ``tech`` on ``model`` in place: parse, select, plan, apply, report, all or nothing.
 
+    Every parameter of ``model`` is then transformed or listed in ``report.skipped``
+    (:func:`account_for_parameters`).
+
     Raises:
         ConfigError: the config is invalid (before anything else happens).
         TransformRefusedError: the technique refused, naming the layer; the model is unchanged.
@@ -166,7 +212,7 @@ def run(
         selection = tech.select(model, cfg, filter_fn)
         plan = tech.plan(model, cfg, selection, inputs or Inputs())
         layers = tech.apply(model, plan)
-        return tech.report(model, cfg, plan, layers)
+        return account_for_parameters(tech, model, tech.report(model, cfg, plan, layers))
 
 
 #: keyword arguments the verbs took before they shared one signature: old name -> new name

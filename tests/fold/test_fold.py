@@ -11,6 +11,7 @@ from torch import nn
 import torchslim.stages  # noqa: F401  (registers the fold stage)
 from torchslim.errors import ConfigError
 from torchslim.fold import FoldConfig, fold_, fold_batchnorms_, merge_linear
+from torchslim.report import unaccounted_parameters
 from torchslim.stages import STAGES
 from torchslim.zoo import create_model
 
@@ -88,7 +89,8 @@ def test_folded_models_from_the_zoo_are_exact():
     with torch.no_grad():
         ref = resnet(x)
     report = fold_(resnet)
-    assert len(report.layers) == 21 and not report.skipped  # 19 conv-BN + 2 shortcut conv-BN
+    assert len(report.layers) == 21  # 19 conv-BN + 2 shortcut conv-BN
+    assert [(s.name, s.reason) for s in report.skipped] == [("fc", "Linear: not folded by fold_; weight, bias left as they were")]
     with torch.no_grad():
         assert rel_diff(resnet(x), ref) <= 1e-5
 
@@ -142,8 +144,10 @@ def test_patterns_that_must_not_fold_are_left_alone_and_reported(build, train, r
     modules_before = [type(m) for m in model.modules()]
     report = fold_(model)
     assert report.layers == []
-    assert len(report.skipped) == 1
     assert __import__("re").search(reason, report.skipped[0].reason), report.skipped[0].reason
+    modules = dict(model.named_modules())  # then every other layer, named with its kind (no silent skip)
+    assert all(s.reason.startswith(type(modules[s.name]).__name__ + ": ") for s in report.skipped[1:])
+    assert unaccounted_parameters(model, report) == []
     assert [type(m) for m in model.modules()] == modules_before
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

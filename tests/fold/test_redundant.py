@@ -121,7 +121,9 @@ def test_drop_layers_is_a_technique_with_the_one_signature():
     x = torch.randn(32, 8)
     report = drop_layers_(model, calibration=[x], filter_fn=lambda m, n: n != "1")  # config=None: k=1, block_influence
     assert report.meta["removed"] == ["3"] and len(model) == 3
-    assert [(s.name, s.reason) for s in report.skipped] == [("1", "rejected by filter_fn")]
+    assert [(s.name, s.reason) for s in report.skipped] == [("1", "rejected by filter_fn")] + [
+        (f"{b}.f", "Linear: not removed by drop_layers_; weight, bias left as they were") for b in ("0", "2")
+    ]
     state = copy.deepcopy(model.state_dict())
     with pytest.raises(TransformRefusedError, match="no candidate blocks"):
         drop_layers_(model, {"blocks": "nothing"}, calibration=[x])

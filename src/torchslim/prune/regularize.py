@@ -30,8 +30,9 @@ from torchslim.config import Config
 from torchslim.data import DataBundle
 from torchslim.errors import TransformRefusedError
 from torchslim.prune.mask import attach_mask, get_mask
-from torchslim.prune.unstructured import prunable_layers
+from torchslim.prune.unstructured import mask_skip_reason, prunable_layers
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import unlisted_layers
 from torchslim.targets import check_target_keys
 from torchslim.targets import select_layers as _select
 from torchslim.technique import refuse_if_empty
@@ -279,7 +280,8 @@ def sparse_train(
     Returns:
         A :class:`Report`: one layer per pruned layer (``details``: penalty,
         criterion, ``sparsity_before``/``sparsity_after``, units pruned), every
-        skipped layer with its reason, ``meta["train"]``/``meta["finetune"]``
+        skipped layer with its reason (every other module holding parameters too:
+        :func:`~torchslim.prune.unstructured.mask_skip_reason`), ``meta["train"]``/``meta["finetune"]``
         training histories and the final penalty value.
 
     Example:
@@ -306,4 +308,6 @@ def sparse_train(
             w = model.get_submodule(layer.name).weight
             layer.nonzeros = int((w != 0).sum())
             layer.details["sparsity_after"] = 1.0 - layer.nonzeros / w.numel()
-    return Report(title=description, technique="sparse_train", layers=layers, skipped=reg.skipped, meta=meta)
+    report = Report(title=description, technique="sparse_train", layers=layers, skipped=list(reg.skipped), meta=meta)
+    report.skipped += unlisted_layers(model, report, lambda n, m, p: mask_skip_reason(n, m, p, "sparse_train"))  # no silent skip
+    return report

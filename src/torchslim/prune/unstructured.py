@@ -28,6 +28,7 @@ from torchslim.prune.importance import compute_scores
 from torchslim.prune.mask import attach_mask, get_mask
 from torchslim.prune.nm import nm_incompatibility, nm_mask
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import skip_reason
 from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -40,6 +41,30 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules whose ``weight`` unstructured pruning may mask, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n]
+
+
+def mask_skip_reason(name: str, module: nn.Module, params: list[str], verb: str = "prune_") -> str:
+    """Why a mask-pruning verb (``prune_``, ``sparse_train``) left ``module``'s parameters ``params`` dense.
+
+    Masks go on Linear and Conv1d/2d/3d weights only: an Embedding's table, a recurrent
+    layer's weights and ``nn.MultiheadAttention``'s packed input projection are left
+    dense and named here (its ``out_proj`` is a Linear and is pruned as one).
+
+    Example:
+        >>> mask_skip_reason("emb", nn.Embedding(10, 4), ["weight"])
+        'Embedding: prune_ masks Linear, Conv1d/2d/3d weights (not this layer kind); its table (weight) is left dense'
+        >>> mask_skip_reason("gru", nn.GRU(4, 4), ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"])
+        'GRU: recurrent weights are not pruned (prune_ masks Linear, Conv1d/2d/3d weights); weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0 left dense'
+    """
+    kind, held = type(module).__name__, ", ".join(params)
+    what = f"{verb} masks Linear, Conv1d/2d/3d weights"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return f"{kind}: {what} (not this layer kind); its table ({held}) is left dense"
+    if isinstance(module, nn.RNNBase):
+        return f"{kind}: recurrent weights are not pruned ({what}); {held} left dense"
+    if isinstance(module, nn.MultiheadAttention):
+        return f"{kind}: its packed input projection ({held}) is not pruned ({what}; out_proj is a Linear, handled as one)"
+    return skip_reason(name, module, params, verb, "pruned", PRUNABLE)
 
 
 def _k_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,6 +169,7 @@ class ElementPruning(Technique[PruneConfig, Plan]):
     title = "prune"
     config = PruneConfig
     verb = "prune"
+    handles = PRUNABLE
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every Linear/Conv layer (:func:`prunable_layers`)."""
@@ -178,6 +204,10 @@ class ElementPruning(Technique[PruneConfig, Plan]):
         """Attach every planned mask; one report per layer."""
         with torch.no_grad():
             return [_attach(planned) for planned in plan.work]
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str:
+        """:func:`mask_skip_reason` (Embedding, recurrent layers, attention input projections named)."""
+        return mask_skip_reason(name, module, params)
 
 
 def _attach(planned: LayerMask) -> LayerReport:

@@ -27,16 +27,12 @@ from torch import nn
 from torchslim.quant.fake import FakeQuantize
 from torchslim.quant.layers import OTHER_QUANTIZABLE, QUANT_CLASS, is_quantized, unquantizable_reason
 from torchslim.report import Report, SkippedLayer
+from torchslim.report import coverage as generic
+from torchslim.report.coverage import covers as _covered
 
 __all__ = ["float_modules", "unaccounted_parameters"]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
-
-
-def _covered(name: str, names: Iterable[str]) -> bool:
-    """Whether module ``name`` is one of ``names`` or inside one of them (``""``, the model itself, covers
-    only the parameters the model holds directly)."""
-    return any(name == n or (n != "" and name.startswith(n + ".")) for n in names)
 
 
 def _reason(module: nn.Module, params: list[str]) -> str:
@@ -76,18 +72,12 @@ def unaccounted_parameters(model: nn.Module, report: Report) -> list[str]:
 
     A parameter is accounted for when the module holding it, or a module above it, is
     one of the report's layers or skipped entries; a quantizer's own parameters (learned step
-    sizes) are accounted for by the quantization they belong to.
+    sizes) are accounted for by the quantization they belong to
+    (:func:`torchslim.report.coverage.unaccounted_parameters` with quantizers exempt).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.PReLU())
         >>> unaccounted_parameters(model, Report(title="t", technique="t", layers=[], skipped=[SkippedLayer("0", "x")]))
         ['1.weight']
     """
-    names = [layer.name for layer in report.layers] + [s.name for s in report.skipped]
-    modules = dict(model.named_modules())
-    out = []
-    for pname, _ in model.named_parameters():
-        owner = pname.rpartition(".")[0]
-        if not _covered(owner, names) and not isinstance(modules.get(owner), FakeQuantize):
-            out.append(pname)
-    return out
+    return generic.unaccounted_parameters(model, report, exempt=lambda module: isinstance(module, FakeQuantize))

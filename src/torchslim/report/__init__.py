@@ -11,7 +11,8 @@ The package: :mod:`~torchslim.report.model` (the data and its JSON),
 :mod:`~torchslim.report.tables` (the text of every table),
 :mod:`~torchslim.report.markdown`, :mod:`~torchslim.report.html`,
 :mod:`~torchslim.report.plots` and :mod:`~torchslim.report.console` (the
-renderings), :mod:`~torchslim.report.io` (the files).
+renderings), :mod:`~torchslim.report.io` (the files), :mod:`~torchslim.report.coverage`
+(no silent skip: :func:`unaccounted_parameters` checks a report accounts for every parameter).
 
 Example:
     >>> import tempfile
@@ -29,6 +30,7 @@ Example:
 """
 
 from torchslim.report.console import render_console_table
+from torchslim.report.coverage import skip_reason, unaccounted_parameters, unlisted_layers
 from torchslim.report.io import REPORT_FILES
 from torchslim.report.model import (
     REPORT_FORMAT,
@@ -54,4 +56,7 @@ __all__ = [
     "load_report",
     "machine_meta",
     "render_console_table",
+    "skip_reason",
+    "unaccounted_parameters",
+    "unlisted_layers",
 ]
