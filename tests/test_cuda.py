@@ -58,3 +58,30 @@ def test_distill_on_cuda():
     distill_from(student, teacher, data, {"epochs": 5, "lr": 0.05, "batch_size": 32, "temperature": 4.0}, progress=False)
     assert evaluate_accuracy(student, data.loader("test", 512)) > 0.9
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_recipe_runs_with_device_cuda_from_the_cli(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from torchslim.cli import app
+
+    recipe = {
+        "name": "cuda", "model": {"name": "zoo:lenet300", "args": {"in_features": 64}}, "data": "digits",
+        "measure": {"latency_runs": 3, "latency_batch": 8},
+        "stages": [
+            {"type": "train", "epochs": 3, "lr": 0.1},
+            {"type": "prune", "sparsity": 0.5, "criterion": "taylor", "keep_first_last": False,
+             "calibration": {"batches": 2, "batch_size": 32}, "finetune": {"epochs": 1, "lr": 0.01}},
+            {"type": "quantize", "weight": {"bits": 8}, "calibration": {"batches": 2, "batch_size": 32}},
+        ],
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--device", "cuda", "--output", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["meta"]["device"] == "cuda:0" and report["after"]["accuracy"] > 0.85
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert {d["device"] for d in state["completed"]} == {"cuda:0"}

@@ -159,16 +159,26 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue after the last completed stage.")] = False,
     force: Annotated[bool, typer.Option(help="Delete the files this run directory's manifest lists and start over; refused when anything else is there.")] = False,
     output: Annotated[Path | None, typer.Option(help="Run directory (default: the recipe's).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (overrides the recipe's device).")] = None,
 ) -> None:
     """Run a recipe: stages, a checkpoint after each, and the report at the end."""
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import load_recipe
 
     _refuse_file(output, "--output")
+    _check_device(device)
     loaded = load_recipe(recipe)
     if output is None:
         _refuse_file(loaded.output, "the recipe's output")
-    _print_result(run_recipe(loaded, resume=resume, overwrite=force, output=output, console=_plain_console()))
+    _print_result(run_recipe(loaded, resume=resume, overwrite=force, output=output, console=_plain_console(), device=device))
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that is not a device name (whether it is present is checked when the run starts)."""
+    from torchslim.recipe import DEVICE, DEVICES
+
+    if device is not None and not DEVICE.fullmatch(device):
+        raise ConfigError([ConfigIssue("--device", f"unknown device; allowed: {DEVICES}", device)], "the command line")
 
 
 @app.command()
@@ -189,31 +199,53 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) 
 @app.command()
 @_friendly
 def evaluate(
-    model: Annotated[str, typer.Option(help="zoo:NAME or package.module:function.")],
-    data: Annotated[str, typer.Option(help="Registered data set name.")],
+    model: Annotated[str, typer.Option(help="zoo:NAME, package.module:function or hf:DIR (a Hugging Face directory).")],
+    data: Annotated[str, typer.Option(help="Registered data set name (image or text set) or package.module:function.")],
     weights: Annotated[Path | None, typer.Option(help="safetensors / torchslim checkpoint / state dict (.pt).")] = None,
     batch_size: Annotated[int, typer.Option(help="Latency batch size (1..4096).")] = 64,
     threads: Annotated[int | None, typer.Option(help="Threads for latency, 1..256 (default: torch's).")] = None,
     runs: Annotated[int, typer.Option(help="Timed latency runs, 1..10000 (median reported).")] = 20,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
 ) -> None:
     """Measure a model: accuracy, parameters, non-zeros, MACs, bytes, latency, peak memory."""
-    from torchslim.data import load_data
+    from torchslim.data.sources import load_source
+    from torchslim.data.spec import DataSpec
     from torchslim.measure import FIELDS, format_value
-    from torchslim.pipeline import measure_model
+    from torchslim.pipeline import measure_model, resolve_device
     from torchslim.recipe import MeasureSpec, ModelSpec
+    from torchslim.zoo.hf import load_hf
 
     options = {"latency_batch": "--batch-size", "threads": "--threads", "latency_runs": "--runs", "name": "--model",
-               "weights": "--weights"}
-    try:
-        measure = MeasureSpec.parse({"latency_batch": batch_size, "threads": threads, "latency_runs": runs})
-        spec = ModelSpec.parse({"name": model, "weights": str(weights) if weights else None})
-    except ConfigError as exc:  # named as the options that were given
-        issues = [ConfigIssue(options.get(i.path, i.path), i.message, i.value) for i in exc.issues]
-        raise ConfigError(issues, "the command line") from None
-    bundle = load_data(data)
-    net = _build_for(spec, bundle)
-    m = measure_model(net, bundle, measure)
-    table = Table(title=escape(plain(f"{model} on {data} (test split)", 500)))
+               "weights": "--weights", "hf": "--model", "data.name": "--data"}
+    _check_device(device)
+    issues: list[ConfigIssue] = []
+    for what, parse in (
+        ("", lambda: MeasureSpec.parse({"latency_batch": batch_size, "threads": threads, "latency_runs": runs})),
+        ("", lambda: ModelSpec.parse({"name": model, "weights": str(weights) if weights else None})),
+        ("data.", lambda: DataSpec.parse({"name": data})),
+    ):
+        try:
+            parse()
+        except ConfigError as exc:  # named as the options that were given
+            issues += [ConfigIssue(options.get(what + i.path, i.path), i.message, i.value) for i in exc.issues]
+    if issues:
+        raise ConfigError(issues, "the command line")
+    measure = MeasureSpec.parse({"latency_batch": batch_size, "threads": threads, "latency_runs": runs})
+    spec = ModelSpec.parse({"name": model, "weights": str(weights) if weights else None})
+    where = resolve_device(device)
+    accuracy = True
+    if spec.hf is not None:
+        source = load_hf(spec.hf, spec.task)
+        label2id = getattr(source.hf_config, "label2id", None)
+        bundle = load_source(DataSpec(name=data), tokenizer=source.tokenizer, processor=source.processor, label2id=label2id)
+        net, accuracy = source.model, source.classifies
+    else:
+        bundle = load_source(DataSpec(name=data))
+        net = _build_for(spec, bundle)
+    net.to(where)
+    bundle.device = where if where.type != "cpu" else None
+    m = measure_model(net, bundle, measure, accuracy=accuracy)
+    table = Table(title=escape(plain(f"{model} on {data} (test split, {where})", 500)))
     table.add_column("figure")
     table.add_column("value", justify="right")
     record = m.to_dict()

@@ -33,12 +33,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from torchslim.data import DataBundle, Jitter, load_data
+from torchslim.data import DataBundle
+from torchslim.data.sources import load_source
 from torchslim.errors import TorchslimError
 from torchslim.io import bundle_paths
 from torchslim.io.atomic import temp_target
 from torchslim.measure import Measurement, evaluate, layer_stats
-from torchslim.recipe import MeasureSpec, ModelSpec, Recipe, load_recipe
+from torchslim.recipe import DEVICE, DEVICES, MeasureSpec, ModelSpec, Recipe, load_recipe
 from torchslim.report import REPORT_FILES, LayerReport, Report, SkippedLayer, StageRecord
 from torchslim.rundir import (
     MANIFEST_FILE,
@@ -56,6 +57,7 @@ from torchslim.rundir import (
 from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train import load_checkpoint, load_weights, save_checkpoint
 from torchslim.zoo import create_model
+from torchslim.zoo.hf import ModelSource, load_hf
 from torchslim.zoo.spec import call_entry_point, data_args
 
 
@@ -66,10 +68,47 @@ class RunResult:
     report: Report
     model: nn.Module
     output: Path
+    #: where the model came from, with what travels with it (a Hugging Face model's tokenizer, config, task)
+    source: ModelSource | None = None
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``; ``None``: cpu), refused when it is absent.
+
+    ``auto`` is the first CUDA device when CUDA is available, else the CPU.
+
+    Raises:
+        TorchslimError: an unknown name, CUDA asked for where there is none, or a CUDA index too large.
+
+    Example:
+        >>> resolve_device("cpu"), resolve_device(None)
+        (device(type='cpu'), device(type='cpu'))
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+            ...
+        torchslim.errors.TorchslimError: device 'tpu': unknown; allowed: cpu, cuda, cuda:N or auto
+    """
+    if name is None or name == "cpu":
+        return torch.device("cpu")
+    if not DEVICE.fullmatch(name):
+        raise TorchslimError(f"device {name!r}: unknown; allowed: {DEVICES}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise TorchslimError(
+            f"device {name!r}: CUDA is not available here (torch.cuda.is_available() is False, torch {torch.__version__}); "
+            "use device cpu, or auto to use CUDA only where there is one"
+        )
+    index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise TorchslimError(f"device {name!r}: this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}")
+    return torch.device("cuda", index)
 
 
 def build_model(spec: ModelSpec, data: DataBundle | None = None) -> nn.Module:
     """Build the model a recipe names; zoo models get ``in_channels``/``num_classes`` from the data when they take them."""
+    if spec.hf is not None:
+        return load_hf(spec.hf, spec.task, dict(spec.args)).model
     arch = model_arch(spec, data)
     if arch is not None:
         model = create_model(arch["model"][4:], **arch["args"])
@@ -89,11 +128,11 @@ def model_arch(spec: ModelSpec, data: DataBundle | None = None) -> dict[str, Any
     return {"model": spec.name, "args": args}
 
 
-def measure_model(model: nn.Module, data: DataBundle, spec: MeasureSpec) -> Measurement:
-    """The measurement record a run takes after each stage (test split)."""
+def measure_model(model: nn.Module, data: DataBundle, spec: MeasureSpec, *, accuracy: bool = True) -> Measurement:
+    """The measurement record a run takes after each stage (test split; ``accuracy=False``: a model without class logits)."""
     return evaluate(
         model,
-        data.loader("test", spec.eval_batch),
+        data.loader("test", spec.eval_batch) if accuracy else None,
         example_input=data.example_input(),
         latency_batch=spec.latency_batch,
         threads=spec.threads,
@@ -123,6 +162,7 @@ def stage_fingerprints(recipe: Recipe) -> list[str]:
     """
     data = recipe.to_dict()
     data.pop("output")
+    data.pop("device", None)
     stages = data["stages"]
     return [
         hashlib.sha256(json.dumps({**data, "stages": stages[: i + 1]}, sort_keys=True).encode()).hexdigest()
@@ -195,12 +235,25 @@ def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool, co
     return rd, state
 
 
-def _run_one_stage(
-    recipe: Recipe, index: int, model: nn.Module, data: DataBundle, rd: RunDir, state: dict[str, Any], progress: bool,
-    console: Console,
-) -> None:
+@dataclass
+class _Live:
+    """What a run holds while its stages run: the model, its source, the data and the device."""
+
+    model: nn.Module
+    source: ModelSource
+    data: DataBundle
+    device: torch.device
+
+    def build(self, spec: ModelSpec) -> nn.Module:
+        """A model a stage names (a teacher), on the run's device."""
+        return build_model(spec, self.data).to(self.device)
+
+
+def _run_one_stage(recipe: Recipe, index: int, live: _Live, rd: RunDir, state: dict[str, Any], progress: bool,
+                   console: Console) -> None:
     """Run stage ``index`` on ``model`` (all or nothing), measure, checkpoint, and record it in ``state``."""
     done, out = state["completed"], rd.path
+    model, data = live.model, live.data
     stage = recipe.stages[index]
     label = f"{index + 1}/{len(recipe.stages)} {stage.label}"
     console.log(f"stage {label} ({stage.type})", markup=False)
@@ -211,15 +264,16 @@ def _run_one_stage(
         data,
         label,
         progress,
-        initial_model=lambda: _baseline_model(recipe, data, out, done),
+        initial_model=lambda: _baseline_model(recipe, data, out, done).to(live.device),
         output=out,
         arch=model_arch(recipe.model, data),
         finetune=stage.finetune,
-        build_model=lambda spec: build_model(spec, data),
+        build_model=live.build,
+        source=live.source,
     )
     result = run_stage(STAGES.get(stage.type), model, stage.config, ctx)
     seconds = time.perf_counter() - t_stage
-    m = measure_model(model, data, recipe.measure)
+    m = measure_model(model, data, recipe.measure, accuracy=live.source.classifies)
     if result.artefact is not None:  # the stage wrote the deployed model file (encode)
         m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
     ckpt = checkpoint_name(index, stage.type)
@@ -236,6 +290,7 @@ def _run_one_stage(
             "sha256": file_sha256(tensors),
             "sidecar_sha256": file_sha256(sidecar),
             "seconds": seconds,
+            "device": str(live.device),
             "measurement": m.to_dict(),
             "report": result.report.to_dict(),
         }
@@ -247,21 +302,49 @@ def _run_one_stage(
     )
 
 
-def _start(recipe: Recipe, out: Path, state: dict[str, Any], console: Console) -> tuple[nn.Module, DataBundle]:
-    """The data and the model to continue from: as built, or loaded from the last completed checkpoint."""
-    data = load_data(recipe.data.name, val_size=recipe.data.val_size, seed=recipe.seed)
-    if recipe.data.jitter:
-        data.train_transform = Jitter(recipe.data.jitter)
+def load_model_and_data(recipe: Recipe) -> tuple[ModelSource, DataBundle]:
+    """The recipe's model (with what travels with it) and data, on the CPU.
+
+    A Hugging Face model is loaded first: its tokenizer tokenizes text data (and its
+    ``label2id`` names text labels). A zoo model is built after the data (its inputs and
+    classes come from the data).
+
+    Raises:
+        TorchslimError: the data has more classes than a Hugging Face classifier has labels.
+    """
+    spec = recipe.model
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, data)
+    if spec.hf is not None:
+        source = load_hf(spec.hf, spec.task, dict(spec.args))
+        label2id = getattr(source.hf_config, "label2id", None)
+        data = load_source(recipe.data, tokenizer=source.tokenizer, processor=source.processor, label2id=label2id, seed=recipe.seed)
+        labels = getattr(source.hf_config, "num_labels", None)
+        if source.classifies and isinstance(labels, int) and labels < data.num_classes:
+            raise TorchslimError(
+                f"model {spec.name}: its classifier has {labels} labels and data {recipe.data.label_text!r} has "
+                f"{data.num_classes} classes; set model args num_labels: {data.num_classes} (a new head)"
+            )
+        return source, data
+    data = load_source(recipe.data, seed=recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec, data)
+    return ModelSource(model, "zoo" if spec.name.startswith("zoo:") else "entry", spec.name), data
+
+
+def _start(recipe: Recipe, out: Path, state: dict[str, Any], console: Console, device: torch.device) -> _Live:
+    """The data and the model to continue from: as built, or loaded from the last completed checkpoint; on ``device``."""
+    source, data = load_model_and_data(recipe)
+    model = source.model
     done = state["completed"]
     if done:
         load_checkpoint(model, out / done[-1]["checkpoint"])
         console.log(f"resuming {out}: {len(done)} stage(s) done, last checkpoint {done[-1]['checkpoint']}", markup=False)
+    model.to(device)
+    data.device = device if device.type != "cpu" else None
     if state["initial"] is None:
-        state["initial"] = measure_model(model, data, recipe.measure).to_dict()
+        state["initial"] = measure_model(model, data, recipe.measure, accuracy=source.classifies).to_dict()
         state["initial_layers"] = [s.to_dict() for s in layer_stats(model)]
-    return model, data
+    return _Live(model, source, data, device)
 
 
 def run_recipe(
@@ -272,6 +355,7 @@ def run_recipe(
     output: str | Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    device: str | None = None,
 ) -> RunResult:
     """Run every stage of a recipe, checkpointing after each, and write the report.
 
@@ -284,6 +368,8 @@ def run_recipe(
         output: run directory (default: the recipe's ``output`` or ``runs/<name>``, which must
             stay inside ``runs/``).
         progress: show progress bars on a terminal.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; overrides the recipe's ``device``
+            (default cpu). The model, calibration batches and measurement run there.
 
     Raises:
         TorchslimError: the run directory cannot be used (not a run directory, foreign files,
@@ -315,17 +401,19 @@ def run_recipe(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     console = console or Console(stderr=True)
+    where = resolve_device(device or recipe.device)  # refused before the run directory is touched
     out = run_directory(recipe.name, recipe.output, output)
     rd, state = _prepare_output(recipe, out, resume, overwrite, console)
     t0 = time.perf_counter()
     try:
-        model, data = _start(recipe, out, state, console)
+        live = _start(recipe, out, state, console, where)
         state["status"] = "running"
         state.pop("error", None)
         rd.write_state(state)
         for index in range(len(state["completed"]), len(recipe.stages)):
-            _run_one_stage(recipe, index, model, data, rd, state, progress, console)
-        report = _final_report(recipe, state, model, time.perf_counter() - t0)
+            _run_one_stage(recipe, index, live, rd, state, progress, console)
+        report = _final_report(recipe, state, live.model, time.perf_counter() - t0)
+        report.meta["device"] = str(where)  # where the model ran and was measured
         report.save(out)
     except KeyboardInterrupt:
         state["status"] = "interrupted"
@@ -338,7 +426,7 @@ def run_recipe(
         raise
     state["status"] = "complete"
     rd.write_state(state)
-    return RunResult(report, model, out)
+    return RunResult(report, live.model, out, live.source)
 
 
 def _baseline_model(recipe: Recipe, data: DataBundle, out: Path, done: list[dict[str, Any]]) -> nn.Module:
@@ -388,7 +476,7 @@ def _final_report(recipe: Recipe, state: dict[str, Any], model: nn.Module, secon
         meta={
             "recipe": recipe.name,
             "model": recipe.model.name,
-            "data": recipe.data.name,
+            "data": recipe.data.label_text,
             "seed": recipe.seed,
             "date": _dt.date.today().isoformat(),
             "wall_s": round(seconds, 2),

@@ -5,8 +5,11 @@ Example recipe::
     version: 1
     name: lenet300-prune90
     seed: 0
-    model: zoo:lenet300            # or {name: zoo:resnet_cifar, args: {depth: 20}, weights: w.safetensors}
-    data: mnist                    # or {name: mnist, val_size: 5000}
+    model: zoo:lenet300            # or {name: zoo:resnet_cifar, args: {depth: 20}, weights: w.safetensors},
+                                   # mymodels:build (./mymodels.py), {hf: ./tiny-bert, task: sequence-classification}
+    data: mnist                    # or {name: mnist, val_size: 5000}, sms-spam, mydata:loaders,
+                                   # {csv: texts.csv, text: text, label: label}, {images: DIR}
+    device: cpu                    # cuda, cuda:N or auto (the default is cpu; --device overrides)
     stages:
       - {type: train, epochs: 8, lr: 0.1, schedule: cosine}
       - {type: prune, sparsity: 0.9, keep_first_last: false}
@@ -36,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -46,7 +50,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from yaml.constructor import ConstructorError
 
 from torchslim.config import Config, issues_from_validation
-from torchslim.data import DATASETS
+from torchslim.data.spec import DataSpec
 from torchslim.errors import ConfigError, ConfigIssue, UnknownNameError
 from torchslim.measure.latency import MAX_RUNS, MAX_THREADS
 from torchslim.stages import STAGES, StageSpec
@@ -68,27 +72,15 @@ MAX_NAME_CHARS = 100  # the recipe's name and each stage's name
 MAX_NAME_BYTES = 200  # the recipe's name in UTF-8 (a directory name)
 MAX_STAGES = 1000
 MAX_LATENCY_BATCH = 4096
+#: what ``device:`` (and ``--device``) accepts
+DEVICE = re.compile(r"cpu|cuda|cuda:\d{1,3}|auto")
+DEVICES = "cpu, cuda, cuda:N or auto"
 #: the inputs of the registered data sets (shape of one sample, classes): a zoo model is checked against them
 DATA_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
     "mnist": ((1, 28, 28), 10),
     "fashion-mnist": ((1, 28, 28), 10),
     "digits": ((1, 8, 8), 10),
 }
-
-
-class DataSpec(Config):
-    """A registered data set, its split options and training augmentation (``jitter``: ±pixels shifts)."""
-
-    name: str
-    val_size: int | None = Field(default=None, ge=0, le=MAX_INT)
-    jitter: int = Field(default=0, ge=0, le=8)  # training-time random shifts of images, in pixels (0: none)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown data set {v!r}; registered: {', '.join(DATASETS.names())}")
-        return v
 
 
 class MeasureSpec(Config):
@@ -129,6 +121,14 @@ class _RecipeHead(Config):
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     output: str | None = Field(default=None, min_length=1)
     stages: list[Any] = Field(min_length=1, max_length=MAX_STAGES)
+    device: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not DEVICE.fullmatch(v):
+            raise ValueError(f"unknown device; allowed: {DEVICES}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -190,24 +190,29 @@ class Recipe(BaseModel):
     output: str | None
     stages: list[Stage]
     source: str | None = None
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (YAML/JSON-ready, defaults filled in)."""
-        return {
+        """The recipe as plain data (YAML/JSON-ready, defaults filled in; ``device`` only when given)."""
+        out = {
             "version": 1,
             "name": self.name,
             "seed": self.seed,
-            "model": self.model.model_dump(exclude={"version"}),
-            "data": self.data.model_dump(exclude={"version"}),
+            "model": self.model.to_data(),
+            "data": self.data.to_data(),
             "measure": self.measure.model_dump(exclude={"version"}),
             "output": self.output,
             "stages": [s.to_dict() for s in self.stages],
         }
+        if self.device is not None:
+            out["device"] = self.device
+        return out
 
     def fingerprint(self) -> str:
-        """SHA-256 of the normalised recipe without its output path (used to refuse resuming a different recipe)."""
+        """SHA-256 of the normalised recipe without its output path and device (used to refuse resuming a different recipe)."""
         data = self.to_dict()
         data.pop("output")
+        data.pop("device", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def output_dir(self) -> Path:
@@ -330,8 +335,11 @@ def _merge(found: list[ConfigIssue], firm: list[ConfigIssue], soft: list[ConfigI
 
 
 def _input_issues(spec: ModelSpec, data: DataSpec, path: str) -> list[ConfigIssue]:
-    """A zoo model that cannot take the data set's inputs, checked without building it."""
-    inputs = DATA_INPUTS.get(data.name)
+    """A zoo model that cannot take the data set's inputs, or text data without a tokenizer; nothing is built."""
+    if data.source() in ("text-set", "csv", "jsonl", "hf_dataset") and spec.hf is None:
+        return [ConfigIssue(path, f"data {data.label_text!r} is text, tokenized with the model's tokenizer, and {spec.name} "
+                            "carries none; name a Hugging Face directory holding a tokenizer: {hf: DIR}")]
+    inputs = DATA_INPUTS.get(data.name or "")
     if not spec.name.startswith("zoo:") or inputs is None:
         return []
     name, (shape, classes) = spec.name[4:], inputs
@@ -401,6 +409,7 @@ def parse_recipe(data: Any, *, source: str | None = None) -> Recipe:
         output=head.output,
         stages=stages,
         source=source,
+        device=head.device,
     )
 
 

@@ -1,4 +1,8 @@
-"""Top-1 accuracy and mean cross-entropy over a loader of ``(x, y)`` batches."""
+"""Top-1 accuracy and mean cross-entropy over any iterable of labelled batches.
+
+A batch is an ``(inputs, labels)`` pair or a dict of tensors with a ``labels`` key
+(see :mod:`torchslim.data.batches`); a torch ``DataLoader`` works as it is.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.data.batches import BATCH_FORMS, split_batch
 from torchslim.errors import TorchslimError
 from torchslim.measure.macs import call_model, eval_mode
 
@@ -61,11 +66,11 @@ def _to(obj: Any, device: torch.device | None) -> Any:
 def _batches(model: nn.Module, loader: Iterable[Any]) -> Any:
     device = _model_device(model)
     for i, batch in enumerate(loader):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TorchslimError(f"loader batch {i} must be an (inputs, targets) pair, got {type(batch).__name__}")
-        x, y = batch
-        if not isinstance(y, torch.Tensor):
-            raise TorchslimError(f"loader batch {i}: targets must be a tensor, got {type(y).__name__}")
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and batch[1] is not None and not isinstance(batch[1], torch.Tensor):
+            raise TorchslimError(f"loader batch {i}: targets must be a tensor, got {type(batch[1]).__name__}")
+        x, y = split_batch(batch, i) if isinstance(batch, (Mapping, tuple, list)) else (batch, None)
+        if y is None:
+            raise TorchslimError(f"loader batch {i} has no targets: accuracy needs labelled batches, {BATCH_FORMS.split(', ', 1)[1]}")
         x, y = _to(x, device), _to(y, device)
         logits = logits_of(call_model(model, x))
         if logits.dim() != 2 or logits.shape[0] != y.shape[0]:

@@ -43,6 +43,8 @@ class StageContext:
         finetune: the stage wrapper's ``finetune`` block, for runners that train themselves
             (``handles_finetune``); others are fine-tuned by :func:`run_stage`.
         build_model: builds a model from a model spec (what ``teacher: {name: ...}`` needs).
+        source: where the model came from (:class:`~torchslim.zoo.hf.ModelSource`: a Hugging Face
+            model's tokenizer, config and task travel with it), when the pipeline knows.
     """
 
     data: DataBundle
@@ -53,6 +55,7 @@ class StageContext:
     arch: dict[str, Any] | None = None
     finetune: TrainConfig | None = None
     build_model: Callable[[Any], nn.Module] | None = None
+    source: Any = None
 
 
 @dataclass

@@ -24,9 +24,12 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.data import DataBundle
-from torchslim.errors import TrainingDivergedError
+from torchslim.data.batches import move, split_batch
+from torchslim.data.core import LoaderSplit
+from torchslim.errors import TorchslimError, TrainingDivergedError
 from torchslim.graph import constraints
-from torchslim.measure import evaluate_accuracy
+from torchslim.measure import evaluate_accuracy, logits_of
+from torchslim.measure.macs import call_model
 from torchslim.report import Report
 
 #: bounds of the numbers in a :class:`TrainConfig` (and of the same kinds of numbers in a recipe)
@@ -43,7 +46,7 @@ class TrainConfig(Config):
     Attributes:
         epochs: passes over the training split.
         max_steps: stop after this many optimizer steps (overrides ``epochs`` when reached first).
-        batch_size: samples per step.
+        batch_size: samples per step (data served by a loader comes in that loader's batches).
         optimizer: ``sgd``, ``adam`` or ``adamw``.
         lr: peak learning rate.
         momentum: SGD momentum.
@@ -230,14 +233,17 @@ class _Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """One optimizer step on ``(x, y)``; returns ``(loss, lr)``. Aborts (restoring the model) on a non-finite loss."""
+def _step(run: _Run, x: Any, y: torch.Tensor) -> tuple[float, float]:
+    """One optimizer step on ``(x, y)``; returns ``(loss, lr)``. Aborts (restoring the model) on a non-finite loss.
+
+    ``x`` is a tensor, a tuple of tensors (positional arguments) or a dict of tensors (keyword arguments).
+    """
     state, cfg = run.state, run.cfg
-    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    x, y = move(x, run.device), y.to(run.device, non_blocking=True)
     lr = cfg.lr * lr_factor(cfg, state.step, state.total_steps, len(run.loader))
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    loss = run.criterion(run.model(x), y)
+    loss = run.criterion(call_model(run.model, x), y)
     for cb in run.callbacks:
         loss = cb.on_loss(state, loss)
     loss_value = float(loss.detach())
@@ -264,9 +270,14 @@ def _epoch(run: _Run, epoch: int, advance: Callable[[float], None]) -> None:
     run.model.train()
     run.loader.set_epoch(epoch)
     t_epoch, loss_sum, n_batches, lr = time.perf_counter(), 0.0, 0, float("nan")
-    for x, y in run.loader:
+    for i, batch in enumerate(run.loader):
         if state.step >= state.total_steps or state.stop:
             break
+        x, y = split_batch(batch, i)
+        if y is None:
+            raise TorchslimError(
+                f"{run.description}: training batch {i} has no labels; give (inputs, labels) pairs or dicts with a 'labels' key"
+            )
         loss_value, lr = _step(run, x, y)
         loss_sum, n_batches = loss_sum + loss_value, n_batches + 1
         advance(loss_value)
@@ -288,9 +299,34 @@ def _epoch(run: _Run, epoch: int, advance: Callable[[float], None]) -> None:
         cb.on_epoch_end(state)
 
 
+def _cross_entropy(label_smoothing: float) -> LossFn:
+    """Cross-entropy on the logits of any model output (a tensor, a Hugging Face output, a tuple)."""
+    ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss(output: Any, labels: torch.Tensor) -> torch.Tensor:
+        return ce(output if isinstance(output, torch.Tensor) else logits_of(output), labels)
+
+    return loss
+
+
+def as_bundle(data: DataBundle | Iterable[Any]) -> DataBundle:
+    """``data`` as a :class:`DataBundle`: a bundle as it is; any iterable of batches (a torch ``DataLoader``)
+    as the training split of one, with no validation split.
+
+    Example:
+        >>> len(as_bundle([(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))]).train)
+        4
+    """
+    if isinstance(data, DataBundle):
+        return data
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes, torch.Tensor)):
+        raise TorchslimError(f"data must be a DataBundle or an iterable of batches (a DataLoader), got {type(data).__name__}")
+    return DataBundle("batches", LoaderSplit(data), LoaderSplit([]), LoaderSplit([]), 0, ())
+
+
 def finetune(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | Iterable[Any],
     config: TrainConfig | dict[str, Any] | None = None,
     *,
     callbacks: Sequence[Callback] = (),
@@ -302,7 +338,9 @@ def finetune(
 
     Args:
         model: trained in place.
-        data: a :class:`DataBundle` (train split used; val split evaluated each epoch).
+        data: a :class:`DataBundle` (train split used; val split evaluated each epoch), or any
+            iterable of batches (a torch ``DataLoader``; tensors with labels, ``(x, y)`` pairs or
+            dicts of tensors with ``labels``), trained on as it is, without validation.
         config: a :class:`TrainConfig` or a mapping validated into one.
         callbacks: technique hooks, called in order.
         loss_fn: ``(logits, labels) -> loss``; cross-entropy by default.
@@ -326,6 +364,7 @@ def finetune(
         [1, 2]
     """
     cfg = TrainConfig.parse(config)
+    data = as_bundle(data)
     console = Console(stderr=True)
     torch.manual_seed(cfg.seed)
     loader = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -338,7 +377,7 @@ def finetune(
         all_callbacks.append(KeepConstraints())
     run = _Run(
         model, data, cfg, loader, TrainState(model, optimizer, cfg, total_steps=total), all_callbacks,
-        loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), console, description,
+        loss_fn or _cross_entropy(cfg.label_smoothing), console, description,
         before={k: v.detach().clone() for k, v in model.state_dict().items()},  # restored if the loss diverges
     )
     for cb in all_callbacks:

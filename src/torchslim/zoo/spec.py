@@ -1,11 +1,16 @@
-"""How a recipe (or a distillation stage) names a model: ``zoo:NAME`` or an entry point, with weights.
+"""How a recipe (or a distillation stage) names a model: ``zoo:NAME``, an entry point or a Hugging Face directory.
 
 An entry point ``package.module:function`` is code: building the model imports the
 module and calls the function, like running a Python script. :class:`ModelSpec`
 checks, without importing anything, that the module can be found and is not part of
 the standard library or of torchslim (other than :mod:`torchslim.zoo`);
 :func:`call_entry_point` imports it, calls it and checks that it returned an
-``nn.Module``.
+``nn.Module``. The current directory is importable: it is added to the *end* of
+``sys.path`` when missing (installed packages win over a same-named local file), so
+``model: mymodels:build`` finds ``./mymodels.py`` without ``PYTHONPATH``.
+
+A Hugging Face directory is ``{hf: PATH, task: TASK}`` (or ``name: hf:PATH``), loaded
+offline from safetensors by :mod:`torchslim.zoo.hf`.
 
 A zoo model's ``args`` are checked against its builder's signature (names, types,
 sizes), and :func:`input_problem` checks that a zoo model fits a data set's inputs,
@@ -33,6 +38,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import re
 import stat
 import sys
@@ -42,11 +48,12 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from torchslim.config import Config
 from torchslim.errors import ConfigIssue, TorchslimError
+from torchslim.zoo.hf import HF_ARGS, HF_TASKS, hf_dir_problem
 from torchslim.zoo.registry import MODELS
 
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -76,6 +83,23 @@ def plain_text_problem(text: str, max_chars: int) -> str | None:
     return None
 
 
+def importable_cwd() -> str:
+    """Make the current directory importable (appended to ``sys.path`` when neither it nor ``''`` is there); returns it.
+
+    ``python script.py`` and ``python -m`` put a directory first on ``sys.path``; the
+    ``torchslim`` command puts its own ``bin/`` there instead, so the current directory is
+    added, last: an installed package wins over a same-named file here.
+
+    Example:
+        >>> importable_cwd() in sys.path or "" in sys.path
+        True
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path and "." not in sys.path:
+        sys.path.append(cwd)
+    return cwd
+
+
 def _missing_module(dotted: str) -> str | None:
     """The first prefix of the module path ``dotted`` that cannot be found (``None``: all found).
 
@@ -83,6 +107,7 @@ def _missing_module(dotted: str) -> str | None:
     would import ``a`` (running its ``__init__``), so a submodule is looked up in its
     parent's search locations instead.
     """
+    importable_cwd()
     parts = dotted.split(".")
     locations: Any = None
     for i in range(len(parts)):
@@ -115,7 +140,7 @@ def entry_point_problem(name: str) -> str | None:
     Example:
         >>> entry_point_problem("torchslim.zoo.lenet:lenet300") is None
         True
-        >>> entry_point_problem("no_such_package_xyz.models:build")
+        >>> entry_point_problem("no_such_package_xyz.models:build").split(";")[0]
         "module 'no_such_package_xyz' cannot be found (is the package installed?)"
     """
     if not ENTRY_POINT.fullmatch(name):  # not .match: "$" would let a trailing newline through
@@ -132,7 +157,51 @@ def entry_point_problem(name: str) -> str | None:
         missing = _missing_module(module)
     except (ImportError, ValueError, AttributeError, TypeError, OSError) as exc:  # a finder failed: say so
         return f"module {module!r} cannot be looked up: {type(exc).__name__}: {exc}"
-    return None if missing is None else f"module {missing!r} cannot be found (is the package installed?)"
+    if missing is None:
+        return None
+    where = os.path.join(os.getcwd(), missing.replace(".", os.sep))
+    return (
+        f"module {missing!r} cannot be found (is the package installed?); the current directory is importable too "
+        f"(added to the end of sys.path), and it has no {where}.py: run from the directory that holds it, or install the package"
+    )
+
+
+def load_entry_point(name: str, *, what: str = "model") -> Any:
+    """Import the entry point ``package.module:function`` (refused as :func:`entry_point_problem` says) and return it.
+
+    Raises:
+        TorchslimError: the entry point is refused, cannot be imported, or is not callable.
+
+    Example:
+        >>> load_entry_point("torchslim.zoo.lenet:lenet300").__name__
+        'lenet300'
+    """
+    problem = entry_point_problem(name)
+    if problem is not None:
+        raise TorchslimError(f"{what} entry point {name!r}: {problem}")
+    module_name, fn_name = name.split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise TorchslimError(f"cannot import {what} entry point {name!r}: {exc}") from None
+    if not callable(fn):
+        kind = "an nn.Module" if what == "model" else "its data"
+        raise TorchslimError(f"{what} entry point {name!r} is a {type(fn).__name__}, not a function returning {kind}")
+    return fn
+
+
+def bind_args(fn: Any, name: str, args: dict[str, Any], *, what: str = "model") -> None:
+    """Refuse ``args`` that the entry point ``fn`` (named ``name``) does not take, naming its parameters."""
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call itself will say
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**args)
+        except TypeError as exc:
+            params = ", ".join(signature.parameters) or "(none)"
+            raise TorchslimError(f"{what} entry point {name!r} does not take these args: {exc}; its parameters: {params}") from None
 
 
 def call_entry_point(name: str, args: dict[str, Any], *, what: str = "model") -> nn.Module:
@@ -152,26 +221,8 @@ def call_entry_point(name: str, args: dict[str, Any], *, what: str = "model") ->
             ...
         torchslim.errors.TorchslimError: model entry point 'torchslim.zoo.lenet:lenet300' does not take these args: got an unexpected keyword argument 'width'; its parameters: in_features, num_classes
     """
-    problem = entry_point_problem(name)
-    if problem is not None:
-        raise TorchslimError(f"{what} entry point {name!r}: {problem}")
-    module_name, fn_name = name.split(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise TorchslimError(f"cannot import {what} entry point {name!r}: {exc}") from None
-    if not callable(fn):
-        raise TorchslimError(f"{what} entry point {name!r} is a {type(fn).__name__}, not a function returning an nn.Module")
-    try:
-        signature: inspect.Signature | None = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read (some builtins): the call itself will say
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(**args)
-        except TypeError as exc:
-            params = ", ".join(signature.parameters) or "(none)"
-            raise TorchslimError(f"{what} entry point {name!r} does not take these args: {exc}; its parameters: {params}") from None
+    fn = load_entry_point(name, what=what)
+    bind_args(fn, name, args, what=what)
     model = fn(**args)
     if not isinstance(model, nn.Module):
         raise TorchslimError(f"{what} entry point {name!r} returned {type(model).__name__}, not an nn.Module")
@@ -330,11 +381,41 @@ def _path_problem(v: str) -> str | None:
 
 
 class ModelSpec(Config):
-    """Where the model comes from: ``zoo:NAME`` or an entry point ``pkg.module:build_fn``."""
+    """Where the model comes from: ``zoo:NAME``, an entry point ``pkg.module:build_fn`` or a Hugging Face directory.
+
+    A Hugging Face directory is ``{hf: PATH, task: TASK}`` (``task`` defaults to
+    ``sequence-classification``; see :data:`~torchslim.zoo.hf.HF_TASKS`); its ``name`` is
+    ``hf:PATH`` (either spelling works). Its weights are the directory's own, its ``args``
+    only ``num_labels``. ``weights`` (a safetensors file, shapes checked by key) is for
+    zoo and entry-point models.
+
+    Example:
+        >>> ModelSpec.parse({"hf": "/no/such/dir"})
+        Traceback (most recent call last):
+            ...
+        torchslim.errors.ConfigError: 1 error(s) in config
+          - hf: Hugging Face directory '/no/such/dir' not found (got '/no/such/dir')
+    """
 
     name: str = Field(max_length=300)
     args: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    hf: str | None = None
+    task: Literal["sequence-classification", "causal-lm", "feature-extraction", "image-classification"] | None = None
+
+    #: fields added with Hugging Face directories: left out of :meth:`to_data` while unset (fingerprints stay)
+    LATER_FIELDS: typing.ClassVar[tuple[str, ...]] = ("hf", "task")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_name(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            hf, name = raw.get("hf"), raw.get("name")
+            if isinstance(hf, str) and "name" not in raw:
+                raw = {**raw, "name": f"hf:{hf}"}
+            elif isinstance(name, str) and name.startswith("hf:") and "hf" not in raw:
+                raw = {**raw, "hf": name[3:]}
+        return raw
 
     @field_validator("name")
     @classmethod
@@ -343,8 +424,12 @@ class ModelSpec(Config):
             if v[4:] not in MODELS:
                 raise ValueError(f"unknown zoo model {v[4:]!r}; registered: {', '.join(MODELS.names())}")
             return v
+        if v.startswith("hf:"):  # the directory is checked as the 'hf' field
+            return v
         problem = entry_point_problem(v)
         if problem is not None:
+            if problem.startswith("must be"):
+                problem = "must be 'zoo:NAME', an entry point 'package.module:function' or 'hf:PATH' (a Hugging Face directory)"
             raise ValueError(problem)
         return v
 
@@ -356,13 +441,45 @@ class ModelSpec(Config):
             issues = zoo_arg_issues(name[4:], v)
             if issues:
                 raise ValueError("; ".join(map(str, issues)))
+        if isinstance(name, str) and name.startswith("hf:"):
+            unknown = sorted(set(v) - set(HF_ARGS))
+            if unknown:
+                raise ValueError(f"a Hugging Face model takes no args {', '.join(unknown)}; allowed: {', '.join(HF_ARGS)}")
+            labels = v.get("num_labels")
+            if "num_labels" in v and (isinstance(labels, bool) or not isinstance(labels, int) or not 1 <= labels <= MAX_SIZE_ARG):
+                raise ValueError(f"num_labels must be an integer in 1..{MAX_SIZE_ARG}")
         return v
 
     @field_validator("weights")
     @classmethod
-    def _check_weights(cls, v: str | None) -> str | None:
+    def _check_weights(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and str(info.data.get("name", "")).startswith("hf:"):
+            raise ValueError("a Hugging Face directory's weights are its own model.safetensors; remove weights")
         if v is not None:
             problem = _path_problem(v)
             if problem is not None:
                 raise ValueError(problem if problem.startswith("weights") else f"weights file name {problem}")
         return v
+
+    @field_validator("hf")
+    @classmethod
+    def _check_hf(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            name = info.data.get("name")
+            if isinstance(name, str) and name != f"hf:{v}":
+                raise ValueError(f"names another model than name {name!r}: give one of them")
+            problem = plain_text_problem(v, MAX_PATH_CHARS) or hf_dir_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not str(info.data.get("name", "")).startswith("hf:"):
+            raise ValueError(f"only a Hugging Face model (hf: DIR) takes a task; tasks: {', '.join(HF_TASKS)}")
+        return v
+
+    def to_data(self) -> dict[str, Any]:
+        """The spec as recipe data; fields added later are left out while unset."""
+        return self.model_dump(exclude={"version", *(f for f in self.LATER_FIELDS if getattr(self, f) is None)})
