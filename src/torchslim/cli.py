@@ -1,4 +1,4 @@
-"""The ``torchslim`` command: demo, run, validate, evaluate, report, inspect.
+"""The ``torchslim`` command: demo, run, validate, evaluate, report, inspect, sensitivity.
 
 Exit codes: 0 success; 2 bad input or a refusal (an invalid recipe, a command-line
 value out of range, a file that does not fit: one message, no traceback); 130
@@ -372,6 +372,28 @@ def inspect(
     console.print(table)
     console.print(f"dense fp32: {format_value(dense, 'bytes')} -> file: {format_value(f.file_bytes, 'bytes')} "
                   f"({dense / f.file_bytes:.1f}x smaller); {checked}", soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def sensitivity(
+    model: Annotated[str, typer.Option(help="zoo:NAME, package.module:function or hf:DIR (a Hugging Face directory).")],
+    data: Annotated[str, typer.Option(help="Registered data set name or package.module:function.")],
+    out: Annotated[Path, typer.Option(help="Directory for sensitivity.json, sensitivity.txt and the plots.")],
+    weights: Annotated[Path | None, typer.Option(help="Trained weights: safetensors / torchslim checkpoint.")] = None,
+    metric: Annotated[str, typer.Option(help="accuracy, loss or sqnr (output SQNR on one batch: fast).")] = "accuracy",
+    analyses: Annotated[str | None, typer.Option(help="Comma-separated: unstructured,structured,bits,lowrank (default all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed every option runs with.")] = 0,
+    batches: Annotated[int, typer.Option(help="Validation batches measured.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per validation batch.")] = 128,
+) -> None:
+    """Measure each layer's sensitivity to pruning, weight bits and low rank; write the JSON, table and plots.
+
+    See docs/sensitivity.md; ``sensitivity.json`` is what the search reads.
+    """
+    from torchslim.search.cli import run_sensitivity
+
+    run_sensitivity(model, data, out, weights, metric, analyses, seed, batches, batch_size)
 
 
 def entry() -> None:

@@ -58,6 +58,13 @@ def png_data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as 100 dpi PNG bytes, without metadata that would vary between runs (what :func:`png_data_uri` encodes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
 def sparsity_plot(layers: list[LayerReport]) -> str | None:
     """Per-layer sparsity bars (before next to after when ``details['sparsity_before']`` exists)."""
     if not layers:
