@@ -19,6 +19,9 @@ Example:
     True
 """
 
+import importlib
+from typing import Any
+
 from torchslim.data import load_data
 from torchslim.distill import DistillConfig, distill_from
 from torchslim.encode import ShareConfig, TslimFormatError, load, save, share_weights_
@@ -34,10 +37,24 @@ from torchslim.quant import QuantizeConfig, quantize_
 from torchslim.quant.mixed import MixedPrecisionConfig, mixed_precision_
 from torchslim.recipe import load_recipe
 from torchslim.report import Report
+from torchslim.search import SensitivityConfig, SensitivityResult, sensitivity
 from torchslim.train import TrainConfig, finetune, load_checkpoint, load_weights, save_checkpoint
 from torchslim.zoo import create_model
 
 __version__ = "0.1.0"
+
+#: public names served from a module that loads ONNX and ONNX Runtime, imported on first use (``import torchslim`` stays light)
+_DEPLOY = {"export": "torchslim.deploy.api", "save_pretrained": "torchslim.deploy.hf"}
+
+
+def __getattr__(name: str) -> Any:
+    """``ts.export`` and ``ts.save_pretrained`` (:mod:`torchslim.deploy.api`, :mod:`torchslim.deploy.hf`), loaded when first used."""
+    if name in _DEPLOY:
+        value = getattr(importlib.import_module(_DEPLOY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'torchslim' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",
@@ -53,6 +70,8 @@ __all__ = [
     "QuantizeConfig",
     "Report",
     "ScheduledPruneConfig",
+    "SensitivityConfig",
+    "SensitivityResult",
     "ShareConfig",
     "SparseTrainConfig",
     "StructuredPruneConfig",
@@ -74,12 +93,15 @@ __all__ = [
     "load_weights",
     "mixed_precision_",
     "evaluate",
+    "export",
     "prune_",
     "prune_with_schedule",
     "quantize_",
     "run_recipe",
     "save",
     "save_checkpoint",
+    "save_pretrained",
+    "sensitivity",
     "save_sparse",
     "share_weights_",
     "sparse_train",

@@ -140,6 +140,33 @@ def measure_model(model: nn.Module, data: DataBundle, spec: MeasureSpec, *, accu
     )
 
 
+def deployed_measurement(
+    m: Measurement, report: Report, onnx_file: Path, data: DataBundle, spec: MeasureSpec, *, accuracy: bool = True
+) -> Measurement:
+    """``m`` with accuracy and latency measured on an exported ONNX file in ONNX Runtime (CPU), as ``spec`` says.
+
+    The torch figures (a simulation when the model is quantized: fake quantization in float)
+    are kept in ``report.meta["simulation"]``; ``report.meta["after_measured_on"]`` says what the
+    figures now are. Peak memory is a torch figure: it moves there too.
+    """
+    from torchslim.deploy.check import measure_deployed  # ONNX Runtime loads only when a run exports
+
+    loader = data.loader("test", spec.eval_batch) if accuracy else None
+    acc, latency = measure_deployed(onnx_file, loader, data.example_input(), batch_size=spec.latency_batch,
+                                    threads=spec.threads, runs=spec.latency_runs)
+    quantized = report.meta.get("kind") == "int8"
+    report.meta["simulation"] = {
+        "measured_on": "the torch model with fake quantization (a simulation)" if quantized else "the torch model",
+        "accuracy": m.accuracy, "latency_ms": m.latency_ms, "latency_threads": m.latency_threads,
+        "peak_memory_bytes": m.peak_memory_bytes,
+    }
+    report.meta["after_measured_on"] = f"{onnx_file.name} in ONNX Runtime (CPU)"
+    return dataclasses.replace(
+        m, accuracy=acc, latency_ms=latency.median_ms, latency_batch=latency.batch, latency_threads=latency.threads,
+        latency_runs=latency.runs, peak_memory_bytes=None,
+    )
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -274,8 +301,10 @@ def _run_one_stage(recipe: Recipe, index: int, live: _Live, rd: RunDir, state: d
     result = run_stage(STAGES.get(stage.type), model, stage.config, ctx)
     seconds = time.perf_counter() - t_stage
     m = measure_model(model, data, recipe.measure, accuracy=live.source.classifies)
-    if result.artefact is not None:  # the stage wrote the deployed model file (encode)
+    if result.artefact is not None:  # the stage wrote the deployed model file (encode, export)
         m = dataclasses.replace(m, bytes_file=result.artefact.stat().st_size)
+    if result.artefact is not None and result.report.meta.get("deployed"):  # an ONNX file: the after-figures are its own
+        m = deployed_measurement(m, result.report, result.artefact, data, recipe.measure, accuracy=live.source.classifies)
     ckpt = checkpoint_name(index, stage.type)
     fingerprint = stage_fingerprints(recipe)[index]
     meta = {"recipe": recipe.name, "stage": index, "type": stage.type, "fingerprint": fingerprint}
@@ -448,6 +477,7 @@ def _final_report(recipe: Recipe, state: dict[str, Any], model: nn.Module, secon
     if baseline_stage is not None:
         before = Measurement.from_dict(done[baseline_stage]["measurement"])
     stage_reports = [Report.from_dict(d["report"]) for d in done]
+    last = stage_reports[-1].meta if stage_reports else {}  # an export stage last: the after-figures are the file's
     actions: dict[str, tuple[str, dict[str, Any]]] = {}
     skipped: dict[str, SkippedLayer] = {}
     for rep in stage_reports:
@@ -482,5 +512,6 @@ def _final_report(recipe: Recipe, state: dict[str, Any], model: nn.Module, secon
             "wall_s": round(seconds, 2),
             "machine": machine_info(),
             "before_is": "after the last train stage" if baseline_stage is not None else "the model as loaded",
+            **{k: last[k] for k in ("after_measured_on", "simulation") if k in last},
         },
     )

@@ -155,11 +155,37 @@ def skipped_table(report: Report) -> Table:
 
 
 def latency_note(report: Report) -> str | None:
-    """How latency was measured, or ``None`` when it was not."""
+    """How latency was measured (on which device, by which runtime), or ``None`` when it was not.
+
+    Example:
+        >>> from torchslim.measure import Measurement
+        >>> m = Measurement(accuracy=None, params=1, nonzeros=1, macs=1, bytes_dense=4, bytes_sparse=4,
+        ...                 latency_ms=1.0, latency_batch=64, latency_threads=2, latency_runs=20, peak_memory_bytes=None)
+        >>> from torchslim.report import Report
+        >>> latency_note(Report("r", before=m, after=m, meta={"device": "cpu"}))
+        'Latency: median of 20 eager forwards of a batch of 64 on cpu, 2 thread(s), torch.no_grad, eval mode. MACs are per sample.'
+        >>> print(latency_note(Report("r", before=m, after=m, meta={"device": "cpu", "after_measured_on": "model.onnx in ONNX Runtime (CPU)"})))
+        Latency: before: median of 20 eager forwards of a batch of 64 on cpu, 2 thread(s), torch.no_grad, eval mode; after: model.onnx in ONNX Runtime (CPU), median of 20 runs of a batch of 64, 2 intra-op thread(s) (the torch figures of the exported model, a simulation when it is quantized, are in meta simulation). MACs are per sample.
+    """
     m = report.after or report.before
     if m is None or m.latency_ms is None:
         return None
+    device = report.meta.get("device")
+    where = f" on {device}" if device else ""
+    deployed = report.meta.get("after_measured_on")
+    b = report.before
+    if deployed and report.after is not None:
+        before = ""
+        if b is not None and b.latency_ms is not None:
+            before = (f"before: median of {b.latency_runs} eager forwards of a batch of {b.latency_batch}{where}, "
+                      f"{b.latency_threads} thread(s), torch.no_grad, eval mode; ")
+        a = report.after
+        return (
+            f"Latency: {before}after: {deployed}, median of {a.latency_runs} runs of a batch of {a.latency_batch}, "
+            f"{a.latency_threads} intra-op thread(s) (the torch figures of the exported model, a simulation when it is "
+            "quantized, are in meta simulation). MACs are per sample."
+        )
     return (
-        f"Latency: median of {m.latency_runs} eager forwards of a batch of {m.latency_batch}, "
+        f"Latency: median of {m.latency_runs} eager forwards of a batch of {m.latency_batch}{where}, "
         f"{m.latency_threads} thread(s), torch.no_grad, eval mode. MACs are per sample."
     )

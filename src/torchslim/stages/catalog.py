@@ -10,7 +10,7 @@ batches); nothing about calibration is fixed here.
 
 Example:
     >>> STAGES.names()
-    ['distill', 'drop_layers', 'encode', 'factorize', 'finetune', 'fold', 'prune', 'quantize', 'share', 'sparse_train', 'train']
+    ['distill', 'drop_layers', 'encode', 'export', 'factorize', 'finetune', 'fold', 'prune', 'quantize', 'share', 'sparse_train', 'train']
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from torchslim.quant.qat import KDConfig, qat_finetune
 from torchslim.report import Report
 from torchslim.rundir import MAX_NAME_BYTES, check_name, is_run_file
 from torchslim.stages.base import STAGES, StageContext, StageResult, StageSpec, technique_stage
+from torchslim.stages.export import EXPORT_STAGE
 from torchslim.train import TrainConfig, finetune
 from torchslim.zoo.spec import ModelSpec
 
@@ -156,7 +157,8 @@ def _run_encode(model: nn.Module, cfg: EncodeStage, ctx: StageContext) -> StageR
 
 # -- distillation ---------------------------------------------------------------------------------------
 class TeacherSpec(ModelSpec):
-    """A teacher built from the zoo (``zoo:NAME``) or an entry point, with optional weights."""
+    """A teacher built from the zoo (``zoo:NAME``), an entry point (with optional weights) or a Hugging Face
+    directory (``{hf: PATH, task: TASK}``: its task is kept)."""
 
 
 class DistillStage(DistillConfig):
@@ -165,7 +167,7 @@ class DistillStage(DistillConfig):
     ``teacher`` is either ``initial`` — the recipe's model as it was before the
     compression stages (after the last ``train`` stage when there is one, else as
     loaded): what "healing after pruning" distils from — or a model spec
-    ``{name: zoo:NAME | package.module:build_fn, args: {...}, weights: FILE}``.
+    ``{name: zoo:NAME | package.module:build_fn, args: {...}, weights: FILE}`` or ``{hf: PATH, task: TASK}``.
     """
 
     teacher: Literal["initial"] | TeacherSpec = "initial"
@@ -201,12 +203,13 @@ def build_teacher(spec: Literal["initial"] | TeacherSpec, ctx: Any) -> nn.Module
         return model
     if not isinstance(spec, TeacherSpec):
         raise TorchslimError(f"teacher must be 'initial' or a model spec, got {spec!r}")
+    model_spec = ModelSpec(name=spec.name, args=spec.args, weights=spec.weights, hf=spec.hf, task=spec.task)
     builder = getattr(ctx, "build_model", None)
     if builder is None:
         from torchslim.pipeline import build_model  # the pipeline imports the stages: late for direct callers
 
-        return build_model(ModelSpec(name=spec.name, args=spec.args, weights=spec.weights), getattr(ctx, "data", None))
-    return builder(ModelSpec(name=spec.name, args=spec.args, weights=spec.weights))
+        return build_model(model_spec, getattr(ctx, "data", None))
+    return builder(model_spec)
 
 
 def _run_distill(model: nn.Module, cfg: DistillStage, ctx: StageContext) -> Report:
@@ -258,6 +261,7 @@ CATALOG: dict[str, StageSpec] = {
         DistillStage, _run_distill, finetune=False,
         help="knowledge distillation from a frozen teacher ('initial' = the model before compression, or a model spec)",
     ),
+    "export": EXPORT_STAGE,
 }
 
 for _name, _spec in CATALOG.items():
