@@ -141,13 +141,62 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = mode
 
 
+def _sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of a scaled dot-product attention from its shapes: ``Q @ K^T`` then ``scores @ V`` (2 per MAC).
+
+    Key/value heads may be fewer than the query's (grouped-query attention: they are broadcast).
+    Causal masks are not discounted, as torch's own formula for the GPU kernels.
+    """
+    *lead, s_q, d_qk = query
+    s_k, d_v = key[-2], value[-1]
+    n = 1
+    for size in lead:  # batch x query heads
+        n *= int(size)
+    return 2 * n * s_q * s_k * (d_qk + d_v)
+
+
+def _rnn_layer_flops(inputs: Any, w_ih: Any, w_hh: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of one oneDNN recurrent layer (one direction): every step multiplies the input by ``w_ih`` and the
+    hidden state by ``w_hh`` (all gates stacked in their rows)."""
+    steps = 1
+    for size in inputs[:-1]:  # sequence x batch
+        steps *= int(size)
+    return 2 * steps * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+
+
+# CPU kernels torch's FLOP counter has no formula for: F.scaled_dot_product_attention's (it knows the CUDA
+# flash/efficient/cudnn ones), without which attention scores of every sdpa model count 0 MACs on the CPU, and
+# oneDNN's recurrent layer, which nn.LSTM runs on the CPU (0 MACs for the whole LSTM otherwise).
+_EXTRA_FORMULAS = {
+    op: formula
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_flops), ("mkldnn_rnn_layer", _rnn_layer_flops))
+    if (op := getattr(torch.ops.aten, name, None)) is not None
+}
+
+
+@contextmanager
+def _plain_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention``/``nn.TransformerEncoderLayer`` fused fast paths off: under ``no_grad`` in eval they
+    run ``torch._native_multi_head_attention``, which the FLOP counter does not see into (0 MACs)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
     """Dense multiply-accumulates of one forward of ONE sample (``flops // 2``).
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` under ``torch.no_grad()``
     in eval mode on ``example_input[:1]``; the model's training mode is restored.
     Zeros in weights are not skipped (this is the dense count); bias additions,
-    activations and pooling are not counted by torch's counter.
+    activations and pooling are not counted by torch's counter. Attention is counted
+    in full: ``nn.MultiheadAttention``'s fused fast path is turned off while counting
+    (its kernel hides the projections from the counter), the CPU kernel of
+    ``F.scaled_dot_product_attention`` counts ``Q @ K^T`` and ``scores @ V``, and
+    ``nn.LSTM``'s oneDNN kernel counts its input and recurrent products at every step.
 
     Args:
         model: The model.
@@ -163,7 +212,7 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
         266200
     """
     sample = first_sample(example_input)
-    counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter:
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    with eval_mode(model), torch.no_grad(), _plain_attention(), counter:
         call_model(model, sample)
     return int(counter.get_total_flops()) // 2
