@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
-from torchslim.lowrank import FACTORIZE, factorize_, weight_read_by_parent
+from torchslim.lowrank import FACTORIZE, LowRank, factorize_, weight_read_by_parent
 from torchslim.technique import Technique
 
 
@@ -104,3 +104,84 @@ def test_selection_order_and_technique():
         ("4", "last layer kept"),
     ]
     assert [l.name for l in report.layers] == ["2", "3"]
+
+
+class Readers(nn.Module):
+    """Code that reads more than a layer's output: a head count from ``q.out_features``, a decoder tied to
+    ``enc.weight`` transposed, a conv's weight passed to ``F.conv2d`` again (issue 20, item 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.q = nn.Linear(16, 16)
+        self.enc = nn.Linear(16, 32)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x) + nn.functional.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+        t = h.mean((2, 3))
+        heads = self.q.out_features // 4
+        t = self.q(t).view(-1, heads, 4).flatten(1)
+        t = nn.functional.linear(torch.tanh(self.enc(t)), self.enc.weight.t())
+        return self.head(t)
+
+
+def test_a_factorised_layer_keeps_its_attributes_and_a_weight_its_readers_use():
+    torch.manual_seed(0)
+    model = Readers().eval()
+    x = torch.randn(2, 3, 8, 8)
+    report = factorize_(model, {"ratio": 0.9, "keep_first_last": False})
+    assert sorted(l.name for l in report.layers) == ["conv", "enc", "head", "q"]
+    assert isinstance(model.q, LowRank) and (model.q.in_features, model.q.out_features) == (16, 16)
+    assert model.conv.kernel_size == (3, 3) and model.conv.out_channels == 16
+    dense_conv = nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1)
+    torch.testing.assert_close(model.conv(x), dense_conv, rtol=1e-4, atol=1e-5)  # weight: the product of the factors
+    enc = model.enc
+    torch.testing.assert_close(enc.weight, enc[1].weight @ enc[0].weight)
+    assert enc.bias is enc[1].bias
+    out = model(x)  # forward and backward through the readers
+    out.sum().backward()
+    assert out.shape == (2, 4) and enc[0].weight.grad is not None
+
+
+def test_a_layer_tied_to_an_embedding_is_skipped_and_refused_when_named():
+    class TiedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.mid, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight  # a language model's tied output head
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.mid(self.emb(ids))))
+
+    torch.manual_seed(0)
+    model = TiedHead().eval()
+    params = sum(p.numel() for p in model.parameters())
+    report = factorize_(model, {"rank": 2, "keep_first_last": False})
+    assert [l.name for l in report.layers] == ["mid"] and model.head.weight is model.emb.weight
+    assert {s.name: s.reason for s in report.skipped}["head"].startswith("its weight is tied to emb.weight (the same tensor)")
+    assert sum(p.numel() for p in model.parameters()) < params
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(TransformRefusedError, match=r"cannot factorise head: its weight is tied to emb\.weight"):
+        factorize_(model, {"targets": {"head": {"rank": 2}}})
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()) and model.head.weight is model.emb.weight
+
+
+def test_gpt2_conv1d_layers_factorise_and_read_back_as_conv1d():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    params = sum(p.numel() for p in model.parameters())
+    report = factorize_(model, {"keep_first_last": False}, example_input=ids)
+    names = [l.name for l in report.layers]
+    assert "transformer.h.0.attn.c_attn" in names and "transformer.h.1.mlp.c_fc" in names and "lm_head" not in names
+    assert {s.name: s.reason for s in report.skipped}["lm_head"].startswith("its weight is tied to transformer.wte.weight")
+    c_attn = model.transformer.h[0].attn.c_attn
+    assert isinstance(c_attn, LowRank) and (c_attn.nx, c_attn.nf) == (32, 96) and c_attn.weight.shape == (32, 96)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(c_attn(x), torch.addmm(c_attn.bias, x, c_attn.weight), rtol=1e-4, atol=1e-5)  # Conv1D's own formula
+    with torch.no_grad():
+        out = model(ids).logits
+    assert out.shape == (2, 8, 100) and bool(torch.isfinite(out).all()) and sum(p.numel() for p in model.parameters()) < params

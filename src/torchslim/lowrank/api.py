@@ -9,7 +9,10 @@ whole-model MAC budget ``macs_ratio`` (the per-layer ratio is found by
 :func:`torchslim.budget.bisect` on the layers' measured output sizes). Layers whose
 factorisation would not be smaller are skipped and reported; so are layers whose
 parent reads their ``.weight`` directly (``nn.MultiheadAttention``'s ``out_proj``,
-:data:`WEIGHT_READERS`), which a low-rank ``Sequential`` would break.
+:data:`WEIGHT_READERS`), which gains nothing from it, and layers whose weight is tied to another
+module's (:func:`tied_weights`), which it would untie. Any other code that reads a factorised layer's
+``weight`` or shape attributes gets them from the :class:`~torchslim.lowrank.factored.LowRank` it
+became (the product of the factors).
 
 ``factorize_`` runs :data:`FACTORIZE` through :func:`torchslim.technique.run`
 (select with the one targets grammar, plan every new module, swap them in), so a
@@ -43,7 +46,7 @@ from torch import nn
 from torchslim.budget import bisect
 from torchslim.config import CalibrationConfig, Config, calibration_field
 from torchslim.errors import TransformRefusedError
-from torchslim.graph.surgery import replace_module
+from torchslim.graph.surgery import is_conv1d, replace_module
 from torchslim.lowrank.layers import (
     LayerFactorizeConfig,
     LowRankLayer,
@@ -72,6 +75,7 @@ __all__ = [
     "LayerFactorizeConfig",
     "LowRankSwap",
     "factorize_",
+    "tied_weights",
     "weight_read_by_parent",
 ]
 
@@ -162,6 +166,32 @@ def weight_read_by_parent(model: nn.Module) -> dict[str, str]:
                         f"its parent {parent_name or '<root>'} ({type(parent).__name__}) reads it directly ({why}): "
                         "a low-rank replacement would break the model"
                     )
+    return out
+
+
+def tied_weights(model: nn.Module) -> dict[str, str]:
+    """``{layer name: why}`` for every layer whose ``weight`` is the same tensor as another module's parameter
+    (tied weights: a language model's output head and its token embedding, an encoder and its decoder).
+
+    Factorising such a layer would untie it (the other holder keeps the dense tensor) and add parameters.
+
+    Example:
+        >>> emb, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+        >>> head.weight = emb.weight
+        >>> tied_weights(nn.ModuleDict({"emb": emb, "head": head}))["head"].split(":")[0]
+        'its weight is tied to emb.weight (the same tensor)'
+    """
+    holders: dict[int, list[str]] = {}
+    for mname, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            holders.setdefault(id(param), []).append(f"{mname}.{pname}" if mname else pname)
+    out: dict[str, str] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        others = [h for h in holders.get(id(weight), []) if h != f"{name}.weight"] if weight is not None else []
+        if name and others:
+            out[name] = (f"its weight is tied to {', '.join(others)} (the same tensor): a low-rank replacement "
+                         "would untie them and add parameters")
     return out
 
 
@@ -278,8 +308,8 @@ class FactorizeTechnique(Technique[FactorizeConfig, FactorizePlan]):
     verb: ClassVar[str] = "factorise"
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """Every named Linear and Conv2d layer, in registration order."""
-        return [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
+        """Every named Linear, Hugging Face ``Conv1D`` and Conv2d layer, in registration order."""
+        return [(n, m) for n, m in model.named_modules() if n and (isinstance(m, (nn.Linear, nn.Conv2d)) or is_conv1d(m))]
 
     def select(self, model: nn.Module, cfg: FactorizeConfig, filter_fn: FilterFn | None) -> Selection:
         """The targets grammar, then (in this order) the layers a parent reads directly, the layers with no
@@ -297,7 +327,7 @@ class FactorizeTechnique(Technique[FactorizeConfig, FactorizePlan]):
             layers, cfg.targets, keep_first_last=cfg.keep_first_last, kept_note="name it in targets to factorise it"
         )
         early, late, matches = dict(skipped), dict(edges), {n: m for n, _, m in chosen}
-        readers = weight_read_by_parent(model)
+        readers = {**tied_weights(model), **weight_read_by_parent(model)}
         selection = Selection([])
         for name, module in layers:
             reason = early.get(name) or self._reason(name, module, cfg, matches.get(name), readers) or late.get(name)

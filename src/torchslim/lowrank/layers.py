@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 
 from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
+from torchslim.graph.surgery import is_conv1d
 from torchslim.lowrank.svd import rank_for_energy, singular_values, svd_rank_for_ratio
 from torchslim.lowrank.tucker import tucker2_ranks_for_ratio
 from torchslim.measure.macs import ExampleInput, batch_inputs, call_model, eval_mode, first_sample
@@ -60,9 +61,28 @@ class LowRankLayer:
     out_pixels: int = 1
 
 
-def layer_method(module: nn.Module) -> str | None:
-    """``"svd"`` (Linear, 1×1 Conv2d), ``"tucker2"`` (k×k ungrouped Conv2d) or ``None`` (no low-rank form here)."""
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as ``(out, in, ...)``: a Hugging Face ``Conv1D``'s ``(in, out)`` weight transposed.
+
+    Example:
+        >>> tuple(dense_weight(nn.Linear(3, 5)).shape)
+        (5, 3)
+    """
+    weight = cast(torch.Tensor, module.weight)
+    return weight.t() if is_conv1d(module) else weight
+
+
+def linear_inputs(module: nn.Module) -> int | None:
+    """The input features of a Linear or Hugging Face ``Conv1D`` (``None`` for any other layer)."""
     if isinstance(module, nn.Linear):
+        return module.in_features
+    return int(cast(int, module.nx)) if is_conv1d(module) else None
+
+
+def layer_method(module: nn.Module) -> str | None:
+    """``"svd"`` (Linear, Hugging Face ``Conv1D``, 1×1 Conv2d), ``"tucker2"`` (k×k ungrouped Conv2d) or ``None``
+    (no low-rank form here)."""
+    if linear_inputs(module) is not None:
         return "svd"
     if isinstance(module, nn.Conv2d) and module.groups == 1:
         return "svd" if module.kernel_size == (1, 1) else "tucker2"
@@ -71,8 +91,7 @@ def layer_method(module: nn.Module) -> str | None:
 
 def layer_ranks(layer: LowRankLayer, rule: LayerFactorizeConfig) -> tuple[int, ...]:
     """The ranks ``rule`` gives the layer: ``(r,)`` for SVD, ``(r_in, r_out)`` for Tucker-2 (no rule: ratio 0.5)."""
-    m = layer.module
-    w = m.weight
+    w = dense_weight(layer.module)
     if layer.method == "svd":
         out_f, in_f = w.shape[0], w[0].numel()
         if rule.rank is not None:
@@ -93,7 +112,7 @@ def layer_ranks(layer: LowRankLayer, rule: LayerFactorizeConfig) -> tuple[int, .
 
 def layer_cost(layer: LowRankLayer, ranks: tuple[int, ...] | None) -> tuple[int, int]:
     """``(params, macs)`` of a layer's weights, dense (``ranks=None``) or factorised."""
-    w = layer.module.weight
+    w = dense_weight(layer.module)
     out_f, in_f = w.shape[0], w[0].numel()
     if ranks is None:
         return w.numel(), w.numel() * layer.out_pixels
@@ -114,8 +133,9 @@ def measure_pixels(model: nn.Module, layers: list[LowRankLayer], example_input: 
     def make(layer: LowRankLayer) -> Any:
         def hook(_m: nn.Module, args: Any, out: torch.Tensor) -> None:
             x = args[0]
-            if isinstance(layer.module, nn.Linear):
-                layer.in_pixels = layer.out_pixels = max(1, x[:1].numel() // layer.module.in_features)
+            features = linear_inputs(layer.module)
+            if features is not None:
+                layer.in_pixels = layer.out_pixels = max(1, x[:1].numel() // features)
             else:
                 layer.in_pixels, layer.out_pixels = x[0, 0].numel(), out[0, 0].numel()
 
@@ -133,8 +153,9 @@ def measure_pixels(model: nn.Module, layers: list[LowRankLayer], example_input: 
 
 def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows ``(n, in)``: tokens of a Linear, the strided (padded) pixels a 1×1 conv sees."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, module.in_features)
+    features = linear_inputs(module)
+    if features is not None:
+        return x.reshape(-1, features)
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"expected a Linear or 1×1 Conv2d, got {type(module).__name__}")
     padding: Any = 0 if isinstance(module.padding, str) else module.padding  # 'same'/'valid' pad nothing at 1×1

@@ -15,11 +15,14 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
+from torchslim.graph.surgery import is_conv1d
+from torchslim.lowrank.factored import LowRank
 
 
 def singular_values(weight: torch.Tensor) -> torch.Tensor:
@@ -125,6 +128,9 @@ def svd_factors(
 def svd_linear(layer: nn.Module, rank: int, *, whitener: torch.Tensor | None = None) -> nn.Sequential:
     """Replace-ready ``Sequential(first, second)`` approximating a Linear or 1×1 Conv2d at ``rank``.
 
+    It is a :class:`~torchslim.lowrank.factored.LowRank`: it keeps the layer's ``in_features``/``out_features``
+    (``in_channels``...) and reads as ``weight`` the product of its factors.
+
     ``whitener`` (optional): the Cholesky factor of the layer's input second moment
     (:func:`whitening_factor`), making the truncation data-aware (see :func:`svd_factors`).
 
@@ -137,11 +143,13 @@ def svd_linear(layer: nn.Module, rank: int, *, whitener: torch.Tensor | None = N
     """
     if rank < 1:
         raise TransformRefusedError(f"rank must be >= 1, got {rank}")
-    if isinstance(layer, nn.Linear):
-        first_w, second_w = svd_factors(layer.weight, rank, whitener=whitener)
+    weight, bias = cast(torch.Tensor, layer.weight), cast("torch.Tensor | None", layer.bias)
+    if isinstance(layer, nn.Linear) or is_conv1d(layer):  # a Hugging Face Conv1D holds its weight (in, out)
+        dense = weight if isinstance(layer, nn.Linear) else weight.t()
+        first_w, second_w = svd_factors(dense, rank, whitener=whitener)
         r = first_w.shape[0]
-        first: nn.Module = nn.Linear(layer.in_features, r, bias=False)
-        second: nn.Module = nn.Linear(r, layer.out_features, bias=layer.bias is not None)
+        first: nn.Module = nn.Linear(dense.shape[1], r, bias=False)
+        second: nn.Module = nn.Linear(r, dense.shape[0], bias=bias is not None)
     elif isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1:
         first_w, second_w = svd_factors(layer.weight.flatten(1), rank, whitener=whitener)
         r = first_w.shape[0]
@@ -152,12 +160,12 @@ def svd_linear(layer: nn.Module, rank: int, *, whitener: torch.Tensor | None = N
         second = nn.Conv2d(r, layer.out_channels, 1, bias=layer.bias is not None)
         first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
     else:
-        raise TransformRefusedError(f"SVD needs a Linear or an ungrouped 1×1 Conv2d, got {layer}")
-    first = first.to(device=layer.weight.device, dtype=layer.weight.dtype)
-    second = second.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        raise TransformRefusedError(f"SVD needs a Linear, a Hugging Face Conv1D or an ungrouped 1×1 Conv2d, got {layer}")
+    first = first.to(device=weight.device, dtype=weight.dtype)
+    second = second.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         first.weight.copy_(first_w)
         second.weight.copy_(second_w)
-        if layer.bias is not None:
-            second.bias.copy_(layer.bias)
-    return nn.Sequential(first, second)
+        if bias is not None:
+            second.bias.copy_(bias)
+    return LowRank(first, second, like=layer)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
+from torchslim.lowrank.factored import LowRank
 
 
 def _leading(mat: torch.Tensor, r: int) -> torch.Tensor:
@@ -68,7 +69,9 @@ def tucker2_ranks_for_ratio(c_in: int, c_out: int, kernel_elems: int, ratio: flo
 def tucker2_conv(conv: nn.Conv2d, r_in: int, r_out: int, iters: int = 5) -> nn.Sequential:
     """Replace-ready ``Sequential(1×1, k×k core, 1×1)`` approximating an ungrouped Conv2d.
 
-    The core keeps the conv's stride, padding and dilation; the last 1×1 carries its bias.
+    The core keeps the conv's stride, padding and dilation; the last 1×1 carries its bias. It is a
+    :class:`~torchslim.lowrank.factored.LowRank`: it keeps the conv's attributes and reads as ``weight``
+    the product of its factors.
 
     Raises:
         TransformRefusedError: grouped conv or ranks below 1.
@@ -89,7 +92,7 @@ def tucker2_conv(conv: nn.Conv2d, r_in: int, r_out: int, iters: int = 5) -> nn.S
         bias=False, padding_mode=conv.padding_mode,
     )
     last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None)
-    seq = nn.Sequential(first, middle, last).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    seq = LowRank(first, middle, last, like=conv).to(device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         first.weight.copy_(u_in.t()[:, :, None, None])
         middle.weight.copy_(core)
