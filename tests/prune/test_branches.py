@@ -219,3 +219,77 @@ def test_grouped_conv_prunes_inside_its_groups_and_a_one_channel_group_input_ref
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     r = prune_structured_(m, {"sparsity": 0.5, "round_to": 1, "keep_first_last": False}, example_input=x[:1])
     assert m.g.groups == 16 and m.g.out_channels == 16 and m.a.out_channels == 16
+
+
+class SplitGLU(nn.Module):
+    """A SwiGLU Linear cut by ``split(out_features // 2)`` (or by a hard-coded size, which pruning must refuse)."""
+
+    def __init__(self, hard_coded: bool = False) -> None:
+        super().__init__()
+        self.inp, self.w13, self.w2, self.out = nn.Linear(6, 8), nn.Linear(8, 32), nn.Linear(16, 8), nn.Linear(8, 2)
+        self.hard_coded = hard_coded
+
+    def forward(self, x):
+        h = self.inp(x)
+        g, u = self.w13(h).split(16 if self.hard_coded else self.w13.out_features // 2, dim=-1)
+        return self.out(h + self.w2(F.silu(g) * u))
+
+
+def test_a_split_into_equal_halves_prunes_like_chunk_and_a_hard_coded_size_refuses_untouched():
+    torch.manual_seed(0)
+    model, x = SplitGLU().eval(), torch.randn(3, 6)
+    ref = copy.deepcopy(model)
+    r = prune_structured_(model, {"sparsity": 0.5, "round_to": 1, "targets": {"w13": {}}}, example_input=x[:1])
+    kept = r.meta["structure_step"]["modules"]["w2"]["in"]
+    assert len(kept) == 8 and r.meta["structure_step"]["modules"]["w13"]["out"] == kept + [c + 16 for c in kept]
+    with torch.no_grad():
+        ref.w2.weight[:, [c for c in range(16) if c not in kept]] = 0.0
+        assert torch.allclose(model(x), ref(x), atol=1e-6)
+    model = SplitGLU(hard_coded=True).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TransformRefusedError, match="breaks the model's forward pass"):
+        prune_structured_(model, {"sparsity": 0.5, "round_to": 1, "targets": {"w13": {}}}, example_input=x[:1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.w13.out_features == 32
+
+
+class TokenNet(nn.Module):
+    """Patches, a class token expanded over the batch and positions held by the model (joined by cat and add), a
+    residual MLP, then the class token read by ``x[:, 0]``: no norm, so pruning equals zeroing the channels."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 17, d))
+        self.fc1, self.fc2, self.head = nn.Linear(d, 2 * d), nn.Linear(2 * d, d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_a_class_token_and_positions_held_by_the_model_are_cut_with_the_stream_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = TokenNet().eval()
+    ref, fresh_state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    x, xs = torch.randn(1, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    r = prune_structured_(model, {"sparsity": 0.5, "keep_first_last": False, "round_to": 1}, example_input=x)
+    step = r.meta["structure_step"]
+    assert [s.reason for s in r.skipped] == ["frozen: reaches the model output"]
+    assert model.patch.out_channels == 8 and model.cls.shape == (1, 1, 8) and model.pos.shape == (1, 17, 8)
+    assert step["params"]["cls"] == step["params"]["pos"] == step["modules"]["patch"]["out"] == step["modules"]["head"]["in"]
+    zero_removed(ref, step)
+    with torch.no_grad():
+        gone = [i for i in range(16) if i not in step["params"]["cls"]]
+        ref.cls[..., gone] = 0.0
+        ref.pos[..., gone] = 0.0
+        assert torch.allclose(model(xs), ref(xs), atol=1e-5)
+    save_checkpoint(model, tmp_path / "ck")  # the parameters' cut replays on a fresh instance
+    fresh = TokenNet().eval()
+    fresh.load_state_dict(fresh_state)
+    load_checkpoint(fresh, tmp_path / "ck")
+    with torch.no_grad():
+        assert torch.equal(fresh(xs), model(xs))
+    assert macs(model, x) < 0.6 * macs(ref, x)

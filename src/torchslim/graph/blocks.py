@@ -17,7 +17,8 @@ example input, with the model in eval mode and restored after). A block that fai
 the check is frozen, with the reason.
 
 When torch.fx fails, :func:`rule_groups` is the dependency engine: the checked
-feed-forward blocks are the prunable groups, every other layer is a frozen group
+feed-forward blocks and, in a BERT/ViT-style encoder, the model-wide hidden width
+(:mod:`torchslim.graph.hidden`) are the prunable groups, every other layer is a frozen group
 that says why (so it is reported, and naming it in ``targets`` is a refusal with
 the reason). :func:`sync_config` writes the new sizes into a Hugging Face
 ``model.config`` after structured pruning.
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from torchslim.graph.attention import AttentionSpec, attention_specs, head_rows
+from torchslim.graph.hidden import hf_configs, hidden_members, sync_hidden
 from torchslim.graph.spaces import Group, Member, Spaces
 from torchslim.graph.surgery import get_module, is_conv1d
 from torchslim.measure.macs import call_model, eval_mode
@@ -251,6 +253,10 @@ def rule_groups(model: nn.Module, x: Any, why: str) -> list[Group]:
     for block in blocks:
         covered.update({up: "" for up in block.ups})
         covered[block.down] = f"the output of feed-forward block {block.name} (module-level rules prune hidden channels only)"
+    width, members, frozen = hidden_members(model, x, blocks)  # the hidden width: one group (graph/hidden.py)
+    if members:
+        s.members[s.new(width, frozen)] += members
+        covered.update({m.module: "" for m in members if m.role == "out"})
     for spec in attention_specs(model):
         for proj in spec.projections.values():
             if not proj.param:
@@ -263,19 +269,6 @@ def rule_groups(model: nn.Module, x: Any, why: str) -> list[Group]:
 
 
 # ---------------------------------------------------------------------------- Hugging Face configs
-def hf_configs(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
-    """``(name, module, config)`` of the outermost modules holding a Hugging Face config, one per config object."""
-    seen: set[int] = set()
-    out: list[tuple[str, nn.Module, Any]] = []
-    for name, module in model.named_modules():
-        cfg = module.__dict__.get("config")
-        if cfg is None or not hasattr(cfg, "model_type") or not hasattr(cfg, "to_dict") or id(cfg) in seen:
-            continue
-        seen.add(id(cfg))
-        out.append((name, module, cfg))
-    return out
-
-
 def _sync_heads(root: nn.Module, cfg: Any) -> None:
     specs = [s for s in attention_specs(root) if s.kind in ("hf", "bert", "gpt2")]
     if not specs:
@@ -302,6 +295,7 @@ def sync_config(model: nn.Module, step: dict[str, Any] | None = None) -> None:
     """Write the sizes of a pruned Hugging Face model into its ``config`` where the config can say them.
 
     - every feed-forward block as wide: ``intermediate_size`` (GPT-2: ``n_inner``; ...);
+    - the hidden width, where a step cut the LayerNorms: ``hidden_size`` (:func:`torchslim.graph.hidden.sync_hidden`);
     - ``hf`` attention (Llama, ViT) with as many heads in every block: ``num_attention_heads``,
       ``num_key_value_heads``, ``head_dim`` (a stock config again);
     - heads removed otherwise (and always for BERT and GPT-2, whose configs derive the head size
@@ -316,6 +310,8 @@ def sync_config(model: nn.Module, step: dict[str, Any] | None = None) -> None:
     for prefix, root, cfg in hf_configs(model):
         if step is None or step.get("heads"):
             _sync_heads(root, cfg)
+        if step is None or any(_qual(prefix, n) in sliced for n, m in root.named_modules() if isinstance(m, nn.LayerNorm)):
+            sync_hidden(root, cfg)
         found = ffn_blocks(root)
         if step is not None and not any(_qual(prefix, b.down) in sliced for b in found):
             continue

@@ -15,8 +15,15 @@ one of its consumers. A gate that is one value per channel (squeeze-excite's
 boundary falls inside it (each member keeps each part at the right offset) and
 unites the parts, since the pruned tensor is chunked evenly again: for a gate
 ``a, b = conv(x).chunk(2, 1); a * sigmoid(b)`` channel ``c`` of the group is
-channel ``c`` of each half of ``conv``'s output. ``torch.split`` along the
-channel dimension has sizes fixed in the code: its input is frozen. A grouped
+channel ``c`` of each half of ``conv``'s output. ``torch.split`` by one size
+into equal parts covering the channel dimension (``split(n // 2)``) is taken as
+``chunk`` (a size that was hard-coded fails the post-surgery forward check, and
+the model is left unchanged); a ``split`` by a list of sizes along it has them
+fixed in the code: its input is frozen. ``expand``/``expand_as``/``broadcast_to``
+keeping the channel dimension's size and indexing that takes it whole (``x[:, 0]``)
+let the layout through; a parameter of rank 2 or more that a module holds and uses
+directly (a class token, positions) joins the group it meets (through ``cat`` or
+``+``), cut along its last dimension (structure step ``params``). A grouped
 convolution keeps its groups: position ``c`` of every group of its input (of its
 output) is one channel, pruned from every group at once.
 

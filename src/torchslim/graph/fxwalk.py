@@ -47,6 +47,9 @@ _SPLIT_FUNCTIONS = {torch.chunk, torch.split}
 _SPLIT_METHODS = {"chunk", "split"}
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: layers whose own parameters the engine slices by their module's rule (never as parameters used directly)
+_SLICED = (nn.Linear, *_CONVS, *_BATCHNORMS, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
+_EXPAND = {"expand", "expand_as", "broadcast_to", torch.broadcast_to}
 
 
 class _Tracer(fx.Tracer):
@@ -117,12 +120,12 @@ class FxWalk:
 
     def unite(self, a: Layout, b: Layout, where: str) -> Layout:
         """Couple ``a`` and ``b`` position by position; runs of different spaces are first cut to line up."""
-        if _runs(a) != _runs(b) and a.width == b.width:
-            for cut in _bounds(b) - _bounds(a):
+        if a.runs() != b.runs() and a.width == b.width:
+            for cut in b.bounds() - a.bounds():
                 self.cut_at(a, cut, extra=(a, b))
-            for cut in _bounds(a) - _bounds(b):
+            for cut in a.bounds() - b.bounds():
                 self.cut_at(b, cut, extra=(a, b))
-        if _runs(a) == _runs(b):
+        if a.runs() == b.runs():
             for sa, sb in zip(a.segs, b.segs):
                 self.s.union(sa.space, sb.space)
         else:
@@ -142,7 +145,7 @@ class FxWalk:
             if node.op == "placeholder":
                 self.layout[node] = self.fresh(node, 1 if self.rank(node) == 4 else -1, "model input")
             elif node.op == "get_attr":
-                self.layout[node] = self.fresh(node, -1, f"tensor attribute {node.target} used directly")
+                self.layout[node] = self.attr_node(node)
             elif node.op == "call_module":
                 self.layout[node] = self.module_node(node)
             elif node.op in ("call_function", "call_method"):
@@ -150,6 +153,19 @@ class FxWalk:
             elif node.op == "output":
                 for arg in node.all_input_nodes:
                     self.freeze(self.layout.get(arg), "reaches the model output")
+
+    def attr_node(self, node: fx.Node) -> Layout | None:
+        """A tensor the model uses directly: a parameter (of rank 2 or more) of a module whose rule does not slice it
+        (a class token, positions) joins the group it meets, cut along its last dimension; anything else is frozen."""
+        owner, _, attr = str(node.target).rpartition(".")
+        mod = self.modules.get(owner)
+        param = mod._parameters.get(attr) if mod is not None else None
+        if mod is None or param is None or param.dim() < 2 or isinstance(mod, _SLICED) or is_attention(mod) or is_conv1d(mod):
+            return self.fresh(node, -1, f"tensor attribute {node.target} used directly")
+        lay = self.fresh(node, -1)
+        if lay is not None:
+            self.s.members[lay.segs[0].space].append(Member(owner, "param", 0, 1, attr))
+        return lay
 
     def release_pieces(self, node: fx.Node) -> None:
         """Freeze the parts of a chunk/split that ``node`` uses other than one at a time (``parts[i]``)."""
@@ -163,8 +179,11 @@ class FxWalk:
 
         Along the channel dimension, ``chunk`` cuts the channel spaces at the parts'
         boundaries and unites the parts (the pruned tensor is chunked evenly again,
-        so every part must keep as many channels, the same ones); ``split`` has
-        sizes fixed in the code, so its input is frozen.
+        so every part must keep as many channels, the same ones). A ``split`` by one
+        size into equal parts covering the whole dimension (``split(n // 2)``) is
+        taken as ``chunk``: every part is cut alike, and the post-surgery forward
+        check refuses a size that was in fact hard-coded. A ``split`` by a list of
+        sizes has them fixed in the code, so its input is frozen.
         """
         meta = node.meta.get("tensor_meta")
         shapes = [tuple(m.shape) for m in meta] if isinstance(meta, (tuple, list)) and all(hasattr(m, "shape") for m in meta) else None
@@ -176,7 +195,9 @@ class FxWalk:
             return [self.fresh_shape(shape, -1, reason) for shape in shapes or []]
         if dim % len(in_shape) != lay.cdim:
             return [lay] * len(shapes)  # every part keeps every channel
-        if node.target not in (torch.chunk, "chunk"):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size", node.kwargs.get("split_size_or_sections"))
+        equal = isinstance(size, int) and len({shape[lay.cdim] for shape in shapes}) == 1  # split(n // k): as chunk(k)
+        if node.target not in (torch.chunk, "chunk") and not equal:
             reason = f"torch.split at {node.name} has sizes fixed in the code along the channel dimension"
             self.freeze(lay, reason)
             return [self.fresh_shape(shape, lay.cdim, reason) for shape in shapes]
@@ -186,7 +207,7 @@ class FxWalk:
                 reason = f"split {node.name} cuts through the features of one channel"
                 self.freeze(lay, reason)
                 return [self.fresh_shape(shape, lay.cdim, reason) for shape in shapes]
-        taken = _take(lay, [shape[lay.cdim] for shape in shapes])
+        taken = lay.take([shape[lay.cdim] for shape in shapes])
         for part in taken[1:]:
             self.unite(taken[0], part, node.name)
         parts: list[Layout | None] = [*taken]
@@ -204,7 +225,7 @@ class FxWalk:
         step = lay.width // n
         if not all(self.cut_at(lay, k * step, extra=(lay,)) for k in range(1, n)):
             return False
-        parts = _take(lay, [step] * n)
+        parts = lay.take([step] * n)
         for part in parts[1:]:
             self.unite(parts[0], part, where)
         return all(self.s.frozen[self.s.find(seg.space)] is None for seg in lay.segs)
@@ -440,6 +461,10 @@ class FxWalk:
             return self.reduce(node, lay)
         if target in (torch.transpose, torch.permute) or (method and target in ("transpose", "permute")):
             return self.permute(node, lay)
+        if target in _EXPAND:
+            return self.expand(node, lay, out_shape)
+        if target is operator.getitem and isinstance(source, fx.Node):
+            return self.index(node, lay, out_shape)
         return self.opaque(node, f"operation {node.name} ({getattr(target, '__name__', target)}) is not understood by the pruning engine")
 
     def binary(self, node: fx.Node, out_shape: tuple[int, ...]) -> Layout | None:
@@ -508,6 +533,27 @@ class FxWalk:
             return self.opaque(node, f"permutation {node.name} of an unknown tensor")
         return Layout(order.index(lay.cdim), lay.segs)
 
+    def expand(self, node: fx.Node, lay: Layout | None, out_shape: tuple[int, ...]) -> Layout | None:
+        """``expand``/``expand_as``/``broadcast_to`` keeping the channel dimension's size (``-1``): the layout goes through."""
+        in_shape = self.shape(node.args[0])
+        if lay is not None and in_shape is not None and len(out_shape) >= len(in_shape):
+            cdim = lay.cdim + len(out_shape) - len(in_shape)
+            if out_shape[cdim] == in_shape[lay.cdim]:
+                return Layout(cdim, lay.segs)
+        return self.opaque(node, f"{node.name} broadcasts the channel dimension")
+
+    def index(self, node: fx.Node, lay: Layout | None, out_shape: tuple[int, ...]) -> Layout | None:
+        """``x[:, 0]`` and the like (ints and slices): the layout goes through when the channel dimension is taken whole."""
+        raw = node.args[1]
+        idx = raw if isinstance(raw, tuple) else (raw,)
+        in_shape = self.shape(node.args[0])
+        if lay is not None and in_shape is not None and len(idx) <= len(in_shape) and all(isinstance(i, (int, slice)) for i in idx):
+            whole = lay.cdim >= len(idx) or idx[lay.cdim] == slice(None)
+            cdim = lay.cdim - sum(1 for i in idx[: lay.cdim] if isinstance(i, int))
+            if whole and 0 <= cdim < len(out_shape) and out_shape[cdim] == in_shape[lay.cdim]:
+                return Layout(cdim, lay.segs)
+        return self.opaque(node, f"indexing {node.name} across the channel dimension")
+
     def reduce(self, node: fx.Node, lay: Layout | None) -> Layout | None:
         in_shape = self.shape(node.args[0])
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -533,31 +579,6 @@ def _encoder_layer_problem(layer: nn.Module, name: str) -> str | None:
     if not (act in (F.relu, F.gelu) or isinstance(act, _UNARY_MODULES)):
         return f"activation {getattr(act, '__name__', type(act).__name__)} is not known to be element-wise"
     return None
-
-
-def _runs(lay: Layout) -> list[tuple[int, int]]:
-    return [(s.channels, s.inner) for s in lay.segs]
-
-
-def _bounds(lay: Layout) -> set[int]:
-    """Feature positions where one run of ``lay`` ends and the next begins."""
-    out, pos = set(), 0
-    for seg in lay.segs[:-1]:
-        pos += seg.channels * seg.inner
-        out.add(pos)
-    return out
-
-
-def _take(lay: Layout, widths: list[int]) -> list[Layout]:
-    """``lay`` cut into consecutive parts of ``widths`` features (the runs already end at the parts' boundaries)."""
-    parts: list[Layout] = []
-    segs = list(lay.segs)
-    for width in widths:
-        taken: list[Seg] = []
-        while segs and sum(s.channels * s.inner for s in taken) < width:
-            taken.append(segs.pop(0))
-        parts.append(Layout(lay.cdim, taken))
-    return parts
 
 
 def _is_gate(shape: tuple[int, ...], out_shape: tuple[int, ...], cdim: int) -> bool:

@@ -5,11 +5,13 @@ with a checkpoint and replayed on a fresh instance of the architecture::
 
     {"modules": {"layer1.0.conv1": {"out": [0, 2, 5, ...]}, "layer1.0.conv2": {"in": [0, 2, 5, ...]}},
      "heads": {"blocks.0.attn": [0, 2]},
+     "params": {"cls_token": [0, 2, 5, ...]},
      "blocks": ["layer2.1"]}
 
 Index lists are the positions *kept*, relative to the module as it is when the
 step is applied (an ``nn.MultiheadAttention`` may also have ``"inner"``: the features
-kept inside its heads, the same ones in every head). Constraint buffers (pruning masks ``<param>_mask``) are sliced with their parameter.
+kept inside its heads, the same ones in every head; ``"params"`` are parameters the model
+uses directly, such as a class token or positions, cut along their last dimension). Constraint buffers (pruning masks ``<param>_mask``) are sliced with their parameter.
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ def slice_module(
             _slice_param(module, "weight", 0, idx)
             _slice_param(module, "bias", 0, idx)
             module.normalized_shape = (len(idx),)
+    elif isinstance(module, nn.Embedding):  # its width: the columns of the table
+        if out is not None:
+            idx = _idx(out, module.embedding_dim, name)
+            _slice_param(module, "weight", 1, idx)
+            module.embedding_dim = len(idx)
     elif isinstance(module, nn.MultiheadAttention):
         _slice_mha_width(module, name, out, inp)
     elif is_attention(module):
@@ -272,6 +279,12 @@ def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = Tr
         slice_module(get_module(model, name), name, out=dims.get("out"), inp=dims.get("in"), inner=dims.get("inner"))
     for name, kept in step.get("heads", {}).items():
         slice_heads(get_module(model, name), name, kept)
+    for name, kept in step.get("params", {}).items():
+        owner, _, attr = name.rpartition(".")
+        module = get_module(model, owner)
+        if not isinstance(module._parameters.get(attr), nn.Parameter):
+            raise TorchslimError(f"the model has no parameter {name!r}")
+        _slice_param(module, attr, -1, _idx(kept, module._parameters[attr].shape[-1], name))  # type: ignore[union-attr]
     for name in step.get("blocks", []):
         replace_module(model, name, nn.Identity())
     sync_config(model, step)
@@ -288,7 +301,7 @@ def check_step(step: Any) -> dict[str, Any]:
         >>> check_step({"modules": {}, "surprise": 1})
         Traceback (most recent call last):
             ...
-        torchslim.errors.TorchslimError: a structure step has unknown keys ['surprise']; allowed: blocks, heads, modules
+        torchslim.errors.TorchslimError: a structure step has unknown keys ['surprise']; allowed: blocks, heads, modules, params
     """
     if not isinstance(step, dict):
         raise TorchslimError(f"a structure step must be a mapping, got {type(step).__name__}")
@@ -297,7 +310,7 @@ def check_step(step: Any) -> dict[str, Any]:
         raise TorchslimError(f"a structure step has unknown keys {unknown}; allowed: {', '.join(sorted(_STEP_KEYS))}")
     if not step:
         raise TorchslimError("a structure step is empty")
-    modules, heads, blocks = step.get("modules", {}), step.get("heads", {}), step.get("blocks", [])
+    modules, heads, blocks, params = step.get("modules", {}), step.get("heads", {}), step.get("blocks", []), step.get("params", {})
 
     def index_list(v: Any) -> bool:
         return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
@@ -307,7 +320,7 @@ def check_step(step: Any) -> dict[str, Any]:
         and all(isinstance(n, str) and isinstance(d, dict) and set(d) <= {"out", "in", "inner"}
                 and all(index_list(v) or (k == "inner" and isinstance(v, int)) for k, v in d.items())
                 for n, d in modules.items())
-        and isinstance(heads, dict) and all(isinstance(n, str) and index_list(v) for n, v in heads.items())
+        and all(isinstance(d, dict) and all(isinstance(n, str) and index_list(v) for n, v in d.items()) for d in (heads, params))
         and isinstance(blocks, list) and all(isinstance(b, str) for b in blocks)
     )
     if not ok:
@@ -315,7 +328,7 @@ def check_step(step: Any) -> dict[str, Any]:
     return step
 
 
-_STEP_KEYS = {"modules", "heads", "blocks"}
+_STEP_KEYS = {"modules", "heads", "blocks", "params"}
 
 
 @provenance.register_rebuilder(STRUCTURE)

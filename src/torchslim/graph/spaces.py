@@ -32,10 +32,11 @@ class Member:
     features ``offset + c*inner ... offset + (c+1)*inner - 1`` of that module's dimension.
 
     Roles: ``out`` (Conv/Linear output rows), ``in`` (Conv/Linear input columns),
-    ``dw`` (depthwise Conv channels), ``bn`` (BatchNorm), ``ln`` (LayerNorm),
+    ``dw`` (depthwise Conv channels), ``emb`` (an Embedding's columns, a producer), ``bn`` (BatchNorm), ``ln`` (LayerNorm),
     ``attn_in`` (the q/k/v projections' input columns), ``attn_out`` (the output projection's rows),
     ``mha_inner`` (the features inside the heads of an ``nn.MultiheadAttention``: q/k/v rows and
-    out_proj columns).
+    out_proj columns), ``param`` (a parameter the model holds and uses directly, a class token or
+    positions: ``module`` is its owner, ``param`` its attribute name, sliced along its last dimension).
     A grouped convolution's channels are pruned inside its groups: its input (output)
     is a member once per group, at offsets one group's width apart.
     """
@@ -44,6 +45,7 @@ class Member:
     role: str
     offset: int = 0
     inner: int = 1
+    param: str = ""
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Group:
     @property
     def producers(self) -> list[str]:
         """The layers whose outputs hold the group's channels (each once, in member order)."""
-        return list(dict.fromkeys(m.module for m in self.members if m.role in ("out", "attn_out", "mha_inner")))
+        return list(dict.fromkeys(m.module for m in self.members if m.role in ("out", "attn_out", "mha_inner", "emb")))
 
     @property
     def prunable(self) -> bool:
@@ -98,6 +100,29 @@ class Layout:
     def width(self) -> int:
         """Features along the channel dimension."""
         return sum(s.channels * s.inner for s in self.segs)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """``(channels, inner)`` of every run."""
+        return [(s.channels, s.inner) for s in self.segs]
+
+    def bounds(self) -> set[int]:
+        """Feature positions where one run ends and the next begins."""
+        out, pos = set(), 0
+        for seg in self.segs[:-1]:
+            pos += seg.channels * seg.inner
+            out.add(pos)
+        return out
+
+    def take(self, widths: list[int]) -> list[Layout]:
+        """Cut into consecutive parts of ``widths`` features (the runs already end at the parts' boundaries)."""
+        parts: list[Layout] = []
+        segs = list(self.segs)
+        for width in widths:
+            taken: list[Seg] = []
+            while segs and sum(s.channels * s.inner for s in taken) < width:
+                taken.append(segs.pop(0))
+            parts.append(Layout(self.cdim, taken))
+        return parts
 
 
 class Spaces:
@@ -148,7 +173,7 @@ class Spaces:
         r = self.find(i)
         rest = self.new(self.channels[r] - k, self.frozen[r])
         self.channels[r] = k
-        self.members[rest] = [Member(m.module, m.role, m.offset + k * m.inner, m.inner) for m in self.members[r]]
+        self.members[rest] = [Member(m.module, m.role, m.offset + k * m.inner, m.inner, m.param) for m in self.members[r]]
         return rest
 
     def groups(self) -> list[Group]:
@@ -162,7 +187,7 @@ class Spaces:
         for g in groups:
             seen, uniq = set(), []
             for m in g.members:
-                key = (m.module, m.role, m.offset)
+                key = (m.module, m.role, m.offset, m.param)
                 if key not in seen:
                     seen.add(key)
                     uniq.append(m)

@@ -187,7 +187,12 @@ def group_scores(model: nn.Module, group: Group, scores: dict[str, torch.Tensor]
     for mem in group.members:
         mod = get_module(model, mem.module)
         pos = (mem.offset + c[:, None] * mem.inner + torch.arange(mem.inner)[None, :])  # channels x inner
-        if mem.role in ("out", "dw") and mem.module in scores:
+        if mem.role == "param" and cfg.criterion in ("l2", "l1"):  # a class token, positions: by their last dim
+            w = getattr(mod, mem.param).detach().abs().float().cpu()
+            total += (w.pow(2) if cfg.criterion == "l2" else w).flatten(0, -2).sum(0)[pos].sum(1)
+        elif mem.role == "emb" and mem.module in scores:  # an embedding table: channel c is column c
+            total += scores[mem.module].sum(0)[pos].sum(1)
+        elif mem.role in ("out", "dw") and mem.module in scores:
             s = scores[mem.module]
             total += s.flatten(1).sum(1)[pos].sum(1) if s.dim() > 1 else s[pos].sum(1)
         elif mem.role == "in" and mem.module in scores:
@@ -265,16 +270,25 @@ def channel_step(
         order = torch.sort(scores[g.id], descending=True, stable=True).indices
         drop = sorted(order[n_keep:].tolist())
         for mem in g.members:
-            key = (mem.module, "in" if mem.role in ("in", "attn_in") else "inner" if mem.role == "mha_inner" else "out")
             mod = get_module(model, mem.module)
-            sizes[key] = _dim_size(mod, key[1])
+            if mem.role == "param":  # a parameter used directly: ``<owner>.<name>``, its last dimension
+                key = (f"{mem.module}.{mem.param}" if mem.module else mem.param, "param")
+                sizes[key] = int(getattr(mod, mem.param).shape[-1])
+            else:
+                key = (mem.module, "in" if mem.role in ("in", "attn_in") else "inner" if mem.role == "mha_inner" else "out")
+                sizes[key] = _dim_size(mod, key[1])
             bucket = removed.setdefault(key, set())
             for c in drop:
                 bucket.update(range(mem.offset + c * mem.inner, mem.offset + (c + 1) * mem.inner))
     modules: dict[str, dict[str, list[int]]] = {}
+    params: dict[str, list[int]] = {}
     for (name, side), gone in removed.items():
-        modules.setdefault(name, {})[side] = [i for i in range(sizes[(name, side)]) if i not in gone]
-    return {"modules": modules}, keep
+        kept = [i for i in range(sizes[(name, side)]) if i not in gone]
+        if side == "param":
+            params[name] = kept
+        else:
+            modules.setdefault(name, {})[side] = kept
+    return ({"modules": modules, "params": params} if params else {"modules": modules}), keep
 
 
 def _dim_size(mod: nn.Module, key: str) -> int:
@@ -292,6 +306,8 @@ def _dim_size(mod: nn.Module, key: str) -> int:
         return mod.in_channels if key == "in" else mod.out_channels
     if isinstance(mod, nn.LayerNorm):
         return mod.normalized_shape[0]
+    if isinstance(mod, nn.Embedding):
+        return mod.embedding_dim
     return int(mod.num_features)
 
 

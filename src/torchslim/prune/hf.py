@@ -40,7 +40,7 @@ from torch import nn
 from torchslim.errors import TorchslimError
 from torchslim.graph.attention import attention_specs
 from torchslim.graph.blocks import hf_configs
-from torchslim.graph.slicing import slice_attention
+from torchslim.graph.slicing import slice_attention, slice_module
 
 __all__ = ["from_pretrained", "restore_pruned_heads"]
 
@@ -71,6 +71,20 @@ def restore_pruned_heads(model: nn.Module) -> None:
                 slice_attention(module, name, [h for h in range(spec.heads) if h not in gone])
 
 
+def _fit_widths(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Narrow every Linear, LayerNorm and Embedding of ``model`` to the shape its saved weight has (first channels kept:
+    the saved weights replace them all)."""
+    for name, m in model.named_modules():
+        saved = state.get(f"{name}.weight")
+        if saved is None or not isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding)) or saved.shape == m.weight.shape:
+            continue
+        dims = [list(range(n)) if n != c else None for n, c in zip(saved.shape, m.weight.shape)]
+        if isinstance(m, nn.Linear):
+            slice_module(m, name, out=dims[0], inp=dims[1])
+        else:
+            slice_module(m, name, out=dims[-1])
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -86,7 +100,9 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
-    """``model_class.from_pretrained(path)``, also for a model saved with heads pruned (``config.pruned_heads``).
+    """``model_class.from_pretrained(path)``, also for a model saved with heads pruned (``config.pruned_heads``)
+    or, for BERT, its hidden width pruned (``config.hidden_size_built``: the width its attention was built with,
+    since BERT derives the head size from ``hidden_size``; :func:`torchslim.graph.hidden.sync_hidden`).
 
     Args:
         model_class: a Hugging Face model class (``transformers.BertForSequenceClassification``, ...).
@@ -100,11 +116,19 @@ def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
     """
     path = Path(path)
     config = model_class.config_class.from_pretrained(str(path))
-    if not getattr(config, "pruned_heads", None):
+    built = getattr(config, "hidden_size_built", None)
+    if not getattr(config, "pruned_heads", None) and built is None:
         return model_class.from_pretrained(str(path)).eval()
+    width = config.hidden_size
+    if built is not None:  # BERT with its hidden width pruned: built as it was, then narrowed to the saved shapes
+        config.hidden_size = built
     model = model_class(config)
+    config.hidden_size = width
     restore_pruned_heads(model)
-    missing, unexpected = model.load_state_dict(_state(path), strict=False)
+    state = _state(path)
+    if built is not None:
+        _fit_widths(model, state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:

@@ -141,7 +141,7 @@ def _channel_plan(
     skipped = skipped + more
     if not chosen:
         raise TransformRefusedError("no prunable channel group: " + "; ".join(f"{s.name}: {s.reason}" for s in skipped))
-    members = sorted({m.module for g, _ in chosen for m in g.members})
+    members = sorted({m.module for g, _ in chosen for m in g.members if m.role != "param"})
     elem = weight_scores(work, members, cfg, inputs.calibration, inputs.loss_fn)
     scores = {g.id: group_scores(work, g, elem, cfg) for g, _ in chosen}
     if cfg.macs_target is not None:
@@ -201,8 +201,8 @@ def _check_forward(model: nn.Module, x: Any, steps: list[dict[str, Any]]) -> Non
     try:
         with torch.no_grad():
             call_model(model.eval(), x)
-    except RuntimeError as exc:
-        changed = [n for step in steps for part in ("modules", "heads") for n in step.get(part, {})]
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # shape errors, or a split into other parts
+        changed = [n for step in steps for part in ("modules", "heads", "params") for n in step.get(part, {})]
         changed += [n for step in steps for n in step.get("blocks", [])]
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TransformRefusedError(
@@ -254,6 +254,10 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
         for name in work.steps[-1].get("modules", {}):
             layers.append(_sliced(name, get_module(model, name), work.criterion, before[name]))
         layers += _head_reports(model, work, before)
+        for name, kept in work.steps[-1].get("params", {}).items():  # a class token, positions: the last dim cut
+            p = model.get_parameter(name)
+            layers.append(LayerReport(name, "Parameter", tuple(p.shape), p.numel(), int((p != 0).sum()), "pruned",
+                                      {"criterion": work.criterion, "width_after": {"out": len(kept)}}))
         _check_forward(model, work.x, work.steps)
         return layers
 
