@@ -21,7 +21,11 @@ import torchslim.prune.regularize as regularize
 import torchslim.technique as technique
 from torchslim.config import Config
 from torchslim.data.core import DataBundle, Split
+from torchslim.quant.config import WeightQuantConfig
 from torchslim.quant.coverage import unaccounted_parameters as quant_unaccounted
+from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.mixed import MIXED_PRECISION
+from torchslim.quant.ptq import QUANTIZE
 from torchslim.report import LayerReport, Report, SkippedLayer, skip_reason, unaccounted_parameters, unlisted_layers
 from torchslim.technique import Inputs, Plan, Technique, run
 
@@ -56,7 +60,6 @@ _g = torch.Generator().manual_seed(0)
 X, Y = torch.randn(64, 3, 8, 8, generator=_g), torch.randint(0, 4, (64,), generator=_g)
 BATCHES = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 64, 16)]
 DATA = DataBundle("mixed", Split(X, Y), Split(X[:16], Y[:16]), Split(X[:16], Y[:16]), 4, (3, 8, 8))
-LINEAR_OR_CONV = (nn.Linear, nn.Conv2d)
 
 VERBS: dict[str, Callable[[nn.Module], Report]] = {
     "prune_element": lambda m: ts.prune_(m, {"sparsity": 0.5}),
@@ -65,10 +68,7 @@ VERBS: dict[str, Callable[[nn.Module], Report]] = {
     "prune_head": lambda m: ts.prune_(m, {"granularity": "head", "sparsity": 0.5}, example_input=X[:2]),
     "quantize_weight_only": lambda m: ts.quantize_(m, {"mode": "weight_only"}),
     "quantize_static": lambda m: ts.quantize_(m, {"mode": "static"}, calibration=BATCHES),
-    # the GRU, attention and Embedding are filtered out: mixed_precision_ reads `.weight` of every chosen layer
-    "mixed_precision": lambda m: ts.mixed_precision_(
-        m, {"average_bits": 6}, calibration=BATCHES, filter_fn=lambda mod, _name: isinstance(mod, LINEAR_OR_CONV)
-    ),
+    "mixed_precision": lambda m: ts.mixed_precision_(m, {"average_bits": 6, "candidate_bits": [4, 8]}, calibration=BATCHES),
     "fold": lambda m: ts.fold_(m),
     "drop_layers": lambda m: ts.drop_layers_(m, {"blocks": r"blocks\.\d+", "k": 1}, calibration=BATCHES),
     "factorize": lambda m: ts.factorize_(m, {"ratio": 0.5, "keep_first_last": False}),
@@ -125,6 +125,37 @@ def test_prune_names_the_embedding_recurrent_and_attention_weights_it_leaves_den
     assert reasons[""].startswith("Mixed (the model itself) holds scale directly")
     assert "attn.out_proj" in [layer.name for layer in report.layers]  # a Linear inside the attention is pruned
     assert model.emb.weight.count_nonzero() == model.emb.weight.numel()
+
+
+def test_mixed_precision_quantizes_the_gru_attention_and_embedding() -> None:
+    model = Mixed().eval()  # regression: AttributeError 'GRU' object has no attribute 'weight'
+    report = VERBS["mixed_precision"](model)
+    assert {"gru", "attn", "emb"} <= set(report.meta["bits"]) and {"gru", "attn", "emb"} <= {x.name for x in report.layers}
+    assert [s.name for s in report.skipped] == ["", "norm"]
+
+
+@pytest.mark.parametrize("tech", [QUANTIZE, MIXED_PRECISION])
+def test_a_quantizer_step_size_belongs_to_the_quantization(tech: Technique[Any, Any]) -> None:
+    fq = FakeQuantize(WeightQuantConfig().spec(), learn_scale=True)
+    assert tech.skip_reason("0.weight_fq", fq, ["log_scale"]) is None
+    assert tech.skip_reason("1", nn.PReLU(), ["weight"]).startswith(f"PReLU: {tech.function or tech.name + '_'} handles")
+    assert MIXED_PRECISION.function == "mixed_precision_"
+
+
+def test_each_verb_names_what_it_handles_and_why_it_left_a_layer() -> None:
+    reasons = {verb: {s.name: s.reason for s in VERBS[verb](Mixed().eval()).skipped} for verb in
+               ("fold", "factorize", "share_weights", "drop_layers")}
+    assert reasons["fold"]["emb"].startswith("Embedding: fold_ handles BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv1d")
+    assert reasons["fold"]["attn.out_proj"].startswith("NonDynamicallyQuantizableLinear: nothing to fold with")
+    assert reasons["factorize"]["gru"].startswith("GRU: factorize_ handles Linear, Conv2d (not this layer kind)")
+    assert reasons["share_weights"]["gru"] == (
+        "GRU: bias_ih_l0, bias_hh_l0 are not shared (share_weights_ clusters parameters of two or more dimensions)"
+    )
+    assert reasons["share_weights"][""].startswith("Mixed (the model itself) holds scale directly: share_weights_ ")
+    drop = reasons["drop_layers"]
+    assert drop["blocks.0"].startswith("kept: block_influence score ") and drop["blocks.0"].endswith("(blocks.1)")
+    assert drop["norm"].startswith("LayerNorm: in no candidate block (drop_layers_ removes whole blocks")
+    assert not [n for n in drop if n.startswith("blocks.0.")]
 
 
 def test_selection_reasons_are_kept_and_not_repeated() -> None:

@@ -252,6 +252,10 @@ def test_embedding_and_recurrent_weights_are_shared_and_the_tslim_is_small(cell,
     report = share_weights_(model, {"bits": 4})
     names = [layer.name for layer in report.layers]
     assert names == ["embed", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"]
+    assert [(s.name, s.reason) for s in report.skipped] == [
+        ("rnn", f"{cell.__name__}: bias_ih_l0, bias_hh_l0 are not shared (share_weights_ clusters parameters of two or "
+                "more dimensions)")
+    ]
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2]
     covered = sum(layer.params for layer in report.layers)
     assert covered == sum(p.numel() for p in matrices)  # every weight matrix, not 256 weights of them
@@ -268,6 +272,21 @@ def test_attention_input_projections_are_shared_and_the_model_still_runs():
     x = torch.randn(2, 5, 32)
     report = share_weights_(nn.Sequential(mha), {"bits": 5})
     assert [layer.name for layer in report.layers] == ["0.in_proj_weight", "0.out_proj"]
+    assert [(s.name, s.reason) for s in report.skipped] == [
+        ("0", "MultiheadAttention: in_proj_bias is not shared (share_weights_ clusters parameters of two or more dimensions)")
+    ]
     assert len(mha.in_proj_weight.detach().unique()) <= 32
     out, _ = mha(x, x, x)
     assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+
+
+def test_one_dimensional_leftovers_and_the_model_itself_get_their_own_reasons():
+    model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.LayerNorm(4))
+    model.scale = nn.Parameter(torch.ones(4))
+    report = share_weights_(model, {"bits": 2})
+    assert {s.name: s.reason for s in report.skipped} == {
+        "": "Sequential (the model itself) holds scale directly: share_weights_ transforms layers, not parameters held "
+            "by the model",
+        "1": "PReLU: weight is not shared (share_weights_ clusters parameters of two or more dimensions)",
+        "2": "LayerNorm: normalisation parameters (weight, bias) are not shared",
+    }

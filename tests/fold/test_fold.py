@@ -90,7 +90,9 @@ def test_folded_models_from_the_zoo_are_exact():
         ref = resnet(x)
     report = fold_(resnet)
     assert len(report.layers) == 21  # 19 conv-BN + 2 shortcut conv-BN
-    assert [(s.name, s.reason) for s in report.skipped] == [("fc", "Linear: not folded by fold_; weight, bias left as they were")]
+    assert [(s.name, s.reason) for s in report.skipped] == [
+        ("fc", "Linear: nothing to fold with (no BatchNorm after it, no layer to merge it with); weight, bias left as they were")
+    ]
     with torch.no_grad():
         assert rel_diff(resnet(x), ref) <= 1e-5
 

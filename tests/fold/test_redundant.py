@@ -13,6 +13,7 @@ from torchslim.errors import ConfigError, TransformRefusedError
 from torchslim.fold.redundant import DropLayersConfig, block_influence, candidate_blocks, drop_layers_
 from torchslim.graph.surgery import remove_from_container
 from torchslim.measure import evaluate_accuracy
+from torchslim.report import unaccounted_parameters
 from torchslim.train import finetune
 from torchslim.zoo import create_model
 
@@ -121,9 +122,10 @@ def test_drop_layers_is_a_technique_with_the_one_signature():
     x = torch.randn(32, 8)
     report = drop_layers_(model, calibration=[x], filter_fn=lambda m, n: n != "1")  # config=None: k=1, block_influence
     assert report.meta["removed"] == ["3"] and len(model) == 3
+    scores = report.meta["scores"]
     assert [(s.name, s.reason) for s in report.skipped] == [("1", "rejected by filter_fn")] + [
-        (f"{b}.f", "Linear: not removed by drop_layers_; weight, bias left as they were") for b in ("0", "2")
-    ]
+        (b, f"kept: block_influence score {scores[b]:.4g}, less redundant than the k=1 removed (3)") for b in ("0", "2")
+    ]  # one entry per block kept, none per layer inside it
     state = copy.deepcopy(model.state_dict())
     with pytest.raises(TransformRefusedError, match="no candidate blocks"):
         drop_layers_(model, {"blocks": "nothing"}, calibration=[x])
@@ -132,3 +134,15 @@ def test_drop_layers_is_a_technique_with_the_one_signature():
     with pytest.raises(TransformRefusedError, match="no layer left to remove: 0: rejected by filter_fn"):
         drop_layers_(model, {"criterion": "weight_similarity"}, filter_fn=lambda m, n: False)
     assert len(model) == 3 and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_layers_outside_every_candidate_block_are_named_with_the_verb_s_reason():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Sequential(Scaled(0.0), Scaled(1.0)))
+    report = drop_layers_(model, {"blocks": r"2\.\d+", "k": 1}, calibration=[torch.randn(4, 8)])
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert reasons["1"] == (
+        "LayerNorm: in no candidate block (drop_layers_ removes whole blocks, chosen by `blocks`); weight, bias left as they were"
+    )  # not "normalisation parameters ... are not removed": no layer is ever removed alone
+    assert reasons["0"].startswith("Linear: in no candidate block") and set(reasons) == {"0", "1", "2.1"}
+    assert unaccounted_parameters(model, report) == []

@@ -74,3 +74,43 @@ def test_nm_refusal_leaves_the_model_unchanged():
         prune_(model, {"granularity": "nm", "n": 2, "m": 4, "keep_first_last": False, "targets": {"1": {"sparsity": 0.3}}})
     assert not list(iter_masks(model))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _conv1d_layers(model):
+    from torchslim.graph.surgery import is_conv1d
+
+    return {n: m for n, m in model.named_modules() if is_conv1d(m)}
+
+
+def test_nm_on_gpt2_conv1d_groups_run_along_the_input_dimension_dim_0():
+    model = _tiny_gpt2()
+    conv1d = _conv1d_layers(model)
+    assert len(conv1d) == 8  # c_attn, c_proj, mlp.c_fc, mlp.c_proj per block
+    weights = {n: m.weight.detach().clone() for n, m in conv1d.items()}
+    report = prune_(model, {"granularity": "nm", "n": 2, "m": 4, "keep_first_last": False})
+    pruned = {layer.name for layer in report.layers}
+    assert set(conv1d) <= pruned
+    for name, module in conv1d.items():
+        w = module.weight.detach()  # (in, out): every output column, cut into groups of 4 consecutive inputs
+        nin, nout = w.shape
+        groups = (w != 0).t().reshape(nout, nin // 4, 4)
+        assert bool((groups.sum(-1) == 2).all()), name
+        kept = weights[name].abs().t().reshape(nout, nin // 4, 4).topk(2, dim=-1).indices  # magnitude: the 2 largest
+        assert torch.equal(groups.gather(-1, kept), torch.ones_like(kept, dtype=torch.bool)), name
+        assert satisfies_nm(w, 2, 4, transposed=True) and report.layers[0].details["pattern"] == "2:4"
+    ids = torch.randint(0, 50, (2, 8))
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_nm_mask_transposed_is_the_mask_of_the_transpose():
+    scores = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(nm_mask(scores, 2, 4, transposed=True), nm_mask(scores.t(), 2, 4).t())
+    with pytest.raises(TransformRefusedError, match="not a multiple of m=4"):
+        nm_mask(torch.randn(6, 8), 2, 4, transposed=True)

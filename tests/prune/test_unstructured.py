@@ -160,3 +160,38 @@ def test_a_failure_while_attaching_masks_leaves_the_model_bit_identical(monkeypa
         prune_(m, {"sparsity": 0.5, "keep_first_last": False})
     assert not list(iter_masks(m)) and set(m.state_dict()) == set(before)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_gpt2_conv1d_layers_are_masked_and_a_sparse_tslim_round_trips(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torchslim as ts
+    from torchslim.graph.surgery import is_conv1d
+    from torchslim.report import unaccounted_parameters
+
+    def build():
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+
+    model = build()
+    conv1d = [n for n, m in model.named_modules() if is_conv1d(m)]
+    report = prune_(model, {"sparsity": 0.5, "keep_first_last": False})
+    assert set(conv1d) <= {layer.name for layer in report.layers}
+    assert not [s for s in report.skipped if s.name in conv1d] and unaccounted_parameters(model, report) == []
+    masked = {name: mask for name, _, pname, mask in iter_masks(model) if pname == "weight"}
+    for name in conv1d:
+        module = model.get_submodule(name)
+        assert masked[name].shape == module.weight.shape  # (in, out), the module's own layout
+        assert torch.equal(module.weight.detach() != 0, masked[name])
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        ref = model(ids).logits
+    path = ts.save(model, tmp_path / "gpt2.tslim")
+    restored = build()
+    restored = ts.load(path, lambda: restored)
+    with torch.no_grad():
+        assert torch.equal(restored(ids).logits, ref)
+    restored_masks = {name: mask for name, _, pname, mask in iter_masks(restored) if pname == "weight"}
+    for name in conv1d:
+        assert torch.equal(restored.get_submodule(name).weight, model.get_submodule(name).weight)
+        assert torch.equal(restored_masks[name], masked[name])  # the masks come back, in the (in, out) layout

@@ -101,3 +101,42 @@ def test_refusals_leave_the_model_unchanged(trained, digits) -> None:
         mixed_precision_(trained, {**CFG, "average_bits": 2, "candidate_bits": [4, 8]}, calibration=_batches(digits))
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
     assert type(trained.conv1) is nn.Conv2d and isinstance(trained.bn1, nn.BatchNorm2d)
+
+
+class _Recurrent(nn.Module):
+    """Embedding → GRU → attention → Linear: layers with no ``.weight`` (regression: mixed_precision_ read it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 8)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, _ = self.gru(self.emb(x))
+        a, _ = self.attn(r, r, r, need_weights=False)
+        return self.fc(a.mean(1))
+
+
+def test_recurrent_attention_and_embedding_layers_get_bits_for_all_their_weights() -> None:
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    tokens = torch.randint(0, 12, (8, 5), generator=torch.Generator().manual_seed(0))
+    report = mixed_precision_(model, {"average_bits": 6, "candidate_bits": [4, 8]}, calibration=[tokens])
+    assert set(report.meta["bits"]) == {"emb", "gru", "attn", "fc"}
+    counted = {"emb": 12 * 8, "gru": 2 * 3 * 8 * 8, "attn": 3 * 8 * 8 + 8 * 8, "fc": 3 * 8}  # every float weight
+    assert report.meta["budget_bytes"] == sum(counted.values()) * 6 / 8
+    assert report.meta["weight_bytes"] == sum(counted[n] * b / 8 for n, b in report.meta["bits"].items())
+    assert {layer.name: layer.details["bits"] for layer in report.layers} == report.meta["bits"]
+    assert type(model.gru).__name__ != "GRU" and type(model.attn).__name__ != "MultiheadAttention"
+
+
+def test_sensitivity_quantizes_every_weight_of_a_recurrent_layer_and_restores_them() -> None:
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s = layer_sensitivity(model, [torch.randint(0, 12, (4, 5))], [2, 8], layers=["gru", "attn"])
+    assert set(s) == {"gru", "attn"} and all(by[2] > by[8] >= 0 for by in s.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert set(layer_sensitivity(model, [torch.randint(0, 12, (4, 5))], [8])) == {"fc"}  # default: Linear/Conv

@@ -51,6 +51,7 @@ from torchslim.config import Config
 from torchslim.errors import TransformRefusedError
 from torchslim.graph import constraints
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import NORMALIZATIONS
 from torchslim.targets import check_target_keys
 from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
@@ -428,6 +429,7 @@ class Share(Technique[ShareConfig, Plan]):
     title = "weight sharing"
     config = ShareConfig
     verb = "share"
+    function = "share_weights_"
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every module with a parameter of two or more dimensions (:func:`shareable_layers`)."""
@@ -467,6 +469,18 @@ class Share(Technique[ShareConfig, Plan]):
             weight.data.copy_(new.to(weight.device))
             attach_codes(layer.module, layer.param, layer.codes)
         return [layer.report for layer in plan.work]
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """Parameters of one dimension (biases, a PReLU's slopes) are not clustered; otherwise the generic reason.
+
+        Example:
+            >>> SHARE.skip_reason("gru", nn.GRU(2, 2), ["bias_ih_l0", "bias_hh_l0"])
+            'GRU: bias_ih_l0, bias_hh_l0 are not shared (share_weights_ clusters parameters of two or more dimensions)'
+        """
+        if name and not isinstance(module, NORMALIZATIONS) and all(module.get_parameter(p).dim() < 2 for p in params):
+            held = f"{', '.join(params)} {'are' if len(params) > 1 else 'is'}"
+            return f"{type(module).__name__}: {held} not shared ({self.function} clusters parameters of two or more dimensions)"
+        return super().skip_reason(name, module, params)
 
 
 #: the weight-sharing technique object (``share_weights_`` is ``run(SHARE, ...)``)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 from torch import nn
 
 from torchslim.config import Config
+from torchslim.fold.bnmath import BATCHNORMS, FOLDABLE
 from torchslim.fold.planner import NONLINEAR_FUNCTIONS, NONLINEAR_MODULES, Fold, candidate_layers, plan_parts
 from torchslim.graph.surgery import replace_module
 from torchslim.graph.trace import TracedPart, TraceError, trace_parts
@@ -120,6 +121,7 @@ class FoldTechnique(Technique[FoldConfig, FoldPlan]):
     title: ClassVar[str] = "fold"
     config: ClassVar[type[Config]] = FoldConfig
     verb: ClassVar[str] = "fold"
+    handles: ClassVar[tuple[type[nn.Module], ...]] = (*BATCHNORMS, *FOLDABLE)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The BatchNorms and Conv/Linear layers called in the parts of ``model`` that trace."""
@@ -152,6 +154,19 @@ class FoldTechnique(Technique[FoldConfig, FoldPlan]):
         for name, new in plan.replacements.items():
             replace_module(model, name, new)
         return plan.layers
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """A BatchNorm, Conv or Linear no fold pattern reached: nothing to fold with; otherwise the generic reason.
+
+        Example:
+            >>> FOLD.skip_reason("fc", nn.Linear(2, 2), ["weight", "bias"])
+            'Linear: nothing to fold with (no BatchNorm after it, no layer to merge it with); weight, bias left as they were'
+        """
+        if not name or not isinstance(module, self.handles):
+            return super().skip_reason(name, module, params)
+        left = f"{', '.join(params)} left as {'they were' if len(params) > 1 else 'it was'}"
+        what = "no Conv/Linear before it" if isinstance(module, BATCHNORMS) else "no BatchNorm after it, no layer to merge it with"
+        return f"{type(module).__name__}: nothing to fold with ({what}); {left}"
 
 
 #: the ``fold_`` technique

@@ -308,6 +308,12 @@ class DropLayersTechnique(Technique[DropLayersConfig, DropPlan]):
             n = sum(p.numel() for p in mod.parameters())
             details = {"criterion": cfg.criterion, "score": scores[b], "rank": rank + 1}
             removed.append(LayerReport(b, type(mod).__name__, (), n, 0, "removed", details))
+        removed_names = ", ".join(chosen)
+        skipped += [
+            SkippedLayer(b, f"kept: {cfg.criterion} score {scores[b]:.4g}, less redundant than the k={cfg.k} removed "
+                            f"({removed_names})")
+            for b in valid if b not in chosen
+        ]
         meta = {"criterion": cfg.criterion, "scores": scores, "removed": chosen}
         return DropPlan(skipped=skipped, meta=meta, removed=removed)
 
@@ -315,6 +321,18 @@ class DropLayersTechnique(Technique[DropLayersConfig, DropPlan]):
         """Remove the chosen blocks from their containers."""
         remove_from_container(model, [l.name for l in plan.removed])
         return plan.removed
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """A layer outside every candidate block: ``drop_layers_`` removes whole blocks, never single layers.
+
+        Example:
+            >>> DROP_LAYERS.skip_reason("norm", nn.LayerNorm(4), ["weight", "bias"])
+            'LayerNorm: in no candidate block (drop_layers_ removes whole blocks, chosen by `blocks`); weight, bias left as they were'
+        """
+        if name == "":
+            return super().skip_reason(name, module, params)
+        left = f"{', '.join(params)} left as {'they were' if len(params) > 1 else 'it was'}"
+        return f"{type(module).__name__}: in no candidate block (drop_layers_ removes whole blocks, chosen by `blocks`); {left}"
 
 
 #: the ``drop_layers_`` technique

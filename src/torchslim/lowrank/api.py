@@ -306,6 +306,8 @@ class FactorizeTechnique(Technique[FactorizeConfig, FactorizePlan]):
     title: ClassVar[str] = "factorize"
     config: ClassVar[type[Config]] = FactorizeConfig
     verb: ClassVar[str] = "factorise"
+    #: the kinds named in a skip reason (Hugging Face ``Conv1D`` is factorised too: it is no torch class)
+    handles: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every named Linear, Hugging Face ``Conv1D`` and Conv2d layer, in registration order."""

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
+from torchslim.graph.surgery import is_conv1d
 from torchslim.prune.config import LayerPruneConfig, PruneConfig
 from torchslim.prune.importance import compute_scores
 from torchslim.prune.mask import attach_mask, get_mask
@@ -38,9 +39,19 @@ Chosen = list[tuple[str, nn.Module, LayerPruneConfig]]
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules whose ``weight`` unstructured pruning may mask, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n]
+def prunable_layers(model: nn.Module, *, conv1d: bool = False) -> list[tuple[str, nn.Module]]:
+    """Modules whose ``weight`` unstructured pruning may mask, in registration order.
+
+    ``conv1d``: Hugging Face ``Conv1D`` layers (GPT-2's Linear, weight ``(in, out)``) too, as
+    :data:`PRUNE` masks them (``sparse_train``'s penalties do not).
+
+    Example:
+        >>> from transformers.pytorch_utils import Conv1D
+        >>> model = nn.Sequential(nn.Linear(4, 8), Conv1D(6, 8))
+        >>> [n for n, _ in prunable_layers(model)], [n for n, _ in prunable_layers(model, conv1d=True)]
+        (['0'], ['0', '1'])
+    """
+    return [(n, m) for n, m in model.named_modules() if n and (isinstance(m, PRUNABLE) or (conv1d and is_conv1d(m)))]
 
 
 def mask_skip_reason(name: str, module: nn.Module, params: list[str], verb: str = "prune_") -> str:
@@ -99,7 +110,8 @@ def _nm_layers(chosen: Chosen, cfg: PruneConfig, skipped: list[SkippedLayer]) ->
     """The layers an ``n:m`` pattern fits (the others are skipped with why); per-layer sparsities refuse."""
     kept: Chosen = []
     for name, module, layer_cfg in chosen:
-        why = nm_incompatibility(tuple(module.weight.shape), cfg.m)
+        shape = tuple(cast(torch.Tensor, module.weight).shape)
+        why = nm_incompatibility(shape[::-1] if is_conv1d(module) else shape, cfg.m)  # Conv1D: (in, out)
         if layer_cfg.sparsity is not None:
             raise TransformRefusedError(
                 f"targets give layer {name!r} its own sparsity, which granularity 'nm' does not use "
@@ -172,12 +184,12 @@ class ElementPruning(Technique[PruneConfig, Plan]):
     handles = PRUNABLE
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """Every Linear/Conv layer (:func:`prunable_layers`)."""
-        return prunable_layers(model)
+        """Every Linear/Conv layer and Hugging Face ``Conv1D`` (:func:`prunable_layers`)."""
+        return prunable_layers(model, conv1d=True)
 
     def select(self, model: nn.Module, cfg: PruneConfig, filter_fn: FilterFn | None) -> Selection:
         """The one targets grammar over the prunable layers; a model without one refuses."""
-        if not prunable_layers(model):
+        if not prunable_layers(model, conv1d=True):
             raise TransformRefusedError("the model has no prunable layer (Linear or Conv weight)")
         return super().select(model, cfg, filter_fn)
 
@@ -190,7 +202,7 @@ class ElementPruning(Technique[PruneConfig, Plan]):
         refuse_if_empty(chosen, skipped, "prune")
         scores, live, criteria = _scores(model, chosen, cfg, inputs)
         if cfg.granularity == "nm":
-            masks = {name: nm_mask(scores[name], cfg.n, cfg.m) for name, _, _ in chosen}
+            masks = {name: nm_mask(scores[name], cfg.n, cfg.m, transposed=is_conv1d(m)) for name, m, _ in chosen}
         else:
             masks = _element_masks(chosen, scores, cfg)
         work = [

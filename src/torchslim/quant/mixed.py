@@ -36,6 +36,8 @@ from torchslim.measure.accuracy import logits_of
 from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import fake_quantize, qparams_from_tensor
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig
+from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.layers import float_weights, quantizable_modules
 from torchslim.quant.model import quantizable_layers
 from torchslim.quant.ptq import QUANTIZE, fold_batchnorm, quantizable_selection
 from torchslim.report import LayerReport, Report
@@ -79,6 +81,10 @@ def layer_sensitivity(
 ) -> dict[str, dict[int, float]]:
     """KL(float ‖ one-layer-quantized) of the model's outputs for every layer and bit width.
 
+    A layer is a float Linear/Conv (``layers=None``: these) or, when ``layers`` names it,
+    any module :func:`~torchslim.quant.layers.quantizable_modules` offers (an
+    ``Embedding``, ``GRU``/``LSTM`` or ``MultiheadAttention``: all its weights
+    (:func:`~torchslim.quant.layers.float_weights`) are quantized together).
     The model is restored exactly after each trial.
 
     Example:
@@ -86,28 +92,45 @@ def layer_sensitivity(
         >>> s = layer_sensitivity(m, [torch.randn(16, 4)], [2, 8])
         >>> s["0"][2] >= s["0"][8]
         True
+        >>> g = nn.Sequential(nn.Embedding(10, 4))
+        >>> sorted(layer_sensitivity(g, [torch.arange(8)[None]], [2, 8], layers=["0"])["0"])
+        [2, 8]
     """
     config = config or QuantizeConfig()
     inputs = [batch_inputs(b) for b in batches]
     if not inputs:
         raise TransformRefusedError("the calibration loader is empty: sensitivity needs at least one batch")
-    chosen = [(n, m) for n, m in quantizable_layers(model) if layers is None or n in layers]
+    offered = quantizable_layers(model) if layers is None else quantizable_modules(model)
+    chosen = [(n, m) for n, m in offered if layers is None or n in layers]
     out: dict[str, dict[int, float]] = {}
     with eval_mode(model):
         ref = [F.log_softmax(logits_of(call_model(model, x)).float(), dim=-1) for x in inputs]
         for name, module in chosen:
-            original = module.weight.data.clone()
+            weights = [w.data for _, w in float_weights(module)]
+            originals = [w.clone() for w in weights]
             out[name] = {}
             for bits in candidate_bits:
                 spec = config.layer_weight(LayerQuantConfig(bits=bits)).spec()
-                module.weight.data.copy_(fake_quantize(original, qparams_from_tensor(original, spec)))
+                for w, original in zip(weights, originals):
+                    w.copy_(fake_quantize(original, qparams_from_tensor(original, spec)))
                 kl = 0.0
                 for x, r in zip(inputs, ref):
                     q = F.log_softmax(logits_of(call_model(model, x)).float(), dim=-1)
                     kl += float(F.kl_div(q, r, log_target=True, reduction="batchmean"))
                 out[name][bits] = kl / len(inputs)
-                module.weight.data.copy_(original)
+                for w, original in zip(weights, originals):
+                    w.copy_(original)
     return out
+
+
+def weight_count(module: nn.Module) -> int:
+    """The number of weights quantizing ``module`` quantizes (all of :func:`~torchslim.quant.layers.float_weights`).
+
+    Example:
+        >>> weight_count(nn.Linear(4, 3)), weight_count(nn.GRU(4, 2))
+        (12, 36)
+    """
+    return sum(w.numel() for _, w in float_weights(module))
 
 
 def allocate_bits(
@@ -184,13 +207,15 @@ class MixedPrecision(Technique[MixedPrecisionConfig, Plan]):
     title = "quantize"
     config = MixedPrecisionConfig
     verb = "quantize"
+    function = "mixed_precision_"
+    handles = QUANTIZE.handles
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The float Linear/Conv layers (exact classes)."""
-        return quantizable_layers(model)
+        """The float layers :func:`~torchslim.quant.layers.quantizable_modules` offers (exact classes)."""
+        return quantizable_modules(model)
 
     def select(self, model: nn.Module, cfg: MixedPrecisionConfig, filter_fn: FilterFn | None) -> Selection:
-        """Every float Linear/Conv layer ``filter_fn`` accepts (the bits per layer replace ``quantize.targets``)."""
+        """Every float layer ``filter_fn`` accepts (the bits per layer replace ``quantize.targets``)."""
         return quantizable_selection(model, filter_fn=filter_fn)
 
     def plan(self, model: nn.Module, cfg: MixedPrecisionConfig, selection: Selection, inputs: Inputs) -> Plan:
@@ -200,7 +225,7 @@ class MixedPrecision(Technique[MixedPrecisionConfig, Plan]):
         probe, note = _probe(model, cfg.quantize)
         names = [n for n, _, _ in selection.chosen]
         sens = layer_sensitivity(probe, batches[: cfg.sensitivity_batches], cfg.candidate_bits, cfg.quantize, names)
-        params = {n: probe.get_submodule(n).weight.numel() for n in names}
+        params = {n: weight_count(probe.get_submodule(n)) for n in names}
         budget = sum(params.values()) * cfg.average_bits / 8
         bits = allocate_bits(sens, params, budget, resolution=cfg.resolution)
         qcfg = QuantizeConfig.parse({**cfg.quantize.model_dump(), "targets": {n: {"bits": b} for n, b in bits.items()}})
@@ -218,6 +243,10 @@ class MixedPrecision(Technique[MixedPrecisionConfig, Plan]):
     def apply(self, model: nn.Module, plan: Plan) -> list[LayerReport]:
         """As :data:`QUANTIZE`: transplant the quantized copy."""
         return QUANTIZE.apply(model, plan)
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """A quantizer's learned step size belongs to the quantization (no entry); otherwise the generic reason."""
+        return None if isinstance(module, FakeQuantize) else super().skip_reason(name, module, params)
 
 
 #: the mixed-precision quantization technique (:func:`mixed_precision_` runs it)

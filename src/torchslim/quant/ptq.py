@@ -379,6 +379,7 @@ class Quantize(Technique[QuantizeConfig, Plan]):
     title = "quantize"
     config = QuantizeConfig
     verb = "quantize"
+    handles = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.Embedding, nn.GRU, nn.LSTM)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The float layers :func:`~torchslim.quant.layers.quantizable_modules` offers (exact classes)."""
@@ -428,6 +429,10 @@ class Quantize(Technique[QuantizeConfig, Plan]):
         provenance.record(work.model, QUANT, work.record)
         transplant(model, work.model)
         return work.layers
+
+    def skip_reason(self, name: str, module: nn.Module, params: list[str]) -> str | None:
+        """A quantizer's learned step size belongs to the quantization (no entry); otherwise the generic reason."""
+        return None if isinstance(module, FakeQuantize) else super().skip_reason(name, module, params)
 
 
 #: the post-training quantization technique (:func:`quantize_` runs it)

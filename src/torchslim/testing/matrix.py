@@ -60,6 +60,7 @@ from torchslim.deploy import OrtModel, export_qdq
 from torchslim.encode import load, save, share_weights_
 from torchslim.errors import ConfigError, ConfigIssue, TransformRefusedError
 from torchslim.fold import fold_
+from torchslim.graph.surgery import is_conv1d
 from torchslim.lowrank import factorize_
 from torchslim.measure import count_macs
 from torchslim.measure.size import count_nonzeros, count_params, dense_bytes
@@ -238,7 +239,8 @@ def _nm(model: nn.Module, arch: Architecture) -> str:
     masked = _masked(model)
     if not masked:
         raise CheckFailed("no mask attached")
-    bad = [name for name, weight, _ in masked if not satisfies_nm(weight, 2, 4)]
+    modules = dict(model.named_modules())  # a Hugging Face Conv1D stores (in, out): its groups run down dim 0
+    bad = [n for n, w, _ in masked if not satisfies_nm(w, 2, 4, transposed=is_conv1d(modules[n.rpartition(".")[0]]))]
     if bad:
         raise CheckFailed(f"not 2:4: {', '.join(bad[:3])}")
     check_accounted(model, [report])
