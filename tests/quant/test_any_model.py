@@ -17,6 +17,7 @@ from torchslim.quant.metrics import comparable_output
 from torchslim.quant.ptq import quant_info, rebuild_quantized
 from torchslim.quant.weight_only import QuantEmbedding, QuantGRU, QuantLSTM
 from torchslim.report import Report, SkippedLayer
+from torchslim.testing.architectures import TextModel
 
 STATIC = {"mode": "static", "guard": {"enabled": False}}
 
@@ -44,20 +45,6 @@ class TinyViT(nn.Module):
             x = x + b["attn"](h, h, h, need_weights=False)[0]
             x = x + b["mlp"](b["ln2"](x))
         return self.head(self.norm(x[:, 0]))
-
-
-class TextModel(nn.Module):
-    """Embedding -> GRU or LSTM -> Linear on the last step."""
-
-    def __init__(self, rnn: type[nn.Module]) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 16, padding_idx=0)
-        self.rnn = rnn(16, 32, batch_first=True)
-        self.fc = nn.Linear(32, 4)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h, _ = self.rnn(self.emb(ids))
-        return self.fc(h[:, -1])
 
 
 def _bert() -> nn.Module:

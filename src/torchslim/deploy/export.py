@@ -37,7 +37,7 @@ from torch import nn
 from torchslim.deploy import passes
 from torchslim.errors import TorchslimError
 from torchslim.io import atomic_write_bytes
-from torchslim.measure.macs import ExampleInput, eval_mode
+from torchslim.measure.macs import ExampleInput, eval_mode, mha_slow_path
 from torchslim.quant.affine import fake_quantize
 from torchslim.quant.fake import FakeQuantize
 from torchslim.quant.model import QUANT_LAYERS, QUANT_MODULES, activation_quantizers
@@ -112,29 +112,6 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     finally:
         for k, c in configs.items():
             c._attn_implementation = saved[k]
-
-
-@contextmanager
-def mha_slow_path() -> Iterator[None]:
-    """Keep ``nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer``) off their fused fast path inside the block.
-
-    Under ``no_grad`` in eval mode PyTorch runs them through ``aten::_native_multi_head_attention``,
-    which the ONNX exporter cannot export; the slow path computes the same function with exportable
-    operators. The previous setting is restored afterwards.
-
-    Example:
-        >>> with mha_slow_path():
-        ...     torch.backends.mha.get_fastpath_enabled()
-        False
-        >>> torch.backends.mha.get_fastpath_enabled()
-        True
-    """
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def onnx_export_bytes(

@@ -175,15 +175,27 @@ _EXTRA_FORMULAS = {
 
 
 @contextmanager
-def _plain_attention() -> Iterator[None]:
-    """``nn.MultiheadAttention``/``nn.TransformerEncoderLayer`` fused fast paths off: under ``no_grad`` in eval they
-    run ``torch._native_multi_head_attention``, which the FLOP counter does not see into (0 MACs)."""
-    was = torch.backends.mha.get_fastpath_enabled()
+def mha_slow_path() -> Iterator[None]:
+    """Keep ``nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer``) off their fused fast path inside the block.
+
+    Under ``no_grad`` in eval mode PyTorch runs them through ``aten::_native_multi_head_attention``,
+    which the ONNX exporter cannot export and torch's FLOP counter does not see into (0 MACs); a
+    pruned attention no longer takes it either. The slow path computes the same function with plain
+    operators. The previous setting is restored afterwards.
+
+    Example:
+        >>> with mha_slow_path():
+        ...     torch.backends.mha.get_fastpath_enabled()
+        False
+        >>> torch.backends.mha.get_fastpath_enabled()
+        True
+    """
+    before = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(was)
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
@@ -213,6 +225,6 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
     """
     sample = first_sample(example_input)
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
-    with eval_mode(model), torch.no_grad(), _plain_attention(), counter:
+    with eval_mode(model), torch.no_grad(), mha_slow_path(), counter:
         call_model(model, sample)
     return int(counter.get_total_flops()) // 2

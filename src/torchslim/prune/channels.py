@@ -24,8 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -38,6 +37,7 @@ from torchslim.graph.deps import Dependencies, Group
 from torchslim.graph.slicing import apply_structure
 from torchslim.graph.surgery import get_module, is_conv1d
 from torchslim.measure import count_macs
+from torchslim.measure.macs import mha_slow_path
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.importance import compute_scores
 from torchslim.report import SkippedLayer
@@ -50,16 +50,9 @@ Chosen = tuple[Group, float | None]
 MAX_SPARSITY, HALVINGS = 0.95, 14
 
 
-@contextmanager
-def dense_attention() -> Iterator[None]:
-    """``nn.MultiheadAttention``'s fused fast path off while MACs are counted: torch's FLOP counter does not see
-    inside the fused kernel, and a pruned attention no longer takes it, so both counts must go the plain way."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
+#: ``nn.MultiheadAttention``'s fused fast path off while MACs are counted: torch's FLOP counter does not see
+#: inside the fused kernel, and a pruned attention no longer takes it, so both counts must go the plain way
+dense_attention = mha_slow_path
 
 
 # ---------------------------------------------------------------------------- selection

@@ -34,18 +34,11 @@ from torch import nn
 
 from torchslim.quant.config import ActQuantConfig, WeightQuantConfig
 from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.weight_only import fitted_weight_quantizer
 
 __all__ = ["QuantMultiheadAttention", "quantize_attention_input", "swap_attention"]
 
 _SEPARATE = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-def _weight_fq(weight: torch.Tensor, config: WeightQuantConfig, learn_scale: bool) -> FakeQuantize:
-    fq = FakeQuantize(config.spec(), observer=config.observer, learn_scale=learn_scale, per_call=True)
-    with torch.no_grad():
-        fq.observe(weight)
-    fq.observing = False
-    return fq
 
 
 class QuantMultiheadAttention(nn.MultiheadAttention):
@@ -125,7 +118,7 @@ def swap_attention(module: nn.Module, weight: WeightQuantConfig, *, learn_scale:
     module.__class__ = QuantMultiheadAttention
     mha: QuantMultiheadAttention = module  # type: ignore[assignment]
     for name in mha._weight_names():
-        mha.add_module(name.replace(".", "_") + "_fq", _weight_fq(mha.get_parameter(name), weight, learn_scale))
+        mha.add_module(name.replace(".", "_") + "_fq", fitted_weight_quantizer(mha.get_parameter(name), weight, learn_scale))
     mha.add_module("input_fq", None)
 
 

@@ -42,7 +42,15 @@ from torchslim.quant.fake import FakeQuantize
 __all__ = ["QuantEmbedding", "QuantGRU", "QuantLSTM", "WEIGHT_ONLY_CLASS", "swap_weight_only"]
 
 
-def _fitted(weight: torch.Tensor, config: WeightQuantConfig, learn_scale: bool) -> FakeQuantize:
+def fitted_weight_quantizer(weight: torch.Tensor, config: WeightQuantConfig, learn_scale: bool) -> FakeQuantize:
+    """A per-call weight quantizer for ``weight``, fitted to it once and then no longer observing.
+
+    Example:
+        >>> from torchslim.quant.config import WeightQuantConfig
+        >>> fq = fitted_weight_quantizer(torch.randn(6, 4), WeightQuantConfig(), False)
+        >>> fq.observing, fq.qparams().scale.shape
+        (False, torch.Size([6]))
+    """
     fq = FakeQuantize(config.spec(), observer=config.observer, learn_scale=learn_scale, per_call=True)
     with torch.no_grad():
         fq.observe(weight)
@@ -137,11 +145,11 @@ def swap_weight_only(module: nn.Module, weight: WeightQuantConfig, *, learn_scal
     if cls is None:
         raise TorchslimError(f"cannot quantize a {type(module).__name__} weight-only")
     if isinstance(module, nn.Embedding):
-        fq = _fitted(module.weight, weight, learn_scale)
+        fq = fitted_weight_quantizer(module.weight, weight, learn_scale)
         module.__class__ = cls  # type: ignore[assignment]  # a subclass of the module's own class
         module.add_module("weight_fq", fq)
         return
     names: list[str] = list(getattr(module, "_flat_weights_names", []))
-    fqs = nn.ModuleDict({n: _fitted(getattr(module, n), weight, learn_scale) for n in names if n.startswith("weight_")})
+    fqs = nn.ModuleDict({n: fitted_weight_quantizer(getattr(module, n), weight, learn_scale) for n in names if n.startswith("weight_")})
     module.__class__ = cls
     module.add_module("weight_fqs", fqs)

@@ -36,9 +36,8 @@ from torchslim.prune.structured import STRUCTURED_GRANULARITIES
 from torchslim.quant import QuantizeConfig, quantize_
 from torchslim.quant.qat import KDConfig, qat_finetune
 from torchslim.report import Report
-from torchslim.rundir import MAX_NAME_BYTES, check_name, is_run_file
 from torchslim.stages.base import STAGES, StageContext, StageResult, StageSpec, technique_stage
-from torchslim.stages.export import EXPORT_STAGE
+from torchslim.stages.export import EXPORT_STAGE, run_file_name
 from torchslim.train import TrainConfig, finetune
 from torchslim.zoo.spec import ModelSpec
 
@@ -126,19 +125,7 @@ class EncodeStage(Config):
     @field_validator("file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        try:
-            check_name(v, "file")
-        except TorchslimError:
-            raise ValueError(
-                f"must be a plain file name (it is written inside the run directory): no '/', '..' or control "
-                f"characters, at most {MAX_NAME_BYTES} UTF-8 bytes"
-            ) from None
-        if is_run_file(v):
-            raise ValueError(
-                "names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): "
-                "choose another name"
-            )
-        return v
+        return run_file_name(v)
 
     def run_files(self) -> list[str]:
         """The files this stage writes into the run directory (the run lists them in its manifest first)."""

@@ -39,7 +39,36 @@ from torchslim.report import Report
 from torchslim.rundir import MAX_NAME_BYTES, check_name, is_run_file
 from torchslim.stages.base import StageContext, StageResult, StageSpec
 
-__all__ = ["EXPORT_STAGE", "ExportCheckConfig", "ExportStage", "run_export"]
+__all__ = ["EXPORT_STAGE", "ExportCheckConfig", "ExportStage", "run_export", "run_file_name"]
+
+
+def run_file_name(v: str) -> str:
+    """``v`` if it may name a file a stage writes inside the run directory; else ``ValueError`` saying why.
+
+    A plain name (no ``/``, ``..`` or control characters, at most ``MAX_NAME_BYTES`` UTF-8 bytes) that is
+    not one of the run's own files. Shared by the ``file`` validators of the stages that write one.
+
+    Example:
+        >>> run_file_name("model.onnx")
+        'model.onnx'
+        >>> run_file_name("report.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): choose another name
+    """
+    try:
+        check_name(v, "file")
+    except TorchslimError:
+        raise ValueError(
+            f"must be a plain file name (it is written inside the run directory): no '/', '..' or control "
+            f"characters, at most {MAX_NAME_BYTES} UTF-8 bytes"
+        ) from None
+    if is_run_file(v):
+        raise ValueError(
+            "names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): "
+            "choose another name"
+        )
+    return v
 
 
 class ExportCheckConfig(Config):
@@ -86,19 +115,7 @@ class ExportStage(Config):
     @field_validator("file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        try:
-            check_name(v, "file")
-        except TorchslimError:
-            raise ValueError(
-                f"must be a plain file name (it is written inside the run directory): no '/', '..' or control "
-                f"characters, at most {MAX_NAME_BYTES} UTF-8 bytes"
-            ) from None
-        if is_run_file(v):
-            raise ValueError(
-                "names a file the run itself writes (state.json, recipe.json, manifest.json, report.*, stage-NN-*): "
-                "choose another name"
-            )
-        return v
+        return run_file_name(v)
 
     @model_validator(mode="after")
     def _format_fields(self) -> ExportStage:

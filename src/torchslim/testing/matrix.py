@@ -219,17 +219,22 @@ def _masked(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return out
 
 
+def _dropped(what: str, before: int, after: int) -> float:
+    """``after / before``; :class:`CheckFailed` naming ``what`` when it did not drop."""
+    if after >= before:
+        raise CheckFailed(f"{what} did not drop ({before} -> {after})")
+    return after / before
+
+
 def _unstructured(model: nn.Module, arch: Architecture) -> str:
     shape, nz0 = output_of(model, arch.example).shape, count_nonzeros(model)
     report = prune_(model, {"sparsity": 0.5, "keep_first_last": False})
     check_output(model, arch, shape)
     if not _masked(model):
         raise CheckFailed("no mask attached")
-    nz1 = count_nonzeros(model)
-    if nz1 >= nz0:
-        raise CheckFailed(f"non-zeros did not drop ({nz0} -> {nz1})")
+    ratio = _dropped("non-zeros", nz0, count_nonzeros(model))
     check_accounted(model, [report])
-    return f"nonzeros x{nz1 / nz0:.2f}"
+    return f"nonzeros x{ratio:.2f}"
 
 
 def _nm(model: nn.Module, arch: Architecture) -> str:
@@ -290,11 +295,9 @@ def _factorize(model: nn.Module, arch: Architecture) -> str:
         check_output(model, arch, shape)  # the training path (no fused fast paths) reads weights directly
     finally:
         model.eval()
-    params1 = count_params(model)
-    if params1 >= params0:
-        raise CheckFailed(f"parameters did not drop ({params0} -> {params1})")
+    ratio = _dropped("parameters", params0, count_params(model))
     check_accounted(model, [report])
-    return f"params x{params1 / params0:.2f}"
+    return f"params x{ratio:.2f}"
 
 
 def _share(model: nn.Module, arch: Architecture) -> str:
