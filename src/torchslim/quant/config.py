@@ -30,6 +30,12 @@ class WeightQuantConfig(Config):
         observer: ``minmax`` or ``mse`` (clipping search); ``percentile`` also works.
         narrow: symmetric range without the most negative integer (2 bits: ternary
             ``{-1, 0, 1}``; 8 bits: ``[-127, 127]``).
+        rounding: ``nearest`` (round to nearest) or ``kernel_sum``: convolutions with a
+            spatial kernel (per output and input channel pair, e.g. a depthwise 3×3) are
+            rounded so the kernel's integer sum is the nearest to its float sum (the taps
+            closest to the other rounding are moved by one step), so a kernel whose taps
+            cancel keeps its response to flat regions (see
+            :func:`~torchslim.quant.model.preserve_kernel_sums_`). Other layers round to nearest.
     """
 
     bits: int = Field(default=8, ge=2, le=8)
@@ -38,6 +44,7 @@ class WeightQuantConfig(Config):
     group_size: int | None = Field(default=None, ge=1)
     observer: str = "minmax"
     narrow: bool = False
+    rounding: Literal["nearest", "kernel_sum"] = "nearest"
 
     @field_validator("observer")
     @classmethod

@@ -39,7 +39,7 @@ from torch import nn
 from torchslim.errors import TorchslimError, TransformRefusedError  # noqa: F401 - importable from here as before
 from torchslim.graph.trace import TraceError, fx_trace
 from torchslim.measure.macs import batch_inputs, call_model, eval_mode
-from torchslim.quant.affine import QParams
+from torchslim.quant.affine import QParams, dequantize, expand_qparam, quantize
 from torchslim.quant.attention import QuantMultiheadAttention, quantize_attention_input
 from torchslim.quant.config import ActQuantConfig, WeightQuantConfig  # noqa: F401 - the doctests and old imports
 from torchslim.quant.fake import FakeQuantize
@@ -70,7 +70,7 @@ __all__ = [  # the layer classes and swaps live in torchslim.quant.layers; their
     "QuantConv2d", "QuantConv3d", "QuantLinear", "SharedFakeQuantize", "activation_quantizers", "calibrate",
     "float_weights", "is_quantized", "layer_quantizers", "place_activation_quant", "quantizable_layers",
     "quantizable_modules", "scale_range", "set_enabled", "set_observing", "swap_layer", "swap_module",
-    "weight_quantizers", "weights_of", "add_points",
+    "weight_quantizers", "weights_of", "add_points", "preserve_kernel_sums_",
 ]
 
 
@@ -465,3 +465,64 @@ def scale_range(qp: QParams) -> tuple[float, float]:
     """
     s = qp.scale.detach().float()
     return float(s.min()), float(s.max())
+
+
+# ----------------------------------------------------------------------------- weight rounding
+
+
+@torch.no_grad()
+def preserve_kernel_sums_(layer: nn.Module) -> bool:
+    """Round a quantized convolution's weight so every spatial kernel keeps its sum; the float weight is
+    set to the result (on the grid, so the layer's quantizer and ONNX ``QuantizeLinear`` give it back).
+
+    Per output/input channel pair the integer taps' sum is made the nearest integer to the
+    float taps' sum (in steps): after rounding to nearest, the taps nearest to rounding the
+    other way move by one step (never past the integer range). A kernel whose taps cancel
+    (an edge filter) then keeps its near-zero response to flat regions; rounded to nearest,
+    nine taps leave an error of about one step in the sum, which flat inputs turn into a
+    spurious output (on MobileNetV2's first depthwise convolution with up-scaled
+    Fashion-MNIST images: output SQNR 19.6 dB from that layer's 8-bit weights alone).
+    Only layers with a spatial kernel of more than one tap and per-tensor or per-channel
+    scales are changed (the weight's scale is unchanged).
+
+    Returns:
+        Whether the weight was changed.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 1, 3, bias=False)
+        >>> steps = torch.tensor([127.5, 10.4, 20.4, 5.4, -3.6, -40.6, 7.4, 2.4, -100.6])   # each 0.4 off the grid
+        >>> conv.weight.data = (steps / 127.5).view(1, 1, 3, 3); swap_layer(conv, WeightQuantConfig())
+        >>> nearest = torch.round(steps).clamp(-128, 127)
+        >>> round(float(nearest.sum() - steps.sum()), 2)         # rounded to nearest: the sum is 3.7 steps off
+        -3.7
+        >>> preserve_kernel_sums_(conv)
+        True
+        >>> q = quantize(conv.weight, conv.weight_fq.qparams()).float()
+        >>> round(float(q.sum() - steps.sum()), 2), int((q.flatten() - nearest).sum())
+        (0.3, 4)
+    """
+    fq = getattr(layer, "weight_fq", None)
+    weight = getattr(layer, "weight", None)
+    if not isinstance(fq, FakeQuantize) or not isinstance(weight, torch.Tensor) or weight.dim() < 3:
+        return False
+    taps = weight[0, 0].numel()
+    qp = fq.qparams()
+    if taps < 2 or qp.group_size is not None or (qp.axis is not None and qp.axis != 0):
+        return False
+    w = weight.float()
+    scale = expand_qparam(qp.scale, w, qp.axis, None)
+    zp = expand_qparam(qp.zero_point, w, qp.axis, None).float()
+    exact = (w / scale + zp).flatten(2)  # (out, in, taps), in steps
+    q = quantize(w, qp).float().flatten(2)
+    need = torch.round(exact.sum(-1) - q.sum(-1))  # steps the kernel's sum is off by
+    direction = torch.sign(need).unsqueeze(-1)
+    movable = (q + direction >= qp.qmin) & (q + direction <= qp.qmax)
+    eagerness = torch.where(movable, (exact - q) * direction, torch.full_like(q, -float("inf")))
+    rank = eagerness.argsort(-1, descending=True).argsort(-1)
+    move = (rank < need.abs().unsqueeze(-1)) & movable & (direction != 0)
+    q = q + direction * move
+    if not bool(move.any()):
+        return False
+    snapped = dequantize(q.reshape(weight.shape).to(torch.int32), qp)
+    weight.copy_(snapped.to(weight.dtype))
+    return True

@@ -43,7 +43,14 @@ from torchslim.quant.layers import (
     weights_of,
 )
 from torchslim.quant.metrics import LOGITS_PLACES, comparable_output, output_agreement  # noqa: F401 - as before
-from torchslim.quant.model import ACT_DICT, activation_quantizers, calibrate, place_activation_quant, scale_range
+from torchslim.quant.model import (
+    ACT_DICT,
+    activation_quantizers,
+    calibrate,
+    place_activation_quant,
+    preserve_kernel_sums_,
+    scale_range,
+)
 from torchslim.quant.smooth import attach_input_scales, smooth_layernorm_inputs_
 from torchslim.quant.weight_only import QuantEmbedding, QuantGRU, QuantLSTM
 from torchslim.report import LayerReport, Report, SkippedLayer
@@ -195,6 +202,8 @@ def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, 
     for name, module in list(work.named_modules()):
         if name in wcfg_of:
             swap_module(module, wcfg_of[name], learn_scale=config.learn_scale)
+            if wcfg_of[name].rounding == "kernel_sum":
+                preserve_kernel_sums_(module)
     if config.mode == "static":
         placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale)
         meta["activation_placement"] = {
