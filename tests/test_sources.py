@@ -210,13 +210,19 @@ def test_entry_point_cnn_with_weights_runs_from_a_subprocess_without_pythonpath(
     (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(recipe(
         name="cnn", model={"name": "mycnn:build", "weights": "mycnn.safetensors"}, device="auto",
         stages=[{"type": "train", "epochs": 1, "lr": 0.05},
-                {"type": "prune", "sparsity": 0.5, "keep_first_last": False, "finetune": {"epochs": 1}}])))
+                {"type": "prune", "granularity": "channel", "sparsity": 0.5, "round_to": 1, "keep_first_last": False,
+                 "finetune": {"epochs": 1}},
+                {"type": "quantize", "mode": "static"},
+                {"type": "export", "format": "onnx", "file": "cnn.onnx"}])))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cmd = [sys.executable, "-I", "-c", "from torchslim.cli import entry; entry()"]  # -I: no cwd on sys.path
     done = subprocess.run([*cmd, "run", "cnn.yaml", "--output", "runs/cnn"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "runs" / "cnn" / "report.json").read_text())
-    assert report["meta"]["device"] in ("cpu", "cuda:0") and report["after"]["nonzeros"] < report["after"]["params"]
+    assert report["meta"]["device"] in ("cpu", "cuda:0")
+    assert report["after"]["macs"] < report["before"]["macs"]  # channels physically removed
+    assert report["meta"]["after_measured_on"] == "cnn.onnx in ONNX Runtime (CPU)"  # the after-figures are the int8 file's
+    assert (tmp_path / "runs" / "cnn" / "cnn.onnx").stat().st_size > 0
 
 
 def test_device_cpu_auto_and_cuda_refused_without_cuda(tmp_path):
