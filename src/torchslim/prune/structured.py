@@ -217,6 +217,8 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
     title = "prune (structured)"
     config = StructuredPruneConfig
     verb = "prune"
+    function = "prune_"  # structured pruning is prune_ with granularity channel, head or block
+    handles = (nn.Linear, *_CONVS, nn.MultiheadAttention)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The layers that may produce prunable channels (groups and blocks are found on the trace)."""
