@@ -156,7 +156,10 @@ def test_each_verb_names_what_it_handles_and_why_it_left_a_layer() -> None:
     assert drop["blocks.0"].startswith("kept: block_influence score ") and drop["blocks.0"].endswith("(blocks.1)")
     assert drop["norm"].startswith("LayerNorm: in no candidate block (drop_layers_ removes whole blocks")
     assert not [n for n in drop if n.startswith("blocks.0.")]
-    channel = {s.name: s.reason for s in VERBS["prune_channel"](Mixed().eval()).skipped}
+    pruned = VERBS["prune_channel"](Mixed().eval())
+    channel = {s.name: s.reason for s in pruned.skipped}
+    assert channel["fc2"].startswith("partly pruned (see its layer row); this group's channels were kept: frozen: ")
+    assert "fc2" in {layer.name for layer in pruned.layers}
     assert channel["emb"].startswith("Embedding: prune_ handles Linear, Conv1d, Conv2d, Conv3d, MultiheadAttention (not this")
 
 

@@ -119,7 +119,9 @@ def test_branches_gates_and_residuals_prune_exactly_with_the_macs_of_torch_pruni
     x = torch.randn(1, *shape)
     macs0 = macs(model, x)
     report = prune_structured_(model, {"sparsity": 0.5, "keep_first_last": False, "round_to": 1}, example_input=x)
-    assert [s.reason for s in report.skipped] == ["frozen: reaches the model output"]
+    assert [s.reason for s in report.skipped] == [
+        "partly pruned (see its layer row); this group's channels were kept: frozen: reaches the model output"
+    ]
     ratio = macs(model, x) / macs0
     assert ratio < 0.4  # the whole block shrinks, not only the squeeze-excite's hidden layer
     xs = torch.randn(3, *shape)
@@ -259,7 +261,9 @@ def test_a_class_token_and_positions_held_by_the_model_are_cut_with_the_stream_e
     x, xs = torch.randn(1, 3, 16, 16), torch.randn(3, 3, 16, 16)
     r = prune_structured_(model, {"sparsity": 0.5, "keep_first_last": False, "round_to": 1}, example_input=x)
     step = r.meta["structure_step"]
-    assert [s.reason for s in r.skipped] == ["frozen: reaches the model output"]
+    assert [s.reason for s in r.skipped] == [
+        "partly pruned (see its layer row); this group's channels were kept: frozen: reaches the model output"
+    ]
     assert model.patch.out_channels == 8 and model.cls.shape == (1, 1, 8) and model.pos.shape == (1, 17, 8)
     assert step["params"]["cls"] == step["params"]["pos"] == step["modules"]["patch"]["out"] == step["modules"]["head"]["in"]
     zero_removed(ref, step)

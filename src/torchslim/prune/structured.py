@@ -271,7 +271,13 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
         meta = {"macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / max(1, macs1), "structure_step": work.steps[-1]}
         if work.block_step is not None:
             meta["block_step"] = work.block_step
-        return Report(title=self.title, technique=f"{self.name}:{cfg.granularity}", layers=layers, skipped=plan.skipped, meta=meta)
+        changed = {layer.name for layer in layers}
+        skipped = [  # a layer changed through one group and frozen in another: say that it is partly pruned
+            SkippedLayer(s.name, f"partly pruned (see its layer row); this group's channels were kept: {s.reason}")
+            if s.name in changed else s
+            for s in plan.skipped
+        ]
+        return Report(title=self.title, technique=f"{self.name}:{cfg.granularity}", layers=layers, skipped=skipped, meta=meta)
 
 
 #: the structured pruning technique (channel, head, block)
