@@ -42,6 +42,7 @@ from torchslim.fold.planner import NONLINEAR_FUNCTIONS, NONLINEAR_MODULES, Fold,
 from torchslim.graph.surgery import replace_module
 from torchslim.graph.trace import TracedPart, TraceError, trace_parts
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import left_as_was
 from torchslim.targets import select_layers
 from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, run
 
@@ -164,7 +165,7 @@ class FoldTechnique(Technique[FoldConfig, FoldPlan]):
         """
         if not name or not isinstance(module, self.handles):
             return super().skip_reason(name, module, params)
-        left = f"{', '.join(params)} left as {'they were' if len(params) > 1 else 'it was'}"
+        left = left_as_was(params)
         what = "no Conv/Linear before it" if isinstance(module, BATCHNORMS) else "no BatchNorm after it, no layer to merge it with"
         return f"{type(module).__name__}: nothing to fold with ({what}); {left}"
 

@@ -50,6 +50,7 @@ from torchslim.graph.surgery import get_module, remove_from_container
 from torchslim.measure.macs import call_model, eval_mode
 from torchslim.registry import Registry
 from torchslim.report import LayerReport, Report, SkippedLayer
+from torchslim.report.coverage import left_as_was
 from torchslim.targets import select_layers
 from torchslim.technique import Inputs, Plan, Selection, Technique, legacy_inputs, refuse_if_empty, run
 
@@ -331,7 +332,7 @@ class DropLayersTechnique(Technique[DropLayersConfig, DropPlan]):
         """
         if name == "":
             return super().skip_reason(name, module, params)
-        left = f"{', '.join(params)} left as {'they were' if len(params) > 1 else 'it was'}"
+        left = left_as_was(params)
         return f"{type(module).__name__}: in no candidate block (drop_layers_ removes whole blocks, chosen by `blocks`); {left}"
 
 

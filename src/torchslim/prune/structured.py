@@ -46,7 +46,6 @@ from torchslim.prune.blocks import block_step
 from torchslim.prune.channels import (
     bisect_sparsity,
     channel_step,
-    dense_attention,
     group_scores,
     select_groups,
     weight_scores,
@@ -233,8 +232,7 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
         """Trace, select, score and decide the structure step(s); the model is not changed."""
         filter_fn = selection.filter_fn if isinstance(selection, DeferredSelection) else None
         x = _example(inputs.example_input, inputs.calibration)
-        with dense_attention():
-            macs0 = count_macs(model, x)
+        macs0 = count_macs(model, x)
         if cfg.granularity == "block":
             step, removed, skipped = block_step(model, cfg, x, inputs.calibration, filter_fn)
             work = StructureWork(x, [step], cfg.criterion, removed)
@@ -266,8 +264,7 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
     def report(self, model: nn.Module, cfg: StructuredPruneConfig, plan: Plan, layers: list[LayerReport]) -> Report:
         """MACs before and after, the structure step(s) applied (replayable)."""
         work: StructureWork = plan.work
-        with dense_attention():
-            macs0, macs1 = plan.meta["macs_before"], count_macs(model, work.x)
+        macs0, macs1 = plan.meta["macs_before"], count_macs(model, work.x)
         meta = {"macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / max(1, macs1), "structure_step": work.steps[-1]}
         if work.block_step is not None:
             meta["block_step"] = work.block_step

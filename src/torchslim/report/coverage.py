@@ -27,13 +27,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
 from torchslim.report.model import Report, SkippedLayer
 
-__all__ = ["NORMALIZATIONS", "covers", "skip_reason", "unaccounted_parameters", "unlisted_layers"]
+__all__ = ["NORMALIZATIONS", "covers", "left_as_was", "skip_reason", "unaccounted_parameters", "unlisted_layers"]
 
 #: normalisation layers: their scales and shifts are not weights any verb compresses
 NORMALIZATIONS: tuple[type[nn.Module], ...] = (
@@ -117,6 +117,16 @@ def unlisted_layers(model: nn.Module, report: Report, reason: ReasonFn, *, exemp
     return out
 
 
+
+def left_as_was(params: Sequence[str]) -> str:
+    """``"weight left as it was"`` / ``"weight, bias left as they were"``: the tail of a skip reason.
+
+    Example:
+        >>> left_as_was(["weight", "bias"])
+        'weight, bias left as they were'
+    """
+    return f"{', '.join(params)} left as {'they were' if len(params) > 1 else 'it was'}"
+
 def skip_reason(
     name: str, module: nn.Module, params: list[str], verb: str, done: str, handles: tuple[type[nn.Module], ...] = ()
 ) -> str:
@@ -140,7 +150,7 @@ def skip_reason(
     """
     kind = type(module).__name__
     held = ", ".join(params)
-    left = f"{held} left as {'they were' if len(params) > 1 else 'it was'}"
+    left = left_as_was(params)
     if name == "":
         return f"{kind} (the model itself) holds {held} directly: {verb} transforms layers, not parameters held by the model"
     if isinstance(module, NORMALIZATIONS):
