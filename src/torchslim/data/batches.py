@@ -78,6 +78,8 @@ def _labels(labels: Any, index: int) -> torch.Tensor | None:
 def move(obj: Any, device: torch.device | str | None) -> Any:
     """``obj`` with every tensor in it (in dicts, tuples and lists) moved to ``device`` (``None``: unchanged).
 
+    Copies to an accelerator are asynchronous; copies to the CPU are not (the caller reads them at once).
+
     Example:
         >>> move({"a": torch.zeros(1), "b": [torch.ones(1)]}, "cpu")["b"][0].device.type
         'cpu'
@@ -85,7 +87,7 @@ def move(obj: Any, device: torch.device | str | None) -> Any:
     if device is None:
         return obj
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        return obj.to(device, non_blocking=torch.device(device).type != "cpu")
     if isinstance(obj, Mapping):
         return {k: move(v, device) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):

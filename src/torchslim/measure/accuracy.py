@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.data.batches import BATCH_FORMS, split_batch
+from torchslim.data.batches import BATCH_FORMS, move, split_batch
 from torchslim.errors import TorchslimError
 from torchslim.measure.macs import call_model, eval_mode
 
@@ -51,18 +51,6 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def _to(obj: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
 def _batches(model: nn.Module, loader: Iterable[Any]) -> Any:
     device = _model_device(model)
     for i, batch in enumerate(loader):
@@ -71,7 +59,7 @@ def _batches(model: nn.Module, loader: Iterable[Any]) -> Any:
         x, y = split_batch(batch, i) if isinstance(batch, (Mapping, tuple, list)) else (batch, None)
         if y is None:
             raise TorchslimError(f"loader batch {i} has no targets: accuracy needs labelled batches, {BATCH_FORMS.split(', ', 1)[1]}")
-        x, y = _to(x, device), _to(y, device)
+        x, y = move(x, device), move(y, device)
         logits = logits_of(call_model(model, x))
         if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
             raise TorchslimError(

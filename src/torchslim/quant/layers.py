@@ -26,7 +26,7 @@ from torchslim.errors import TorchslimError
 from torchslim.quant.attention import QuantMultiheadAttention, swap_attention
 from torchslim.quant.config import WeightQuantConfig
 from torchslim.quant.fake import FakeQuantize
-from torchslim.quant.weight_only import WEIGHT_ONLY_CLASS, swap_weight_only
+from torchslim.quant.weight_only import WEIGHT_ONLY_CLASS, fitted_weight_quantizer, swap_weight_only
 
 
 class _QuantMixin:
@@ -136,14 +136,11 @@ def swap_layer(module: nn.Module, weight: WeightQuantConfig, *, learn_scale: boo
     cls = QUANT_CLASS.get(type(module))
     if cls is None:
         raise TorchslimError(f"cannot quantize a {type(module).__name__}")
-    fq = FakeQuantize(weight.spec(), observer=weight.observer, learn_scale=learn_scale, per_call=True)
+    fq = fitted_weight_quantizer(module.get_parameter("weight"), weight, learn_scale)  # fixed until QAT observes per call
     module.__class__ = cls
     module.add_module("weight_fq", fq)
     module.add_module("input_fq", None)
     module.__dict__["_export_weight"] = None
-    with torch.no_grad():
-        fq.observe(module.get_parameter("weight"))
-    fq.observing = False  # weights are fixed until QAT switches per-call observation on
 
 
 

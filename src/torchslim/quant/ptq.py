@@ -33,6 +33,8 @@ from torchslim.quant.coverage import float_modules
 from torchslim.quant.fake import FakeQuantize
 from torchslim.quant.guard import GuardOutcome, run_guard, split_holdout
 from torchslim.quant.layers import (
+    OTHER_QUANTIZABLE,
+    QUANT_CLASS,
     QUANT_LAYERS,
     QUANT_MODULES,
     float_weights,
@@ -59,8 +61,6 @@ from torchslim.technique import FilterFn, Inputs, Plan, Selection, Technique, le
 
 #: the provenance kind of quantization records
 QUANT = "quant"
-#: where the compared tensor came from when :func:`comparable_output` finds it where ``logits_of`` did
-_LOGITS_PLACES = LOGITS_PLACES
 
 
 # ----------------------------------------------------------------------------- selection and per-layer configs
@@ -388,7 +388,7 @@ class Quantize(Technique[QuantizeConfig, Plan]):
     title = "quantize"
     config = QuantizeConfig
     verb = "quantize"
-    handles = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.Embedding, nn.GRU, nn.LSTM)
+    handles = (*QUANT_CLASS, *OTHER_QUANTIZABLE)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The float layers :func:`~torchslim.quant.layers.quantizable_modules` offers (exact classes)."""

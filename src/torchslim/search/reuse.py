@@ -108,6 +108,7 @@ class ActivationCache:
     def __init__(self, gm: fx.GraphModule, kept: list[dict[fx.Node, Any]], inputs: list[tuple[Any, ...]]) -> None:
         self.gm, self.kept, self.inputs = gm, kept, inputs
         self.nodes = list(gm.graph.nodes)
+        self._plans: dict[frozenset[str], tuple[set[fx.Node] | None, set[fx.Node]]] = {}  # per dirty set
 
     @classmethod
     def build(cls, model: nn.Module, inputs: list[Any], dirty_sets: Iterable[set[str]]) -> ActivationCache | None:
@@ -160,9 +161,13 @@ class ActivationCache:
 
     def forward(self, work: nn.Module, index: int, dirty: set[str]) -> Any:
         """``work``'s output on batch ``index``, recomputing only the nodes downstream of ``dirty`` when possible."""
-        down = self.downstream(dirty)
+        key = frozenset(dirty)
+        if key not in self._plans:  # the same for every batch: found once per dirty set
+            down = self.downstream(dirty)
+            self._plans[key] = (down, set() if down is None else self.needed(down))
+        down, needed = self._plans[key]
         kept = self.kept[index]
-        if down is None or not self.needed(down) <= kept.keys():
+        if down is None or not needed <= kept.keys():
             return work(*self.inputs[index])
         env = {n: kept.get(n) for n in self.nodes if n not in down}
         return _Partial(self.gm, work).run(*self.inputs[index], initial_env=env)

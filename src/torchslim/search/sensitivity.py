@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from torchslim.data import DataBundle
-from torchslim.data.batches import move, split_batch
+from torchslim.data.batches import batch_size_of, move, split_batch
 from torchslim.data.core import first_sample
 from torchslim.errors import TorchslimError
 from torchslim.graph.transaction import snapshot
@@ -141,7 +141,7 @@ class Validation:
 
     @property
     def samples(self) -> int:
-        return sum(int(batch_samples(x)) for x, _ in self.batches)
+        return sum(int(batch_size_of(x)) for x, _ in self.batches)
 
     def measure(self, model: nn.Module, metric: str, changed: set[str] | None = None) -> Scores:
         """Accuracy and mean loss over the batches (the first one only for ``sqnr``) and the first batch's SQNR.
@@ -165,17 +165,6 @@ class Validation:
         if metric == "sqnr":
             return Scores(None, None, sqnr)
         return Scores(correct / seen, total / seen, sqnr)
-
-
-def batch_samples(inputs: Any) -> int:
-    """Samples in a batch's inputs (the first tensor's first dimension)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, dict):
-        return batch_samples(next(iter(inputs.values())))
-    if isinstance(inputs, (tuple, list)) and inputs:
-        return batch_samples(inputs[0])
-    return 0
 
 
 def _validation(model: nn.Module, data: DataBundle | Iterable[Any], cfg: SensitivityConfig, loss_fn: LossFn | None) -> Validation:
@@ -364,7 +353,7 @@ def sensitivity(
             analyses.append(_analysis_result(analysis.name, analysis.setting, settings, results, time.perf_counter() - t0))
     return SensitivityResult(
         model=type(model).__name__, metric=cfg.metric, higher_is_better=cfg.metric != "loss", seed=cfg.seed,
-        samples=0 if cfg.metric == "sqnr" else val.samples, proxy_samples=batch_samples(val.batches[0][0]),
+        samples=0 if cfg.metric == "sqnr" else val.samples, proxy_samples=batch_size_of(val.batches[0][0]),
         baseline=baseline, params=base.params, nonzeros=base.nonzeros, bytes=base.bytes, macs=base.macs,
         config=cfg.model_dump(mode="json"), analyses=analyses, wall_s=round(time.perf_counter() - start, 6),
     )
