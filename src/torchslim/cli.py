@@ -1,4 +1,4 @@
-"""The ``torchslim`` command: demo, run, validate, evaluate, report, inspect, sensitivity.
+"""The ``torchslim`` command: demo, run, validate, evaluate, report, inspect, sensitivity, search.
 
 Exit codes: 0 success; 2 bad input or a refusal (an invalid recipe, a command-line
 value out of range, a file that does not fit: one message, no traceback); 130
@@ -170,6 +170,13 @@ def run(
     loaded = load_recipe(recipe)
     if output is None:
         _refuse_file(loaded.output, "the recipe's output")
+    if loaded.search is not None:  # stages, then the search from their result (docs/search.md)
+        from torchslim.search.block import run_searched
+        from torchslim.search.outcome import markdown
+
+        found = run_searched(loaded, output=output, resume=resume, overwrite=force, console=_plain_console(), device=device)
+        Console().print(markdown(found), markup=False, highlight=False, soft_wrap=True)  # the tables: stdout
+        return
     _print_result(run_recipe(loaded, resume=resume, overwrite=force, output=output, console=_plain_console(), device=device))
 
 
@@ -394,6 +401,33 @@ def sensitivity(
     from torchslim.search.cli import run_sensitivity
 
     run_sensitivity(model, data, out, weights, metric, analyses, seed, batches, batch_size)
+
+
+@app.command()
+@_friendly
+def search(
+    out: Annotated[Path, typer.Option(help="Output directory: study.db, search.json, pareto.md/png, chosen.yaml, replay/.")],
+    model: Annotated[str | None, typer.Option(help="zoo:NAME, package.module:function or hf:DIR (a trained model).")] = None,
+    data: Annotated[str | None, typer.Option(help="Registered data set name or package.module:function.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Trained weights: safetensors / torchslim checkpoint.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe: its model and data, and its search: block as the config.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Largest accuracy drop on validation, in points (default 1.0).")] = None,
+    objective: Annotated[str | None, typer.Option(help="bytes, macs or latency (ONNX Runtime, batch 32, 2 threads).")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="Stop starting trials after this long: 90s, 30m, 1.5h.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials of the refinement stage (default 24).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes sharing the study.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite in --out); postgresql://... to share.")] = None,
+    study: Annotated[str | None, typer.Option(help="The study's name in the storage.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler and of every plan's stages.")] = None,
+    singles: Annotated[bool | None, typer.Option("--singles/--no-singles", help="Also search each family alone.")] = None,
+    replay: Annotated[bool | None, typer.Option("--replay/--no-replay", help="Replay the chosen recipe at the end.")] = None,
+) -> None:
+    """Search the smallest/fastest plan within an accuracy budget across every family; see docs/search.md."""
+    from torchslim.search.cli import parse_time, run_search
+
+    options = {"budget": budget, "objective": objective, "time": parse_time(time), "trials": trials, "workers": workers,
+               "storage": storage, "study": study, "seed": seed, "singles": singles, "replay": replay}
+    run_search(model, data, out, weights=weights, recipe=recipe, options=options)
 
 
 def entry() -> None:

@@ -429,6 +429,10 @@ def run_recipe(
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    if recipe.search is not None:
+        raise TorchslimError(
+            f"recipe {recipe.name!r} has a search: block: run it with `torchslim run` or torchslim.search.block.run_searched"
+        )
     console = console or Console(stderr=True)
     where = resolve_device(device or recipe.device)  # refused before the run directory is touched
     out = run_directory(recipe.name, recipe.output, output)

@@ -120,8 +120,15 @@ class _RecipeHead(Config):
     data: DataSpec
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     output: str | None = Field(default=None, min_length=1)
-    stages: list[Any] = Field(min_length=1, max_length=MAX_STAGES)
+    stages: list[Any] = Field(default_factory=list, max_length=MAX_STAGES)
     device: str | None = None
+    search: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> _RecipeHead:
+        if not self.stages and self.search is None:
+            raise ValueError("stages: a recipe needs at least one stage (or a search: block)")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -191,6 +198,7 @@ class Recipe(BaseModel):
     stages: list[Stage]
     source: str | None = None
     device: str | None = None
+    search: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data (YAML/JSON-ready, defaults filled in; ``device`` only when given)."""
@@ -206,6 +214,8 @@ class Recipe(BaseModel):
         }
         if self.device is not None:
             out["device"] = self.device
+        if self.search is not None:
+            out["search"] = self.search
         return out
 
     def fingerprint(self) -> str:
@@ -410,6 +420,7 @@ def parse_recipe(data: Any, *, source: str | None = None) -> Recipe:
         stages=stages,
         source=source,
         device=head.device,
+        search=head.search,
     )
 
 

@@ -99,3 +99,59 @@ def run_sensitivity(
     console = Console()
     console.print(table, markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {path} ({len(plots)} plots) in {result.wall_s:.1f} s", markup=False, highlight=False)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_time(text: str | None) -> float | None:
+    """``90``, ``90s``, ``30m``, ``1.5h`` -> seconds (``None`` stays ``None``).
+
+    >>> parse_time("30m"), parse_time("90"), parse_time(None)
+    (1800.0, 90.0, None)
+    """
+    if text is None:
+        return None
+    t = text.strip().lower()
+    scale = _UNITS.get(t[-1:], None)
+    number = t[:-1] if scale is not None else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ConfigError([ConfigIssue("--time", "must be a number of seconds, or end in s, m or h (30m, 1.5h)", text)],
+                          "the command line") from None
+    if not 0 < value < 1e7:
+        raise ConfigError([ConfigIssue("--time", "must be between 0 and 10,000,000 seconds", text)], "the command line")
+    return value
+
+
+def run_search(
+    model: str | None, data: str | None, out: Path, *, weights: Path | None = None, recipe: Path | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``torchslim search``: the head from ``--recipe`` or ``--model/--data/--weights``; the config from the
+    recipe's ``search:`` block, overridden by the options given on the command line."""
+    from torchslim.recipe import read_recipe_data
+    from torchslim.search.api import search
+    from torchslim.search.outcome import markdown
+
+    raw: dict[str, Any] = {}
+    if recipe is not None:
+        data_in = read_recipe_data(recipe)
+        if not isinstance(data_in, dict):
+            raise ConfigError([ConfigIssue("--recipe", "must be a mapping (a recipe)", str(recipe))], "the command line")
+        raw = dict(data_in.get("search") or {})
+        head = {k: v for k, v in data_in.items() if k in ("name", "seed", "model", "data", "measure")}
+    else:
+        if model is None or data is None:
+            raise ConfigError([ConfigIssue("--model", "give --model and --data (or --recipe)", model)], "the command line")
+        spec: dict[str, Any] = {"name": model}
+        if weights is not None:
+            spec["weights"] = str(weights)
+        head = {"name": "search", "model": spec, "data": {"name": data}}
+    raw.update({k: v for k, v in (options or {}).items() if v is not None})
+    if out.exists() and not out.is_dir():
+        raise TorchslimError(f"--out {out} is a file, not a directory")
+    result = search(head, raw, out=out)
+    Console().print(markdown(result), markup=False, highlight=False, soft_wrap=True)
+    return result

@@ -1,0 +1,164 @@
+"""The config of :func:`torchslim.search.search`: the budget, the objective, the space and how long to look.
+
+Example:
+    >>> cfg = SearchConfig.parse({"budget": 1.0, "objective": "latency", "trials": 12})
+    >>> cfg.space_families()
+    ['structured', 'blocks', 'lowrank', 'int8', 'fold', 'heal']
+    >>> SearchConfig.parse({"objective": "size"})
+    Traceback (most recent call last):
+        ...
+    torchslim.errors.ConfigError: 1 error(s) in config
+      - objective: Input should be 'bytes', 'macs' or 'latency' (got 'size')
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from torchslim.config import Config
+from torchslim.search.config import SensitivityConfig
+
+__all__ = ["FAMILIES", "HealConfig", "LatencyConfig", "SearchConfig"]
+
+Objective = Literal["bytes", "macs", "latency"]
+Family = Literal["structured", "blocks", "unstructured", "bits", "lowrank", "int8", "fold", "heal"]
+
+#: every family of the space, in the order a plan's stages run
+FAMILIES: tuple[str, ...] = ("structured", "blocks", "lowrank", "unstructured", "heal", "fold", "bits", "int8")
+
+#: which families move each objective (the default space); ``heal`` and ``fold`` are global switches
+_FOR_OBJECTIVE: dict[str, tuple[str, ...]] = {
+    "bytes": ("structured", "blocks", "lowrank", "unstructured", "bits", "heal"),
+    "macs": ("structured", "blocks", "lowrank", "fold", "heal"),
+    "latency": ("structured", "blocks", "lowrank", "int8", "fold", "heal"),
+}
+
+
+class HealConfig(Config):
+    """The short healing every candidate gets after its structural changes (a fine-tune or a distillation).
+
+    Attributes:
+        epochs: the epoch counts the search may choose from (``0``: no healing).
+        max_steps: at most this many optimizer steps per healing (a short heal; ``None``: whole epochs).
+        methods: ``finetune`` (labels only) and/or ``distill`` (from the model before compression).
+        lr: the peak learning rate (cosine schedule, SGD with Nesterov momentum).
+        batch_size: samples per step.
+        qat: let the search choose quantization-aware training (one healing pass with the quantizers in place).
+    """
+
+    epochs: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, max_length=8)
+    max_steps: int | None = Field(default=200, ge=1, le=10_000_000)
+    methods: list[Literal["finetune", "distill"]] = Field(
+        default_factory=lambda: ["finetune", "distill"], min_length=1  # type: ignore[arg-type]
+    )
+    lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    qat: bool = False
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v: list[int]) -> list[int]:
+        bad = [e for e in v if not 0 <= e <= 1000]
+        if bad:
+            raise ValueError(f"every epoch count must be in [0, 1000], got {bad}")
+        return sorted(set(v))
+
+
+class LatencyConfig(Config):
+    """Where the latency objective is measured: ONNX Runtime on this machine's CPU.
+
+    Attributes:
+        batch: samples per timed call.
+        threads: ONNX Runtime intra-op threads.
+        runs: timed calls (the median is the figure).
+    """
+
+    batch: int = Field(default=32, ge=1, le=4096)
+    threads: int = Field(default=2, ge=1, le=256)
+    runs: int = Field(default=20, ge=3, le=10_000)
+
+
+class SearchConfig(Config):
+    """What :func:`~torchslim.search.search` looks for.
+
+    Attributes:
+        budget: the largest accuracy drop accepted on the validation split, in points.
+        objective: minimise ``bytes`` (the ``.tslim`` file), ``macs`` or ``latency`` (the ONNX
+            file in ONNX Runtime, as ``latency`` says).
+        families: the families the search may combine (default: those that move the objective).
+        trials: trials of the refinement stage (the study's budget, across workers and restarts).
+        time: stop starting trials after this many seconds (``None``: only ``trials`` stops it).
+        workers: worker processes sharing the study (each with ``threads`` torch threads).
+        threads: torch threads per worker (``None``: torch's default with one worker, 1 with more).
+        storage: the Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``); default a
+            SQLite file ``study.db`` in the output directory. A search restarted on the same storage
+            and study continues: finished trials are not run again.
+        study: the study's name in the storage.
+        sampler: ``tpe`` (multi-objective TPE with the budget as a constraint) or ``nsga2``.
+        proposals: plans the fast stage (sensitivity knapsack) proposes; they are the study's
+            first trials.
+        singles: also search each family alone (a 1-D search at the same budget and healing), to
+            say what each family achieves alone and what the combination adds.
+        val_samples: validation samples each candidate is scored on (the test split is used only
+            by the final report).
+        max_one_shot_drop: a candidate whose drop before healing exceeds this (points) stops early.
+        seed: the seed of the sampler and of every candidate's stages.
+        heal: see :class:`HealConfig`.
+        latency: see :class:`LatencyConfig`.
+        min_ratio: also require the objective to be at least this many times smaller than the
+            unchanged model's (a plan short of it misses by the factor it lacks).
+        heartbeat: seconds between a worker's heartbeats; a trial whose worker has been silent for
+            three of them is marked failed (and run again once) when a worker next starts a trial.
+        replay: run the chosen plan's recipe with ``torchslim run`` at the end (its report is the
+            one measured on the test split).
+        sensitivity: the analysis the fast stage reads (a :class:`SensitivityConfig`); or
+            ``sensitivity_file``: a saved result to reuse.
+    """
+
+    budget: float = Field(default=1.0, ge=0.0, le=100.0)
+    objective: Objective = "bytes"
+    families: list[Family] | None = None
+    trials: int = Field(default=24, ge=1, le=100_000)
+    time: float | None = Field(default=None, gt=0.0, le=1e7)
+    workers: int = Field(default=1, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=256)
+    storage: str | None = Field(default=None, min_length=1, max_length=4096)
+    study: str = Field(default="torchslim-search", min_length=1, max_length=200)
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    proposals: int = Field(default=6, ge=0, le=100)
+    singles: bool = True
+    val_samples: int = Field(default=2000, ge=1, le=10_000_000)
+    max_one_shot_drop: float = Field(default=60.0, gt=0.0, le=100.0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    heal: HealConfig = Field(default_factory=HealConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    sensitivity: SensitivityConfig = Field(
+        default_factory=lambda: SensitivityConfig(metric="accuracy", batches=4, batch_size=256)
+    )
+    sensitivity_file: str | None = Field(default=None, min_length=1, max_length=4096)
+    min_ratio: float | None = Field(default=None, gt=1.0, le=1e6)
+    heartbeat: int = Field(default=10, ge=1, le=3600)
+    replay: bool = True
+
+    @field_validator("families")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"each family at most once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _families_fit(self) -> SearchConfig:
+        fams = set(self.space_families())
+        if self.objective == "latency" and "bits" in fams:
+            raise ValueError("families: 'bits' (weight-only) does not make ONNX Runtime faster; use 'int8' for latency")
+        if not fams - {"heal", "fold"}:
+            raise ValueError(f"families: nothing that compresses; allowed: {list(FAMILIES)}")
+        return self
+
+    def space_families(self) -> list[str]:
+        """The families searched, in the order a plan's stages run them."""
+        chosen = self.families if self.families is not None else _FOR_OBJECTIVE[self.objective]
+        return [f for f in ("structured", "blocks", "lowrank", "unstructured", "bits", "int8", "fold", "heal") if f in chosen]

@@ -1,0 +1,164 @@
+"""The refinement stage: an Optuna study over plans, stored, resumable and shared by worker processes.
+
+Every trial samples a plan (:func:`torchslim.search.plan.suggest`), scores it
+(:func:`torchslim.search.evaluate.score`) and returns two values to minimise, the
+objective and the accuracy drop, with ``drop - budget`` (and, with ``min_ratio``, the
+objective's shortfall) as Optuna constraints, so the sampler (multi-objective TPE or
+NSGA-II) learns where the budget holds. The study lives in its storage (SQLite in the
+output directory by default, or any RDB URL such as ``postgresql://user@host/db``): a
+search started again on the same storage and study continues where it stopped, and
+worker processes on this or other machines that open the same study share its trials.
+Workers keep a heartbeat; a trial whose worker died (no heartbeat for three intervals)
+is marked failed and run again once.
+
+Example:
+    >>> storage_url("runs/s")
+    'sqlite:///runs/s/study.db'
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from torchslim.errors import TorchslimError
+from torchslim.search.evaluate import Env, Hopeless, score
+from torchslim.search.plan import suggest
+from torchslim.search.result import SensitivityResult
+from torchslim.search.searchconfig import SearchConfig
+
+__all__ = ["FINISHED", "finished_trials", "open_study", "run_study", "run_workers", "storage_url"]
+
+
+#: the trial states that count against the trial budget
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def storage_url(out: str | Path, storage: str | None = None) -> str:
+    """The study's storage: ``storage`` as given, else ``sqlite:///<out>/study.db``."""
+    return storage if storage else f"sqlite:///{Path(out).as_posix()}/study.db"
+
+
+def open_study(cfg: SearchConfig, url: str) -> optuna.Study:
+    """Create the study or load it (same name, same storage): its finished trials stay."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; pinned with optuna==5.1.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(url, heartbeat_interval=cfg.heartbeat, grace_period=3 * cfg.heartbeat,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    sampler: optuna.samplers.BaseSampler
+    if cfg.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
+                                             n_startup_trials=max(4, cfg.proposals))
+    return optuna.create_study(storage=storage, study_name=cfg.study, sampler=sampler,
+                               directions=["minimize", "minimize"], load_if_exists=True)
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+
+
+def _record(trial: optuna.Trial, plan: Mapping[str, Any]) -> None:
+    trial.set_user_attr("plan", dict(plan))
+
+
+def objective_fn(env: Env) -> Callable[[optuna.Trial], tuple[float, float]]:
+    """The function a study optimises: plan, score, constraints (the figures are kept as user attributes)."""
+    cfg = env.cfg
+
+    def run(trial: optuna.Trial) -> tuple[float, float]:
+        plan = suggest(trial, cfg)
+        _record(trial, plan)
+        try:
+            s = score(env, plan)
+        except Hopeless as exc:
+            trial.set_user_attr("reason", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        except TorchslimError as exc:
+            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        ratio_gap = 0.0
+        if cfg.min_ratio is not None and env.baseline.objective > 0:
+            ratio_gap = cfg.min_ratio * s.objective / env.baseline.objective - 1.0
+        for key, value in (("accuracy", s.accuracy), ("drop", s.drop), ("objective", s.objective),
+                           ("seconds", s.seconds), ("stages", s.stages), ("measured_on", s.extra.get("measured_on"))):
+            trial.set_user_attr(key, value)
+        trial.set_constraint("drop_over_budget", s.drop - cfg.budget)  # feasible when <= 0
+        trial.set_constraint("ratio_short", ratio_gap)
+        return s.objective, s.drop
+
+    return run
+
+
+def enqueue_proposals(study: optuna.Study, plans: list[dict[str, Any]]) -> int:
+    """Queue the fast stage's plans as the first trials of a new study (none when it has trials already)."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    for p in plans:
+        study.enqueue_trial(p, skip_if_exists=True)
+    return len(plans)
+
+
+def run_study(env: Env, study: optuna.Study, *, callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+              deadline: float | None = None) -> None:
+    """Run trials in this process until the study has ``cfg.trials`` finished trials or the deadline passes."""
+    cfg = env.cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+    remaining = cfg.trials - len(finished_trials(study))
+    if remaining <= 0:
+        return
+    timeout = None if deadline is None else max(1.0, deadline - time.time())
+    callbacks: list[Any] = [MaxTrialsCallback(cfg.trials, states=FINISHED)]
+    if callback is not None:
+        callbacks.append(callback)
+    study.optimize(objective_fn(env), n_trials=remaining, timeout=timeout, callbacks=callbacks,
+                   catch=(TorchslimError, RuntimeError, ValueError), gc_after_trial=True, show_progress_bar=False)
+
+
+def _worker(head: dict[str, Any], cfg_data: dict[str, Any], url: str, sens_data: dict[str, Any] | None,
+            deadline: float | None) -> None:
+    """One worker process: its own model and data, the shared study."""
+    cfg = SearchConfig.parse(cfg_data)
+    torch.set_num_threads(cfg.threads or 1)
+    sens = SensitivityResult.from_dict(sens_data) if sens_data is not None else None
+    env = Env.build(head, cfg, sens)
+    run_study(env, open_study(cfg, url), deadline=deadline)
+
+
+def run_workers(env: Env, url: str, *, deadline: float | None, poll: Callable[[optuna.Study], None] | None = None) -> None:
+    """Run the study in ``cfg.workers`` processes (spawned) and wait for them, polling progress."""
+    cfg = env.cfg
+    sens = env.sens.to_dict() if env.sens is not None else None
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(env.head, cfg.model_dump(mode="json"), url, sens, deadline),
+                         daemon=True) for _ in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    study = open_study(cfg, url)
+    try:
+        while any(p.is_alive() for p in procs):
+            if poll is not None:
+                poll(study)
+            time.sleep(1.0)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if bad and not finished_trials(study):
+        raise TorchslimError(f"search workers exited with codes {bad} and finished no trial")

@@ -1,0 +1,178 @@
+"""``ts.search`` / ``torchslim search``: plans under a budget, resumption, workers, impossible budgets, replay.
+
+Every search here runs on LeNet-300-100 trained on the 8x8 digits (a few seconds), so the
+searches are small but real: real pruning, quantization, healing and measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from torchslim.data import load_data
+from torchslim.recipe import load_recipe
+from torchslim.search.api import search
+from torchslim.search.outcome import pareto
+from torchslim.search.plan import allocate
+from torchslim.search.result import SensitivityResult
+from torchslim.search.searchconfig import SearchConfig
+from torchslim.train import finetune
+from torchslim.zoo import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"sensitivity": {"batches": 1, "batch_size": 256}, "val_samples": 300,
+         "heal": {"epochs": [0, 1], "max_steps": 20, "methods": ["finetune"]}}
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory) -> dict:
+    """A recipe head naming LeNet-300-100 trained on digits (weights in a safetensors file)."""
+    torch.manual_seed(0)
+    data = load_data("digits")
+    model = create_model("lenet300", in_features=64)
+    finetune(model, data, {"epochs": 6, "lr": 0.1, "batch_size": 64, "schedule": "cosine"}, progress=False)
+    path = tmp_path_factory.mktemp("weights") / "lenet300.safetensors"
+    save_file(model.state_dict(), str(path))
+    return {"name": "digits-search", "seed": 0, "model": {"name": "zoo:lenet300", "args": {"in_features": 64},
+                                                          "weights": str(path)}, "data": "digits"}
+
+
+def test_bytes_search_beats_the_unchanged_model_within_budget_and_its_recipe_replays(head, tmp_path):
+    cfg = {**SMALL, "objective": "bytes", "budget": 1.0, "trials": 6, "proposals": 3,
+           "families": ["unstructured", "bits", "heal"]}
+    result = search(head, cfg, out=tmp_path, progress=False)
+    chosen = result["chosen"]
+    assert chosen is not None and chosen["drop"] <= 1.0
+    base = result["baseline"]["objective"]
+    assert chosen["objective"] < base / 4, (chosen, base)  # weight bits + sparsity: far smaller than fp32
+    # every trial the study finished is accounted for, the front is non-dominated
+    assert len(result["trials"]) == 6
+    front = pareto(result["trials"])
+    for r in front:
+        assert not any(o["objective"] <= r["objective"] and o["drop"] < r["drop"] for o in result["trials"]
+                       if o.get("status") == "ok" and o is not r)
+    # each family alone was searched at the same budget, and the combination is no worse than the best of them
+    alone = [r for r in result["alone"].values() if r]
+    assert alone and chosen["objective"] <= min(r["objective"] for r in alone) * 1.000001 or any(
+        t["objective"] < chosen["objective"] and t["drop"] <= 1.0 for t in result["singles"])
+    # the recipe is a recipe torchslim run replays to the same figures
+    recipe = load_recipe(tmp_path / "chosen.yaml")
+    assert [s.type for s in recipe.stages] == [s["type"] for s in chosen["stages"]]
+    replay = result["replay"]
+    assert abs(replay["val_accuracy"] - chosen["accuracy"]) <= 0.001
+    assert replay["objective"] == chosen["objective"]  # the same .tslim bytes
+    assert replay["test_accuracy"] is not None
+    for name in ("search.json", "pareto.md", "pareto.png", "sensitivity.json", "study.db"):
+        assert (tmp_path / name).exists(), name
+    assert "Pareto front" in (tmp_path / "pareto.md").read_text()
+
+
+def test_an_impossible_budget_returns_the_closest_plans_with_their_misses(head, tmp_path):
+    cfg = {**SMALL, "objective": "bytes", "budget": 0.0, "min_ratio": 1000.0, "trials": 3, "proposals": 2,
+           "families": ["bits"], "singles": False, "replay": False}
+    result = search(head, cfg, out=tmp_path, progress=False)
+    assert result["chosen"] is None
+    closest = result["closest"]
+    assert closest and all(r["miss_ratio"] > 1.0 for r in closest)
+    assert closest == sorted(closest, key=lambda r: (r["miss_pt"] + 100 * (r["miss_ratio"] - 1), r["objective"]))
+    assert (tmp_path / "closest.yaml").exists() and not (tmp_path / "chosen.yaml").exists()
+    assert "No plan meets the budget" in (tmp_path / "pareto.md").read_text()
+
+
+_KILLABLE = """
+import sys, json
+from torchslim.search.api import search
+head, cfg, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+search(head, cfg, out=out, progress=False)
+"""
+
+
+def _finished(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        s = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+    except KeyError:  # the search has not created its study yet
+        return []
+    return [t for t in s.get_trials(deepcopy=False) if t.state.is_finished()]
+
+
+def test_a_killed_search_resumes_without_rerunning_finished_trials(head, tmp_path):
+    cfg = {**SMALL, "objective": "macs", "trials": 5, "proposals": 0, "families": ["structured", "lowrank", "heal"],
+           "singles": False, "replay": False, "heartbeat": 1}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(head), json.dumps(cfg), str(tmp_path)], env=env)
+    db = tmp_path / "study.db"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists() and len(_finished(db, "torchslim-search")) >= 2:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    before = {t.number: (t.params, t.datetime_complete) for t in _finished(db, "torchslim-search")}
+    assert 2 <= len(before) < 5, before
+    time.sleep(3.5)  # the killed worker's running trial goes stale (3 heartbeats) and is failed, then retried
+    result = search(head, cfg, out=tmp_path, progress=False)
+    after = {t.number: (t.params, t.datetime_complete) for t in _finished(db, "torchslim-search")}
+    for number, (params, done) in before.items():
+        assert after[number] == (params, done)  # not run again
+    counted = [t for t in _finished(db, "torchslim-search") if t.state != optuna.trial.TrialState.FAIL
+               or "reason" in t.user_attrs]
+    assert len(counted) >= 5 and len(result["trials"]) >= 5
+
+
+def test_two_workers_share_one_study(head, tmp_path):
+    cfg = {**SMALL, "objective": "macs", "trials": 4, "proposals": 0, "workers": 2, "families": ["structured"],
+           "singles": False, "replay": False}
+    result = search(head, cfg, out=tmp_path, progress=False)
+    assert 4 <= len(result["trials"]) <= 5  # each worker stops once the study holds 4 finished trials
+    assert result["chosen"] is not None
+
+
+def test_allocation_spends_the_budget_where_it_costs_least(head, tmp_path):
+    from torchslim.search.evaluate import Env
+    from torchslim.search.sensitivity import sensitivity
+
+    env = Env.build(head, SearchConfig.parse({"objective": "bytes", "val_samples": 300}))
+    sens = sensitivity(env.model, env.data, {"analyses": ["bits"], "batches": 1, "batch_size": 300}, progress=False)
+    analysis = sens.analysis("bits")
+    chosen = allocate(analysis, sens.baseline.accuracy, 4.0 / 8.0, lambda u, s: u.params * s)
+    params = {u.name: u.params for u in analysis.units}
+    total = sum(params[n] * b for n, b in chosen.items())
+    assert total <= 4.0 * sum(params.values())  # the average-bits budget holds
+    assert set(chosen.values()) <= {8.0, 6.0, 4.0, 3.0, 2.0}
+    assert SensitivityResult.from_dict(sens.to_dict()) == sens
+
+
+def test_search_block_in_a_recipe_trains_then_searches(tmp_path):
+    recipe = {"name": "digits-block", "model": {"name": "zoo:lenet300", "args": {"in_features": 64}}, "data": "digits",
+              "output": str(tmp_path / "run"),
+              "stages": [{"type": "train", "epochs": 4, "lr": 0.1, "batch_size": 64, "schedule": "cosine"}],
+              "search": {**SMALL, "objective": "macs", "trials": 2, "proposals": 1, "families": ["structured"],
+                         "singles": False, "replay": False, "budget": 100.0}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = subprocess.run([sys.executable, "-m", "torchslim.cli", "run", str(path)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "stage-01-train.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "search" / "search.json").read_text())["chosen"] is not None
+    assert "Pareto front" in r.stdout
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(Exception, match="objective"):
+        SearchConfig.parse({"objective": "speed"})
+    with pytest.raises(Exception, match="bits"):
+        SearchConfig.parse({"objective": "latency", "families": ["bits"]})
+    with pytest.raises(Exception, match="epoch"):
+        SearchConfig.parse({"heal": {"epochs": [-1]}})
