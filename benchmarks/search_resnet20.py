@@ -1,0 +1,182 @@
+"""search_resnet20: ``torchslim search`` on ResNet-20 / Fashion-MNIST against each family alone (issue 22, acceptance 1, 4, 5).
+
+ResNet-20 trained on Fashion-MNIST (``_baselines.resnet20_fmnist``, cached per machine;
+93.2 % test) is searched twice with a 1.0 pt budget on the validation split: for bytes
+(the ``.tslim`` file) and for latency (the ONNX file in ONNX Runtime, batch 32, 2 threads).
+Each search gives every family alone its own 1-D search at the same budget and healing
+(channel pruning's MACs kept; uniform weight bits or int8; low-rank ratio; sparsity for
+bytes) and reports the best of them beside the combined plan. The chosen recipe is
+replayed by ``torchslim run`` (its report: the test split). For latency the two ONNX files
+(the chosen plan's, the best single family's) are re-timed side by side in interleaved
+rounds (medians). A 2-worker study against a 1-worker one on the same small trial budget
+(LeNet-300-100 on digits, 1 thread each) gives the workers' speed-up.
+
+Settings are in ``SEARCH`` below; healing per candidate: at most ``max_steps`` SGD steps.
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_resnet20.py [bytes|latency|workers ...]``
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _baselines import resnet20_fmnist
+from _common import Timer, interleaved, write_result
+
+from torchslim.data import cache_dir
+from torchslim.deploy.runtime import measure_ort_latency
+from torchslim.pipeline import run_recipe
+from torchslim.search.api import search
+from torchslim.search.evaluate import recipe_for
+
+NAME = "search_resnet20"
+SEED = 0
+ROOT = Path("runs") / "bench-search-resnet20"
+SEARCH: dict[str, Any] = {
+    "budget": 1.0, "trials": 14, "proposals": 4, "val_samples": 2000, "seed": SEED,
+    "heal": {"epochs": [0, 1], "max_steps": 100, "methods": ["finetune", "distill"], "lr": 0.01},
+    "sensitivity": {"batches": 2, "batch_size": 256},
+    "latency": {"batch": 32, "threads": 2, "runs": 20},
+}
+BARS = {"bytes": 1.5, "latency": 1.3}
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _head() -> dict[str, Any]:
+    model, _ = resnet20_fmnist()
+    path = cache_dir() / "baselines" / "search_resnet20.safetensors"
+    save_file(model.state_dict(), str(path))
+    return {"name": "resnet20-search", "seed": SEED, "data": "fashion-mnist",
+            "model": {"name": "zoo:resnet_cifar", "args": {"depth": 20}, "weights": str(path)},
+            "measure": {"latency_batch": 32, "latency_runs": 20, "threads": 2}}
+
+
+def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Re-time the chosen plan's ONNX file and the best single family's, interleaved."""
+    best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
+    chosen_onnx = Path(result["replay"]["output"]) / "model.onnx"
+    if best is None or not chosen_onnx.exists():
+        return {}
+    single_dir = out / "best-single-replay"
+    run_recipe(recipe_for({**head, "name": "best-single"}, best["stages"]), output=single_dir, overwrite=True, progress=False)
+    base_dir = out / "unchanged-replay"
+    run_recipe(recipe_for({**head, "name": "unchanged"}, [s for s in best["stages"] if s["type"] == "export"]),
+               output=base_dir, overwrite=True, progress=False)
+    example = torch.zeros(1, 1, 28, 28)
+    files = {"chosen": chosen_onnx, "best_single": single_dir / "model.onnx", "unchanged": base_dir / "model.onnx"}
+    medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), example, batch_size=32, threads=2, runs=30))
+                                   for k, f in files.items()}, rounds=5)
+    return {"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
+            "best_single": best["summary"], "ratio_vs_best_single": round(medians["best_single"] / medians["chosen"], 3),
+            "speedup_vs_unchanged": round(medians["unchanged"] / medians["chosen"], 3)}
+
+
+def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
+    out = ROOT / objective
+    if out.exists() and not os.environ.get("RESUME"):
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    result = search(head, {**SEARCH, "objective": objective}, out=out, progress=True)
+    wall = time.perf_counter() - t0
+    alone = {f: (None if r is None else {"plan": r["summary"], "drop_pt": round(r["drop"], 3), "objective": r["objective"]})
+             for f, r in result["alone"].items()}
+    best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
+    chosen, replay = result["chosen"], result.get("replay", {})
+    figures: dict[str, Any] = {
+        "baseline_val_accuracy": result["baseline"]["accuracy"], "baseline_objective": result["baseline"]["objective"],
+        "chosen": None if chosen is None else {"plan": chosen["summary"], "val_drop_pt": round(chosen["drop"], 3),
+                                               "objective": chosen["objective"], "stages": chosen["stages"]},
+        "alone": alone, "best_single": None if best is None else best["summary"],
+        "ratio_vs_best_single": None if chosen is None or best is None else round(best["objective"] / chosen["objective"], 3),
+        "replay": {k: replay.get(k) for k in ("val_accuracy", "val_drop", "objective", "test_accuracy", "test_accuracy_before")},
+        "test_drop_pt": None if not replay or replay.get("test_accuracy") is None else
+        round(100 * (replay["test_accuracy_before"] - replay["test_accuracy"]), 3),
+        "trials": len(result["trials"]), "pareto": [(r["summary"], round(r["drop"], 3), r["objective"]) for r in result["pareto"]],
+        "healing": {m: (None if r is None else (r["summary"], round(r["drop"], 3), r["objective"]))
+                    for m, r in result["healing"].items()},
+        "timing_s": {k: round(v, 1) for k, v in result["timing"].items()}, "wall_s": round(wall, 1),
+    }
+    if objective == "latency" and chosen is not None:
+        figures["side_by_side"] = _latency_side_by_side(head, result, out)
+        if figures["side_by_side"]:
+            figures["ratio_vs_best_single"] = figures["side_by_side"]["ratio_vs_best_single"]
+    return figures
+
+
+def _workers() -> dict[str, Any]:
+    """The same 8-trial study on 1 and on 2 worker processes (1 thread each): wall seconds."""
+    from safetensors.torch import save_file as save
+
+    from torchslim.data import load_data
+    from torchslim.train import finetune
+    from torchslim.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet300", in_features=64)
+    finetune(model, load_data("digits"), {"epochs": 6, "lr": 0.1, "batch_size": 64, "schedule": "cosine"}, progress=False)
+    path = cache_dir() / "baselines" / "search_workers_lenet300.safetensors"
+    save(model.state_dict(), str(path))
+    head = {"name": "w", "model": {"name": "zoo:lenet300", "args": {"in_features": 64}, "weights": str(path)}, "data": "digits"}
+    cfg = {"objective": "macs", "families": ["structured", "lowrank", "heal"], "trials": 8, "proposals": 0, "threads": 1,
+           "singles": False, "replay": False, "val_samples": 300, "sensitivity": {"batches": 1, "batch_size": 256},
+           "heal": {"epochs": [1], "max_steps": 200, "methods": ["finetune"]}}
+    times = {}
+    for workers in (1, 2):
+        out = ROOT / f"workers-{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        search(head, {**cfg, "workers": workers, "sensitivity_file": None}, out=out, progress=False)
+        times[workers] = round(time.perf_counter() - t0, 2)
+    return {"wall_s_1_worker": times[1], "wall_s_2_workers": times[2], "ratio": round(times[2] / times[1], 3)}
+
+
+def main() -> None:
+    timer = Timer()
+    which = sys.argv[1:] or ["bytes", "latency", "workers"]
+    head = _head()
+    metrics: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    for objective in ("bytes", "latency"):
+        if objective in which:
+            metrics[objective] = m = _one(head, objective)
+            bar = BARS[objective]
+            targets[f"{objective}_vs_best_single_ge_{bar}"] = {"value": m["ratio_vs_best_single"], "bar": bar,
+                                                                "met": bool(m["ratio_vs_best_single"] and m["ratio_vs_best_single"] >= bar)}
+            targets[f"{objective}_test_drop_le_1.2"] = {"value": m["test_drop_pt"], "bar": 1.2,
+                                                         "met": m["test_drop_pt"] is not None and m["test_drop_pt"] <= 1.2}
+            searched = m["timing_s"].get("sensitivity_s", 0) + m["timing_s"].get("search_s", 0)
+            targets[f"{objective}_search_min_le_60"] = {"value": round(searched / 60, 1), "bar": 60, "met": searched <= 3600}
+            replay = m["replay"]
+            if replay.get("val_accuracy") is not None and m["chosen"] is not None:
+                diff = abs(100 * (m["baseline_val_accuracy"] - replay["val_accuracy"]) - m["chosen"]["val_drop_pt"])
+                targets[f"{objective}_replay_within_0.1pt"] = {"value": round(diff, 3), "bar": 0.1, "met": diff <= 0.1}
+    if "workers" in which:
+        metrics["workers"] = w = _workers()
+        targets["two_workers_le_0.6x_one"] = {"value": w["ratio"], "bar": 0.6, "met": w["ratio"] <= 0.6}
+    write_result(NAME, metrics=metrics, baseline={"model": "ResNet-20, Fashion-MNIST (cached baseline)"}, targets=targets,
+                 seed=SEED, wall_s=timer.seconds,
+                 notes=f"settings: {SEARCH}; commit {_commit()}; 2-core CPU shared with other jobs (figures are "
+                       "medians where timed; latency ratios re-timed side by side in interleaved rounds)")
+    for k, v in targets.items():
+        print(f"{NAME}: {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
