@@ -47,10 +47,23 @@ def head(tmp_path_factory) -> dict:
                                                           "weights": str(path)}, "data": "digits"}
 
 
-def test_bytes_search_beats_the_unchanged_model_within_budget_and_its_recipe_replays(head, tmp_path):
+@pytest.fixture(scope="module")
+def bn_head(tmp_path_factory) -> dict:
+    """A ResNet-8 (BatchNorm everywhere: a stage that runs it in the wrong mode would change its statistics)."""
+    torch.manual_seed(0)
+    data = load_data("digits")
+    model = create_model("resnet_cifar", depth=8, in_channels=1, num_classes=10)
+    finetune(model, data, {"epochs": 6, "lr": 0.05, "batch_size": 64, "schedule": "cosine"}, progress=False)
+    path = tmp_path_factory.mktemp("weights") / "resnet8.safetensors"
+    save_file(model.state_dict(), str(path))
+    return {"name": "digits-search-bn", "seed": 0, "data": "digits",
+            "model": {"name": "zoo:resnet_cifar", "args": {"depth": 8}, "weights": str(path)}}
+
+
+def test_bytes_search_beats_the_unchanged_model_within_budget_and_its_recipe_replays(bn_head, tmp_path):
     cfg = {**SMALL, "objective": "bytes", "budget": 1.0, "trials": 6, "proposals": 3,
-           "families": ["unstructured", "bits", "heal"]}
-    result = search(head, cfg, out=tmp_path, progress=False)
+           "families": ["structured", "unstructured", "bits", "heal"]}
+    result = search(bn_head, cfg, out=tmp_path, progress=False)
     chosen = result["chosen"]
     assert chosen is not None and chosen["drop"] <= 1.0
     base = result["baseline"]["objective"]

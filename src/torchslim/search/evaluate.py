@@ -86,7 +86,7 @@ class Env:
         """Load the head's model and data (as ``torchslim run`` would) and score the unchanged model."""
         recipe = recipe_for(head, [{"type": "fold"}])
         source, data = load_model_and_data(recipe)
-        model = source.model.eval()
+        model = source.model  # in the mode torchslim run hands its first stage (train mode for a built model)
         val, n = [], 0
         for batch in data.loader("val", min(cfg.val_samples, 1000)):
             val.append(batch)
