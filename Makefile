@@ -59,8 +59,17 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps torch-pruning==1.6.1
 	touch $@
 
-bench: install $(BENCH_STAMP)
+# NNCF 3.4 (ONNX backend), the search benchmark's peer, in a virtualenv of its own: its dependencies
+# (scipy, scikit-learn, networkx, ...) never enter $(VENV); it pulls no torch.
+NNCF_VENV := .venv-nncf
+NNCF_STAMP := $(NNCF_VENV)/.torchslim-nncf
+$(NNCF_STAMP):
+	test -x $(NNCF_VENV)/bin/python || $(PYTHON) -m venv $(NNCF_VENV)
+	$(NNCF_VENV)/bin/python -m pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6
+	touch $@
+
+bench: install $(BENCH_STAMP) $(NNCF_STAMP)
 	$(PY) benchmarks/run.py $(NAME)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(NNCF_VENV) runs .pytest_cache

@@ -12,11 +12,16 @@ rounds (medians). A 2-worker study against a 1-worker one on the same small tria
 (LeNet-300-100 on digits, 1 thread each) gives the workers' speed-up.
 
 Settings are in ``SEARCH`` below; healing per candidate: at most ``max_steps`` SGD steps.
-Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_resnet20.py [bytes|latency|workers ...]``
+NNCF 3.4's ``quantize_with_accuracy_control`` (ONNX backend, its own virtualenv, ``make bench``) runs at the
+same budget on the same validation samples; each search's best plan at a drop no larger than NNCF's is compared
+with it (bytes; latency re-timed side by side). Parts run separately merge into the result file.
+
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_resnet20.py [bytes|latency|nncf|workers ...]``
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,7 +36,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _baselines import resnet20_fmnist
-from _common import Timer, interleaved, write_result
+from _common import RESULTS, Timer, interleaved, write_result
+from _nncf_peer import run_nncf_peer
 
 from torchslim.data import cache_dir
 from torchslim.deploy.runtime import measure_ort_latency
@@ -147,12 +153,58 @@ def _workers() -> dict[str, Any]:
     return {"wall_s_1_worker": times[1], "wall_s_2_workers": times[2], "ratio": round(times[2] / times[1], 3)}
 
 
+def _equal_drop(result: dict[str, Any], drop: float) -> dict[str, Any] | None:
+    """The scored plan with the smallest objective at a validation drop no larger than ``drop``."""
+    ok = [r for r in result["trials"] if r.get("status") == "ok" and r["drop"] <= drop]
+    return min(ok, key=lambda r: (r["objective"], r["drop"])) if ok else None
+
+
+def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """NNCF's quantize_with_accuracy_control at the same budget, against the searched plans (same validation samples)."""
+    model, data = resnet20_fmnist()
+    peer = run_nncf_peer(model, data, ROOT / "nncf", max_drop_pt=SEARCH["budget"], val_samples=SEARCH["val_samples"],
+                         calib_samples=300, seed=SEED)
+    if "error" in peer:
+        return {"nncf": peer}, {}
+    nncf_drop = peer["val"]["drop_pt"]
+    targets: dict[str, Any] = {}
+    out: dict[str, Any] = {"nncf": peer}
+    for objective in ("bytes", "latency"):
+        path = ROOT / objective / "search.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        equal = _equal_drop(result, max(nncf_drop, 0.0))
+        row: dict[str, Any] = {"nncf_val_drop_pt": nncf_drop,
+                               "equal_drop_plan": None if equal is None else (equal["summary"], round(equal["drop"], 3),
+                                                                              equal["objective"])}
+        if objective == "bytes" and equal is not None:
+            row["ratio_at_equal_drop"] = round(peer["bytes"] / equal["objective"], 3)
+        if objective == "latency" and equal is not None:
+            replay = ROOT / "latency" / "equal-drop-replay"
+            run_recipe(recipe_for({**head, "name": "equal-drop"}, equal["stages"]), output=replay, overwrite=True,
+                       progress=False)
+            files = {"searched": replay / "model.onnx", "nncf": Path(peer["onnx"])}
+            medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), torch.zeros(1, 1, 28, 28), batch_size=32,
+                                                                               threads=2, runs=30)) for k, f in files.items()},
+                                          rounds=5)
+            row.update({"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
+                        "ratio_at_equal_drop": round(medians["nncf"] / medians["searched"], 3)})
+        out[f"vs_{objective}"] = row
+        value = row.get("ratio_at_equal_drop")
+        targets[f"nncf_{objective}_ratio_at_equal_drop_ge_1.3"] = {"value": value, "bar": 1.3,
+                                                                   "met": bool(value and value >= 1.3)}
+    return out, targets
+
+
 def main() -> None:
     timer = Timer()
-    which = sys.argv[1:] or ["bytes", "latency", "workers"]
+    which = sys.argv[1:] or ["bytes", "latency", "nncf", "workers"]
     head = _head()
-    metrics: dict[str, Any] = {}
-    targets: dict[str, Any] = {}
+    previous = json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").exists() else {}
+    metrics: dict[str, Any] = dict(previous.get("metrics", {}))
+    targets: dict[str, Any] = dict(previous.get("targets", {}))
+    peers: dict[str, Any] = dict(previous.get("peers", {}))
     for objective in ("bytes", "latency"):
         if objective in which:
             metrics[objective] = m = _one(head, objective)
@@ -167,10 +219,15 @@ def main() -> None:
             if replay.get("val_accuracy") is not None and m["chosen"] is not None:
                 diff = abs(100 * (m["baseline_val_accuracy"] - replay["val_accuracy"]) - m["chosen"]["val_drop_pt"])
                 targets[f"{objective}_replay_within_0.1pt"] = {"value": round(diff, 3), "bar": 0.1, "met": diff <= 0.1}
+    if "nncf" in which:
+        found, nncf_targets = _nncf(head)
+        peers.update(found)
+        targets.update(nncf_targets)
     if "workers" in which:
         metrics["workers"] = w = _workers()
         targets["two_workers_le_0.6x_one"] = {"value": w["ratio"], "bar": 0.6, "met": w["ratio"] <= 0.6}
     write_result(NAME, metrics=metrics, baseline={"model": "ResNet-20, Fashion-MNIST (cached baseline)"}, targets=targets,
+                 peers=peers,
                  seed=SEED, wall_s=timer.seconds,
                  notes=f"settings: {SEARCH}; commit {_commit()}; 2-core CPU shared with other jobs (figures are "
                        "medians where timed; latency ratios re-timed side by side in interleaved rounds)")
