@@ -49,8 +49,8 @@ NAME = "search_resnet20"
 SEED = 0
 ROOT = Path("runs") / "bench-search-resnet20"
 SEARCH: dict[str, Any] = {
-    "budget": 1.0, "trials": 14, "proposals": 4, "val_samples": 2000, "seed": SEED,
-    "heal": {"epochs": [0, 1], "max_steps": 100, "methods": ["finetune", "distill"], "lr": 0.01},
+    "budget": 1.0, "trials": 12, "proposals": 4, "val_samples": 2000, "seed": SEED,
+    "heal": {"epochs": [0, 1], "max_steps": 60, "methods": ["finetune", "distill"], "lr": 0.01},
     "sensitivity": {"batches": 2, "batch_size": 256},
     "latency": {"batch": 32, "threads": 2, "runs": 20},
 }
@@ -99,7 +99,11 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     if out.exists() and not os.environ.get("RESUME"):
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    result = search(head, {**SEARCH, "objective": objective}, out=out, progress=True)
+    cfg = {**SEARCH, "objective": objective}
+    shared = ROOT / "bytes" / "sensitivity.json"  # the bytes search's analysis covers the latency families too
+    if objective == "latency" and shared.exists():
+        cfg["sensitivity_file"] = str(shared)
+    result = search(head, cfg, out=out, progress=True)
     wall = time.perf_counter() - t0
     alone = {f: (None if r is None else {"plan": r["summary"], "drop_pt": round(r["drop"], 3), "objective": r["objective"]})
              for f, r in result["alone"].items()}

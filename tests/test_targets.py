@@ -27,3 +27,13 @@ def test_typos_and_bad_regexes_are_all_reported():
         resolve_targets(NAMES, {"fc2": None, "re:nope.*": {}, "fc": {}})
     paths = [i.path for i in exc.value.issues]
     assert paths == ["targets.fc2", "targets.re:nope.*"] and "candidate layers: conv1" in str(exc.value)
+
+
+def test_an_optional_regex_may_match_no_layer_but_a_plain_one_may_not():
+    from torchslim.errors import ConfigError
+    from torchslim.targets import resolve_targets
+
+    found = resolve_targets(["fc1", "fc2"], {"re?:gone.*": {"bits": 4}, "re?:fc1": {"bits": 2}})
+    assert found["fc1"].value == {"bits": 2} and "fc2" not in found
+    with pytest.raises(ConfigError, match="matches no layer"):
+        resolve_targets(["fc1"], {"re:gone.*": {"bits": 4}})

@@ -4,7 +4,10 @@ A *targets* mapping is ordered: each key is an exact qualified module name
 (``"fc1"``, ``"layer1.0.conv1"``) or a regular expression prefixed with ``re:``
 (``"re:layer[12]\\..*conv"``, matched with :func:`re.fullmatch`); each value is a
 per-layer config override (a mapping) or ``None`` to skip the layer. For every
-candidate layer the **first** matching key wins.
+candidate layer the **first** matching key wins. A key that matches no layer is
+refused, except an *optional* regular expression, prefixed ``re?:``: the plans
+``torchslim search`` writes use it, since an earlier stage of the plan (block
+removal) may have removed the layers it names.
 
 Example:
     >>> targets = {"fc3": None, "re:fc.*": {"sparsity": 0.9}}
@@ -23,6 +26,16 @@ from torchslim.errors import ConfigError, ConfigIssue
 
 V = TypeVar("V")
 REGEX_PREFIX = "re:"
+#: a regular expression that may match no layer
+OPTIONAL_PREFIX = "re?:"
+
+
+def _pattern(key: str) -> str | None:
+    """The regular expression of a ``re:`` or ``re?:`` key (``None``: an exact name)."""
+    for prefix in (REGEX_PREFIX, OPTIONAL_PREFIX):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,17 +56,18 @@ def check_target_keys(targets: Mapping[str, Any], path: str = "targets") -> list
     for key in targets:
         if not isinstance(key, str) or not key:
             issues.append(ConfigIssue(f"{path}", "target keys must be non-empty strings", key))
-        elif key.startswith(REGEX_PREFIX):
+        elif _pattern(key) is not None:
             try:
-                re.compile(key[len(REGEX_PREFIX) :])
+                re.compile(_pattern(key) or "")
             except re.error as exc:
                 issues.append(ConfigIssue(f"{path}.{key}", f"invalid regular expression: {exc}", key))
     return issues
 
 
 def _matches(key: str, name: str) -> bool:
-    if key.startswith(REGEX_PREFIX):
-        return re.fullmatch(key[len(REGEX_PREFIX) :], name) is not None
+    pattern = _pattern(key)
+    if pattern is not None:
+        return re.fullmatch(pattern, name) is not None
     return key == name
 
 
@@ -82,7 +96,8 @@ def resolve_targets(
                 out[name] = Match(key, value)
                 used.add(key)
                 break
-    unused = [k for k in targets if k not in used and not any(_matches(k, n) for n in names)]
+    unused = [k for k in targets if k not in used and not k.startswith(OPTIONAL_PREFIX)
+              and not any(_matches(k, n) for n in names)]
     if unused:
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         raise ConfigError(

@@ -111,7 +111,7 @@ def _remove_blocks(
     model: nn.Module, cfg: StructuredPruneConfig, x: Any, inputs: Inputs, filter_fn: FilterFn | None
 ) -> tuple[dict[str, Any], list[LayerReport], list[SkippedLayer]]:
     """``remove_blocks``: the block step; a block holding a layer named exactly in ``targets`` stays."""
-    named = [k for k, v in (cfg.targets or {}).items() if v is not None and not k.startswith("re:")]
+    named = [k for k, v in (cfg.targets or {}).items() if v is not None and not k.startswith(("re:", "re?:"))]
 
     def holds_named(name: str) -> bool:
         return any(k == name or k.startswith(name + ".") for k in named)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,6 +120,26 @@ def allocate(
     return {name: lad[at[name]][0] for name, (_, lad) in ladders.items()}
 
 
+def grouped_targets(settings: Mapping[str, float], field: str, cast: Callable[[float], Any] = float) -> dict[str, Any]:
+    """``targets`` giving each layer its setting, one regex key per distinct value.
+
+    A key also matches the parts a factorised layer becomes (``name.0``, ``name.1``), and is
+    an optional regular expression (``re?:``): a block-removal stage earlier in the plan may
+    have removed every layer it names.
+
+    >>> t = grouped_targets({"a.conv": 4, "b": 8, "c": 4}, "bits", int)
+    >>> list(t.values())
+    [{'bits': 4}, {'bits': 8}]
+    >>> [[bool(re.fullmatch(k[4:], n)) for n in ("a.conv", "a.conv.1", "c", "b", "a.convx")] for k in t]
+    [[True, True, True, False, False], [False, False, False, True, False]]
+    """
+    by: dict[float, list[str]] = {}
+    for name, value in sorted(settings.items()):
+        by.setdefault(value, []).append(name)
+    return {"re?:^(?:" + "|".join(re.escape(n) for n in names) + r")(?:\.[0-9]+)?$": {field: cast(v)}
+            for v, names in sorted(by.items())}
+
+
 def _bits_targets(sens: SensitivityResult | None, avg_bits: float) -> tuple[int, dict[str, Any] | None]:
     """The default bit width and per-layer bits for an average of ``avg_bits`` (uniform without sensitivities)."""
     if sens is None or not any(a.name == "bits" for a in sens.analyses):
@@ -126,7 +147,7 @@ def _bits_targets(sens: SensitivityResult | None, avg_bits: float) -> tuple[int,
     analysis = sens.analysis("bits")
     top = max(analysis.settings)
     chosen = allocate(analysis, sens.baseline.accuracy, min(1.0, avg_bits / top), lambda u, s: u.params * s)
-    return int(top), {name: {"bits": int(b)} for name, b in sorted(chosen.items())}
+    return int(top), grouped_targets(chosen, "bits", int)
 
 
 def _lowrank_targets(sens: SensitivityResult | None, keep: float) -> dict[str, Any]:
@@ -135,8 +156,8 @@ def _lowrank_targets(sens: SensitivityResult | None, keep: float) -> dict[str, A
         return {"ratio": keep}
     analysis = sens.analysis("lowrank")
     chosen = allocate(analysis, sens.baseline.accuracy, keep, lambda u, s: u.params * s, untouched=1.0)
-    targets = {name: {"ratio": r} for name, r in sorted(chosen.items()) if r < 1.0}
-    return {"targets": targets} if targets else {}
+    lowered = {name: r for name, r in chosen.items() if r < 1.0}
+    return {"targets": grouped_targets(lowered, "ratio")} if lowered else {}
 
 
 def _heal_stage(plan: Mapping[str, Any], cfg: SearchConfig) -> dict[str, Any] | None:
