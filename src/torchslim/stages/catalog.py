@@ -10,7 +10,7 @@ batches); nothing about calibration is fixed here.
 
 Example:
     >>> STAGES.names()
-    ['distill', 'drop_layers', 'encode', 'export', 'factorize', 'finetune', 'fold', 'prune', 'quantize', 'share', 'sparse_train', 'train']
+    ['awq', 'distill', 'drop_layers', 'encode', 'export', 'factorize', 'finetune', 'fold', 'gptq', 'prune', 'quantize', 'rtn', 'share', 'sparse_train', 'sparsegpt', 'train', 'wanda']
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torchslim.distill import DistillConfig, distill_from
 from torchslim.encode import SHARE, TslimFormatError, save
 from torchslim.errors import TorchslimError
 from torchslim.fold import DROP_LAYERS, FOLD
+from torchslim.llm.stage import LLM_STAGES
 from torchslim.lowrank import FACTORIZE
 from torchslim.measure import dense_bytes
 from torchslim.prune import StructuredPruneConfig, prune_
@@ -250,6 +251,9 @@ CATALOG: dict[str, StageSpec] = {
     ),
     "export": EXPORT_STAGE,
 }
+CATALOG.update({  # the language-model methods (torchslim.llm.stage)
+    _n: StageSpec(_s.tech.config, _s.runner, help=_s.help, callbacks=_s.tech.callbacks) for _n, _s in LLM_STAGES.items()
+})
 
 for _name, _spec in CATALOG.items():
     STAGES.register(_name)(_spec)
