@@ -16,6 +16,8 @@ NNCF 3.4's ``quantize_with_accuracy_control`` (ONNX backend, its own virtualenv,
 same budget on the same validation samples; each search's best plan at a drop no larger than NNCF's is compared
 with it (bytes; latency re-timed side by side). Parts run separately merge into the result file.
 
+``FROM_SAVED=1`` takes a part's figures from its finished ``search.json`` instead of searching again.
+
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_resnet20.py [bytes|latency|nncf|workers ...]``
 """
 
@@ -96,6 +98,9 @@ def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Pat
 
 def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     out = ROOT / objective
+    saved = out / "search.json"
+    if os.environ.get("FROM_SAVED") and saved.exists():  # the figures of a finished search, without running it again
+        return _figures(head, objective, json.loads(saved.read_text()), None, out)
     if out.exists() and not os.environ.get("RESUME"):
         shutil.rmtree(out)
     t0 = time.perf_counter()
@@ -104,7 +109,11 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     if objective == "latency" and shared.exists():
         cfg["sensitivity_file"] = str(shared)
     result = search(head, cfg, out=out, progress=True)
-    wall = time.perf_counter() - t0
+    return _figures(head, objective, result, time.perf_counter() - t0, out)
+
+
+def _figures(head: dict[str, Any], objective: str, result: dict[str, Any], wall: float | None, out: Path) -> dict[str, Any]:
+    """The benchmark's figures of one search's outcome."""
     alone = {f: (None if r is None else {"plan": r["summary"], "drop_pt": round(r["drop"], 3), "objective": r["objective"]})
              for f, r in result["alone"].items()}
     best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
@@ -121,7 +130,8 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
         "trials": len(result["trials"]), "pareto": [(r["summary"], round(r["drop"], 3), r["objective"]) for r in result["pareto"]],
         "healing": {m: (None if r is None else (r["summary"], round(r["drop"], 3), r["objective"]))
                     for m, r in result["healing"].items()},
-        "timing_s": {k: round(v, 1) for k, v in result["timing"].items()}, "wall_s": round(wall, 1),
+        "timing_s": {k: round(v, 1) for k, v in result["timing"].items()},
+        "wall_s": None if wall is None else round(wall, 1),
     }
     if objective == "latency" and chosen is not None:
         figures["side_by_side"] = _latency_side_by_side(head, result, out)
