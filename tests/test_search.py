@@ -76,8 +76,7 @@ def test_bytes_search_beats_the_unchanged_model_within_budget_and_its_recipe_rep
                        if o.get("status") == "ok" and o is not r)
     # each family alone was searched at the same budget, and the combination is no worse than the best of them
     alone = [r for r in result["alone"].values() if r]
-    assert alone and chosen["objective"] <= min(r["objective"] for r in alone) * 1.000001 or any(
-        t["objective"] < chosen["objective"] and t["drop"] <= 1.0 for t in result["singles"])
+    assert alone and chosen["objective"] <= min(r["objective"] for r in alone)  # never worse than a family alone
     # the recipe is a recipe torchslim run replays to the same figures
     recipe = load_recipe(tmp_path / "chosen.yaml")
     assert [s.type for s in recipe.stages] == [s["type"] for s in chosen["stages"]]

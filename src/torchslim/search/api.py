@@ -181,7 +181,9 @@ def search(
     t0 = time.perf_counter()
     singles = run_singles(env, url) if cfg.singles else []
     rows = trial_rows(finished_trials(study))
-    chosen, closest = choose(rows, cfg.budget, env.baseline.objective, cfg.min_ratio)
+    # a family alone is a plan too: the answer is never worse than the best of them
+    candidates = rows + [{**r, "number": f"{r['family']} alone"} for r in singles if r.get("status") == "ok"]
+    chosen, closest = choose(candidates, cfg.budget, env.baseline.objective, cfg.min_ratio)
     pick = chosen or (closest[0] if closest else None)
     plan_recipe = None
     if pick is not None:
@@ -190,8 +192,8 @@ def search(
     result: dict[str, Any] = {
         "objective": cfg.objective, "budget": cfg.budget, "min_ratio": cfg.min_ratio,
         "baseline": {"accuracy": env.baseline.accuracy, "objective": env.baseline.objective},
-        "trials": rows, "pareto": pareto(rows), "chosen": chosen, "closest": closest,
-        "singles": singles, "alone": _families_alone(singles, cfg.budget), "healing": _healing(rows, cfg.budget),
+        "trials": rows, "pareto": pareto(candidates), "chosen": chosen, "closest": closest,
+        "singles": singles, "alone": _families_alone(singles, cfg.budget), "healing": _healing(candidates, cfg.budget),
         "recipe": plan_recipe, "config": cfg.model_dump(mode="json"), "head": head, "storage": url,
         "timing": {"sensitivity_s": sens_s, "search_s": search_s, "singles_s": time.perf_counter() - t0},
         "machine": {"date": _dt.date.today().isoformat(), "platform": platform.platform(),

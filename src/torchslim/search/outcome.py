@@ -1,7 +1,8 @@
 """What a search found: the trials, the Pareto front, the chosen plan (or the closest misses), and its files.
 
-The chosen plan is the finished trial with the smallest objective among those within
-the budget (and ``min_ratio``); ties go to the smaller drop. When no trial meets the
+The chosen plan is the scored plan (a trial of the study, or a family alone) with the
+smallest objective among those within the budget (and ``min_ratio``); ties go to the
+smaller drop. When no trial meets the
 budget, the answer is never empty: the closest plans are listed with how much each
 misses, in accuracy points and in objective ratio. The Pareto front is every scored
 trial that no other trial beats on both the objective and the drop.
@@ -125,7 +126,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{_fmt(base)} {unit}. Trials: {len(result['trials'])}; search {result['timing'].get('search_s', 0):.0f} s.", ""]
     if result["chosen"] is not None:
         c = result["chosen"]
-        lines += [f"**Chosen** (trial {c['number']}): {c['summary']}: drop {c['drop']:.2f} pt, {_fmt(c['objective'])} {unit} "
+        which = f"trial {c['number']}" if isinstance(c["number"], int) else c["number"]
+        lines += [f"**Chosen** ({which}): {c['summary']}: drop {c['drop']:.2f} pt, {_fmt(c['objective'])} {unit} "
                   f"({base / c['objective']:.2f}x smaller).", ""]
     else:
         lines += ["**No plan meets the budget.** The closest:", "", "| trial | plan | drop (pt) | misses by (pt) | misses ratio by |",
