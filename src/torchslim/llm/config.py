@@ -75,7 +75,7 @@ class LLMConfig(Config):
     true_sequential: bool = True
 
 
-class GridConfig(LLMConfig):
+class GridFields(Config):
     """The integer grid (:class:`~torchslim.llm.qweight.Grid`): ``bits`` (2-8), ``group_size`` (``-1``: one group
     per row), ``symmetric``."""
 
@@ -91,6 +91,10 @@ class GridConfig(LLMConfig):
     def grid(self) -> Grid:
         """The :class:`Grid` of this config."""
         return Grid(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
+
+
+class GridConfig(LLMConfig, GridFields):
+    """A quantizing method's config: the common fields and the grid."""
 
 
 class RTNConfig(GridConfig):
@@ -194,21 +198,8 @@ class SparsityFields(LLMConfig):
         return (self.n, self.m) if self.granularity == "nm" else None
 
 
-class JointQuant(Config):
+class JointQuant(GridFields):
     """The grid of SparseGPT's joint quantization (the surviving weights; pruned ones stay exactly zero)."""
-
-    bits: int = Field(default=4, ge=2, le=8)
-    group_size: int = 128
-    symmetric: bool = False
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, v: int) -> int:
-        return check_group_size(v)
-
-    def grid(self) -> Grid:
-        """The :class:`Grid` of the joint quantization."""
-        return Grid(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
 
 
 class SparseGPTConfig(SparsityFields):
