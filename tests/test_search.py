@@ -137,9 +137,10 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(head, tmp_pat
     after = {t.number: (t.params, t.datetime_complete) for t in _finished(db, "torchslim-search")}
     for number, (params, done) in before.items():
         assert after[number] == (params, done)  # not run again
-    counted = [t for t in _finished(db, "torchslim-search") if t.state != optuna.trial.TrialState.FAIL
-               or "reason" in t.user_attrs]
-    assert len(counted) >= 5 and len(result["trials"]) >= 5
+    answered = [t for t in _finished(db, "torchslim-search") if t.state != optuna.trial.TrialState.FAIL
+                or "reason" in t.user_attrs]  # a trial whose worker was killed does not count: it is run again
+    assert len(answered) == 5
+    assert all(r.get("reason") for r in result["trials"] if r["status"] == "failed")
 
 
 def test_two_workers_share_one_study(head, tmp_path):

@@ -50,7 +50,15 @@ from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 from torchslim.search.sensitivity import sensitivity
 from torchslim.search.singles import best_single, run_singles
-from torchslim.search.study import enqueue_proposals, finished_trials, open_study, run_study, run_workers, storage_url
+from torchslim.search.study import (
+    counted,
+    enqueue_proposals,
+    finished_trials,
+    open_study,
+    run_study,
+    run_workers,
+    storage_url,
+)
 
 __all__ = ["search"]
 
@@ -101,10 +109,10 @@ def _refine(env: Env, cfg: SearchConfig, url: str, progress: bool, deadline: flo
     enqueue_proposals(study, proposals(env.sens, cfg))
     unit = UNITS[cfg.objective]
     with _progress(progress) as bar:
-        task = bar.add_task("search", total=cfg.trials, completed=min(cfg.trials, len(finished_trials(study))))
+        task = bar.add_task("search", total=cfg.trials, completed=min(cfg.trials, counted(study)))
 
         def poll(s: Any, *_: Any) -> None:
-            bar.update(task, completed=min(cfg.trials, len(finished_trials(s))), description=_best_text(s, cfg, unit))
+            bar.update(task, completed=min(cfg.trials, counted(s)), description=_best_text(s, cfg, unit))
 
         if cfg.workers > 1:
             run_workers(env, url, deadline=deadline, poll=poll)

@@ -51,6 +51,8 @@ def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
         for key in ("accuracy", "drop", "objective", "seconds", "stages", "reason", "measured_on"):
             if key in a:
                 row[key] = a[key]
+        if status == "failed" and "reason" not in row:
+            row["reason"] = "its worker stopped (killed or crashed) before it finished; the trial was run again"
         rows.append(row)
     return rows
 

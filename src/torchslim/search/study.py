@@ -28,7 +28,6 @@ from typing import Any
 import optuna
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from torchslim.errors import TorchslimError
@@ -37,7 +36,7 @@ from torchslim.search.plan import suggest
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 
-__all__ = ["FINISHED", "finished_trials", "open_study", "run_study", "run_workers", "storage_url"]
+__all__ = ["FINISHED", "counted", "finished_trials", "open_study", "run_study", "run_workers", "storage_url"]
 
 
 #: the trial states that count against the trial budget
@@ -70,6 +69,21 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
 
 
+def counted(study: optuna.Study) -> int:
+    """Trials that count against the budget: scored, pruned, or failed for a reason of the plan's own (a trial
+    whose worker died has no reason: it is run again and does not count)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "reason" in t.user_attrs))
+
+
+def _stop_at_budget(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def check(study: optuna.Study, _trial: FrozenTrial) -> None:
+        if counted(study) >= trials:
+            study.stop()
+
+    return check
+
+
 def _record(trial: optuna.Trial, plan: Mapping[str, Any]) -> None:
     trial.set_user_attr("plan", dict(plan))
 
@@ -86,7 +100,7 @@ def objective_fn(env: Env) -> Callable[[optuna.Trial], tuple[float, float]]:
         except Hopeless as exc:
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        except TorchslimError as exc:
+        except (TorchslimError, RuntimeError, ValueError) as exc:
             trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
             raise
         ratio_gap = 0.0
@@ -118,11 +132,11 @@ def run_study(env: Env, study: optuna.Study, *, callback: Callable[[optuna.Study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)
-    remaining = cfg.trials - len(finished_trials(study))
+    remaining = cfg.trials - counted(study)
     if remaining <= 0:
         return
     timeout = None if deadline is None else max(1.0, deadline - time.time())
-    callbacks: list[Any] = [MaxTrialsCallback(cfg.trials, states=FINISHED)]
+    callbacks: list[Any] = [_stop_at_budget(cfg.trials)]
     if callback is not None:
         callbacks.append(callback)
     study.optimize(objective_fn(env), n_trials=remaining, timeout=timeout, callbacks=callbacks,
