@@ -156,7 +156,7 @@ def _workers() -> dict[str, Any]:
     head = {"name": "w", "model": {"name": "zoo:lenet300", "args": {"in_features": 64}, "weights": str(path)}, "data": "digits"}
     cfg = {"objective": "macs", "families": ["structured", "lowrank", "heal"], "trials": 8, "proposals": 0, "threads": 1,
            "singles": False, "replay": False, "val_samples": 300, "sensitivity": {"batches": 1, "batch_size": 256},
-           "heal": {"epochs": [1], "max_steps": 200, "methods": ["finetune"]}}
+           "heal": {"epochs": [400], "max_steps": None, "methods": ["finetune"]}}
     times = {}
     for workers in (1, 2):
         out = ROOT / f"workers-{workers}"
