@@ -40,11 +40,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from torchslim.errors import TorchslimError
 from torchslim.io import atomic_write_text
+from torchslim.measure import evaluate_accuracy
 from torchslim.pipeline import run_recipe
 from torchslim.search.config import SensitivityConfig
 from torchslim.search.evaluate import Env, _objective, recipe_for
 from torchslim.search.outcome import UNITS, choose, pareto, trial_rows, write_outcome
-from torchslim.search.plan import describe
 from torchslim.search.propose import proposals
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
@@ -129,8 +129,6 @@ def _replay(env: Env, recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     files = [p for p in (out / "replay").iterdir() if p.suffix in (".tslim", ".onnx")]
     artefact = max(files, key=lambda p: p.stat().st_mtime) if files else None
     objective, deployed = _objective(env, result.model, artefact)
-    from torchslim.measure import evaluate_accuracy
-
     accuracy = deployed if deployed is not None else float(evaluate_accuracy(result.model, env.val))
     after = result.report.after
     return {"output": str(out / "replay"), "val_accuracy": accuracy, "val_drop": 100.0 * (env.baseline.accuracy - accuracy),
@@ -213,5 +211,3 @@ def search(
     write_outcome(result, out, plan_recipe)
     return result
 
-
-__all__ += ["describe"]
