@@ -310,6 +310,20 @@ def gptq_quantize(
     return obs_solve(w, h, grid=grid, damp=damp, block_size=block_size, act_order=act_order)
 
 
+def hessian_layers(job: BlockJob, damp: float, act_order: bool = False) -> Iterator[tuple[str, Any, torch.Tensor, Prepared]]:
+    """``(name, linear, H, prepared)`` for each linear of the block, group by group; layers reading one input
+    share its Hessian's factorisation (computed once)."""
+    for group in job.groups():
+        stats = job.inputs.collect(job.work, group, {"hessian"})
+        shared: dict[int, Prepared] = {}
+        for name in group:
+            h, key = stats[name].hessian(), id(stats[name])
+            if key not in shared:
+                with job.naming(name):
+                    shared[key] = prepare(h, damp, act_order)
+            yield name, job.linear(name), h, shared[key]
+
+
 def grid_details(grid: Grid) -> dict[str, Any]:
     """A grid as report details."""
     return {"bits": grid.bits, "group_size": grid.group_size, "symmetric": grid.symmetric}
@@ -323,18 +337,12 @@ class GPTQ(LLMMethod):
     def process_block(self, job: BlockJob) -> list[LayerResult]:
         cfg: GPTQConfig = job.cfg
         grid, out = cfg.grid(), []
-        for group in job.groups():
-            stats = job.inputs.collect(job.work, group, {"hessian"})
-            shared: dict[int, Prepared] = {}  # layers reading one input share its Hessian's factorisation
-            for name in group:
-                lin, h = job.linear(name), stats[name].hessian()
-                with job.naming(name):
-                    if id(stats[name]) not in shared:
-                        shared[id(stats[name])] = prepare(h, cfg.damp, cfg.act_order)
-                    solved = gptq_quantize(lin.weight, shared[id(stats[name])], grid, block_size=cfg.block_size)
-                details = {**grid_details(grid), "act_order": cfg.act_order, "output_error": output_error(lin.weight, solved.weight, h)}
-                lin.weight.data.copy_(solved.weight.to(lin.weight.dtype))
-                out.append(LayerResult(name, "quantized", quantized=solved.quantized, details=details))
+        for name, lin, h, prepared in hessian_layers(job, cfg.damp, cfg.act_order):
+            with job.naming(name):
+                solved = gptq_quantize(lin.weight, prepared, grid, block_size=cfg.block_size)
+            details = {**grid_details(grid), "act_order": cfg.act_order, "output_error": output_error(lin.weight, solved.weight, h)}
+            lin.weight.data.copy_(solved.weight.to(lin.weight.dtype))
+            out.append(LayerResult(name, "quantized", quantized=solved.quantized, details=details))
         return out
 
 

@@ -14,7 +14,7 @@ layer keeps its class, with zeros and a mask constraint.
 from __future__ import annotations
 
 from torchslim.llm.config import SparseGPTConfig
-from torchslim.llm.gptq import Prepared, grid_details, obs_solve, prepare
+from torchslim.llm.gptq import grid_details, hessian_layers, obs_solve
 from torchslim.llm.method import BlockJob, LayerResult, LLMMethod, output_error
 
 __all__ = ["SPARSEGPT_METHOD", "SparseGPT"]
@@ -31,26 +31,20 @@ class SparseGPT(LLMMethod):
         grid = cfg.quantize.grid() if cfg.quantize is not None else None
         nm, sparsity = cfg.nm(), cfg.target_sparsity()
         out = []
-        for group in job.groups():
-            stats = job.inputs.collect(job.work, group, {"hessian"})
-            shared: dict[int, Prepared] = {}  # layers reading one input share its Hessian's factorisation
-            for name in group:
-                lin, h = job.linear(name), stats[name].hessian()
-                with job.naming(name):
-                    if id(stats[name]) not in shared:
-                        shared[id(stats[name])] = prepare(h, cfg.damp)
-                    solved = obs_solve(lin.weight, shared[id(stats[name])], grid=grid, block_size=cfg.block_size,
-                                       sparsity=0.0 if nm else sparsity, nm=nm)
-                keep = solved.mask
-                details = {"granularity": cfg.granularity, "sparsity": round(1 - float(keep.float().mean()), 6) if keep is not None else 0.0,
-                           "output_error": output_error(lin.weight, solved.weight, h)}
-                if grid is not None:
-                    details.update(grid_details(grid))
-                lin.weight.data.copy_(solved.weight.to(lin.weight.dtype))
-                if solved.quantized is not None:
-                    out.append(LayerResult(name, "pruned+quantized", quantized=solved.quantized, details=details))
-                else:
-                    out.append(LayerResult(name, "pruned", weight=solved.weight.clone(), mask=keep, details=details))
+        for name, lin, h, prepared in hessian_layers(job, cfg.damp):
+            with job.naming(name):
+                solved = obs_solve(lin.weight, prepared, grid=grid, block_size=cfg.block_size,
+                                   sparsity=0.0 if nm else sparsity, nm=nm)
+            keep = solved.mask
+            details = {"granularity": cfg.granularity, "sparsity": round(1 - float(keep.float().mean()), 6) if keep is not None else 0.0,
+                       "output_error": output_error(lin.weight, solved.weight, h)}
+            if grid is not None:
+                details.update(grid_details(grid))
+            lin.weight.data.copy_(solved.weight.to(lin.weight.dtype))
+            if solved.quantized is not None:
+                out.append(LayerResult(name, "pruned+quantized", quantized=solved.quantized, details=details))
+            else:
+                out.append(LayerResult(name, "pruned", weight=solved.weight.clone(), mask=keep, details=details))
         return out
 
 
