@@ -60,3 +60,31 @@ def test_malformed_payloads_name_the_record():
     sparse.info["nnz"] = 5
     with pytest.raises(TslimFormatError, match="record fc.weight: 6 positions decoded, header says 5"):
         decode_record(sparse, dict(sparse.parts), {})
+
+
+@pytest.mark.parametrize("coding", ["huffman", "fixed"])
+def test_a_dense_shared_tensor_stores_no_relative_indices_and_round_trips(coding):
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 4, (64, 72), generator=g, dtype=torch.int16)
+    t = torch.tensor([-0.5, -0.1, 0.2, 0.7])[codes.long()]
+    record = codecs.shared_record("w", t, codes, coding)
+    assert record.info["all"] == 1 and "n_gap" not in record.info
+    assert not [n for n, _ in record.parts if n.startswith("gap_")]
+    assert same_bits(decode_record(record, dict(record.parts), {}), t)
+    # one pruned weight: the relative indices come back, and cost at least a bit per entry with Huffman
+    sparse_codes = codes.clone()
+    sparse_codes[0, 0] = -1
+    pruned = torch.where(sparse_codes >= 0, t, torch.zeros(()))  # +0.0 where pruned
+    sparse = codecs.shared_record("w", pruned, sparse_codes, coding)
+    assert "all" not in sparse.info and sparse.info["nnz"] == t.numel() - 1
+    gap_bytes = sum(len(v) for n, v in sparse.parts if n.startswith("gap_"))
+    assert gap_bytes >= (t.numel() - 1) // 8
+    assert same_bits(decode_record(sparse, dict(sparse.parts), {}), pruned)
+
+
+def test_all_positions_must_match_the_element_count():
+    codes = torch.zeros(4, 4, dtype=torch.int16)
+    record = codecs.shared_record("w", torch.zeros(4, 4), codes, "huffman")
+    record.info["nnz"] = 15
+    with pytest.raises(TslimFormatError, match="nnz"):
+        decode_record(record, dict(record.parts), {})

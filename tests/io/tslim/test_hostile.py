@@ -167,6 +167,8 @@ HOSTILE: dict[str, Callable[[bytes], bytes]] = {
     # sizes and counts that do not fit the bytes present
     "n_gap huge": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(n_gap=1 << 33)),
     "k huge": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(k=1 << 24)),
+    "all on gaps": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(all=1)),
+    "all 2": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(all=2)),
     "ib 24": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(ib=24)),
     "nnz bool": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(nnz=True)),
     "coding": lambda d: with_header(d, lambda h: rec(h, "fc1.weight").update(coding="fixed")),

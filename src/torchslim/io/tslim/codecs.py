@@ -133,8 +133,18 @@ def has_support(record: Record) -> bool:
 # -- positions (relative indices) -----------------------------------------------------------------
 
 
-def encode_positions(positions: np.ndarray, coding: str) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-    """Header fields (``ib``, ``n_gap``) and ``gap_*`` parts storing sorted ``positions`` as relative indices."""
+def encode_positions(positions: np.ndarray, coding: str, numel: int | None = None) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """Header fields (``ib``, ``n_gap``) and ``gap_*`` parts storing sorted ``positions`` as relative indices.
+
+    When the positions are every element of a tensor of ``numel`` elements, the header says
+    so (``all: 1``) and no relative index is stored (a Huffman-coded gap costs at least one
+    bit per entry, as much again as a 1-bit code).
+
+    >>> encode_positions(np.arange(6), "huffman", numel=6)
+    ({'all': 1}, [])
+    """
+    if numel is not None and positions.size == numel and numel > 0:
+        return {"all": 1}, []
     bits = best_gap_width(positions, coding)
     symbols = gap_symbols(positions, bits)
     stream = encode_stream(symbols, 1 << bits, coding)
@@ -145,9 +155,15 @@ def read_positions(record: Record, payload: dict[str, bytes], numel: int) -> np.
     """The positions stored by :func:`encode_positions`, checked against the record's ``nnz`` and ``numel``.
 
     Each position takes one gap symbol, so ``nnz <= n_gap``; the stream's length
-    is checked against its bytes before it is decoded.
+    is checked against its bytes before it is decoded. A record storing every element
+    (``all: 1``) has ``nnz == numel`` and no ``gap_*`` part.
     """
     info = record.info
+    if "all" in info:
+        if info["all"] != 1 or "ib" in info or "n_gap" in info or any(k.startswith("gap_") for k in payload):
+            raise TslimFormatError(f"record {record.name}: 'all' must be 1 and comes without relative indices")
+        int_field(info, "nnz", numel, numel, record.name)
+        return np.arange(numel, dtype=np.int64)
     bits, n_gap = int_field(info, "ib", 1, 24, record.name), int_field(info, "n_gap", 0, MAX_ELEMENTS, record.name)
     nnz = int_field(info, "nnz", 0, min(numel, n_gap), record.name)
     gap_parts = {k[4:]: v for k, v in payload.items() if k.startswith("gap_")}
@@ -245,7 +261,7 @@ def shared_record(name: str, t: torch.Tensor, codes: torch.Tensor, coding: str) 
     first = np.full(k, -1, dtype=np.int64)
     first[symbols[::-1]] = positions[::-1]
     codebook = bits[first] if k else bits[:0]
-    info, parts = encode_positions(positions, coding)
+    info, parts = encode_positions(positions, coding, numel=flat_codes.size)
     code_stream = encode_stream(symbols, max(k, 1), coding)
     info.update(nnz=int(positions.size), k=k, coding=coding)
     return Record(
