@@ -189,3 +189,57 @@ def test_config_errors_name_the_field():
         SearchConfig.parse({"objective": "latency", "families": ["bits"]})
     with pytest.raises(Exception, match="epoch"):
         SearchConfig.parse({"heal": {"epochs": [-1]}})
+
+
+def test_a_kmeans_plan_shares_then_heals_its_centroids(head, tmp_path):
+    import copy
+
+    from torchslim.search.evaluate import Env, _run, recipe_for, score
+    from torchslim.search.plan import plan_stages
+
+    fams = ["unstructured", "bits", "share", "heal"]
+    cfg = SearchConfig.parse({"objective": "bytes", "val_samples": 300, "families": fams,
+                              "heal": {"epochs": [4], "max_steps": 40, "methods": ["finetune"], "centroid_lr": 0.01}})
+    plan = {"sparsity": 0.5, "bits": 2.0, "uniform": True, "quantizer": "kmeans", "heal_epochs": 4, "heal_method": "finetune"}
+    stages = plan_stages(plan, cfg, None)
+    assert [s["type"] for s in stages] == ["prune", "finetune", "share", "finetune", "encode"]
+    assert stages[3]["lr"] == cfg.heal.centroid_lr and stages[2]["bits"] == 2
+    env = Env.build(head, cfg)
+    healed, unhealed = copy.deepcopy(env.model), copy.deepcopy(env.model)
+    _run(env, recipe_for(head, stages), healed, tmp_path / "a", False)
+    _run(env, recipe_for(head, stages[:3]), unhealed, tmp_path / "b", False)
+    for name in ("fc1", "fc2", "fc3"):
+        w, w0 = getattr(healed, name).weight, getattr(unhealed, name).weight
+        assert torch.equal(w == 0, w0 == 0) and bool((w == 0).any())  # the pruned weights stay pruned
+        centroids = w[w != 0].unique()
+        assert len(centroids) <= 4 and not torch.equal(centroids, w0[w0 != 0].unique())  # 4 values, moved by healing
+    kmeans, rtn = score(env, plan), score(env, {**plan, "quantizer": "rtn"})
+    assert [s["type"] for s in rtn.stages] == ["prune", "finetune", "quantize", "encode"]
+    assert kmeans.drop <= 3.0, kmeans.drop
+    assert kmeans.objective < 0.8 * rtn.objective, (kmeans.objective, rtn.objective)  # 4 shared values, no scales
+
+
+def test_each_family_alone_finds_its_strongest_setting_within_the_budget_by_bisection(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torchslim.search.singles as singles
+
+    cfg = SearchConfig.parse({"objective": "bytes", "families": ["unstructured", "bits", "heal"], "budget": 1.0})
+    drops = {0.5: 0.1, 0.7: 0.4, 0.8: 0.9, 0.9: 2.0, 0.95: 5.0, 8.0: 0.0, 6.0: 0.2, 5.0: 0.5, 4.0: 1.5, 3.0: 4.0, 2.0: 9.0}
+    scored = []
+
+    def fake(env, family, plan):
+        key = plan.get("sparsity", plan.get("bits"))
+        scored.append((family, key))
+        return {"family": family, "plan": plan, "summary": str(key), "status": "ok", "drop": drops[key],
+                "objective": 100.0 - key if family == "unstructured" else key}
+
+    monkeypatch.setattr(singles, "_score_row", fake)
+    env = SimpleNamespace(cfg=cfg)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    rows = singles.run_singles(env, url)
+    best = {f: singles.best_single([r for r in rows if r["family"] == f], 1.0)["plan"] for f in ("unstructured", "bits")}
+    assert best["unstructured"]["sparsity"] == 0.8 and best["bits"]["bits"] == 5.0
+    assert scored == [("unstructured", 0.8), ("unstructured", 0.9), ("bits", 5.0), ("bits", 3.0), ("bits", 4.0)]
+    scored.clear()
+    assert singles.run_singles(env, url) == rows and not scored  # a restart scores nothing again

@@ -62,7 +62,9 @@ from torchslim.search.study import (
 
 __all__ = ["search"]
 
-_ANALYSIS_OF = {"structured": "structured", "unstructured": "unstructured", "bits": "bits", "lowrank": "lowrank"}
+#: the sensitivity analysis each family's allocation reads (weight sharing allocates its bits as weight bits do)
+_ANALYSIS_OF = {"structured": "structured", "unstructured": "unstructured", "bits": "bits", "share": "bits",
+                "lowrank": "lowrank"}
 
 
 def _head(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,9 +77,8 @@ def _head(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 def _sensitivity(env: Env, cfg: SearchConfig, out: Path, progress: bool) -> tuple[SensitivityResult | None, float]:
     t0 = time.perf_counter()
-    wanted = [_ANALYSIS_OF[f] for f in cfg.space_families() if f in _ANALYSIS_OF and f in ("bits", "lowrank", "structured",
-                                                                                           "unstructured")]
-    wanted = [a for a in cfg.sensitivity.analyses if a in wanted]
+    wanted_set = {_ANALYSIS_OF[f] for f in cfg.space_families() if f in _ANALYSIS_OF}
+    wanted = [a for a in cfg.sensitivity.analyses if a in wanted_set]
     if not wanted:
         return None, 0.0
     if cfg.sensitivity_file is not None:

@@ -3,14 +3,16 @@
 The search samples a few numbers per plan (:func:`suggest`): how much of the model's
 MACs channel pruning keeps, which fraction of the removable blocks goes, how many of
 the factorisable parameters low-rank keeps, the global sparsity, the average weight
-bits, int8 or not, BatchNorm folding, and the healing (epochs, fine-tune or distil).
+bits and their quantizer (``rtn``: weight-only affine quantization; ``kmeans``: weight
+sharing, whose centroids the healing then fine-tunes), int8 or not, BatchNorm folding,
+and the healing (epochs, fine-tune or distil).
 Where a family has per-layer settings (weight bits, low-rank ratio), the fast stage
 decides them from the sensitivity analysis: a greedy knapsack (:func:`allocate`) that
 spends the family's budget on the layers where it costs the least accuracy per byte.
 :func:`plan_stages` turns a plan into the recipe stages that ``torchslim run`` replays,
 in a fixed order (``uniform: true`` in a plan skips the allocation: one setting everywhere): channels and blocks, low-rank, sparsity, healing, folding,
-quantization, then the stage that writes the measured artefact (``encode`` for bytes,
-``export`` for latency).
+quantization (or weight sharing, then the centroids' healing: Deep Compression's order),
+then the stage that writes the measured artefact (``encode`` for bytes, ``export`` for latency).
 
 Example:
     >>> from torchslim.search.searchconfig import SearchConfig
@@ -53,6 +55,13 @@ def suggest(trial: Any, cfg: SearchConfig) -> dict[str, Any]:
         if fam in fams:
             low, high, step = RANGES[param]
             plan[param] = trial.suggest_float(param, low, high, step=step)
+    if "share" in fams:
+        if "bits" not in fams:
+            low, high, step = RANGES["bits"]
+            plan["bits"] = trial.suggest_float("bits", low, high, step=step)
+            plan["quantizer"] = "kmeans"
+        else:
+            plan["quantizer"] = trial.suggest_categorical("quantizer", ["rtn", "kmeans"])
     if "int8" in fams:
         plan["int8"] = trial.suggest_categorical("int8", [False, True])
     if "fold" in fams:
@@ -160,17 +169,18 @@ def _lowrank_targets(sens: SensitivityResult | None, keep: float) -> dict[str, A
     return {"targets": grouped_targets(lowered, "ratio")} if lowered else {}
 
 
-def _heal_stage(plan: Mapping[str, Any], cfg: SearchConfig) -> dict[str, Any] | None:
+def _heal_stage(plan: Mapping[str, Any], cfg: SearchConfig, centroids: bool = False) -> dict[str, Any] | None:
     epochs = int(plan.get("heal_epochs", 0))
     if epochs <= 0:
         return None
-    train = {"epochs": epochs, "lr": cfg.heal.lr, "batch_size": cfg.heal.batch_size, "schedule": "cosine",
-             "nesterov": True, "weight_decay": 5e-4}
+    train = {"epochs": epochs, "lr": cfg.heal.centroid_lr if centroids else cfg.heal.lr, "batch_size": cfg.heal.batch_size,
+             "schedule": "cosine", "nesterov": True, "weight_decay": 5e-4}
     if cfg.heal.max_steps is not None:
         train["max_steps"] = cfg.heal.max_steps
+    what = " (centroids)" if centroids else ""
     if plan.get("heal_method", "finetune") == "distill":
-        return {"type": "distill", "name": "heal (distil)", "teacher": "initial", **train}
-    return {"type": "finetune", "name": "heal", **train}
+        return {"type": "distill", "name": f"heal{what} (distil)", "teacher": "initial", **train}
+    return {"type": "finetune", "name": f"heal{what}", **train}
 
 
 def _structure_stages(plan: Mapping[str, Any], sens: SensitivityResult | None) -> list[dict[str, Any]]:
@@ -204,7 +214,16 @@ def plan_stages(plan: Mapping[str, Any], cfg: SearchConfig, sens: SensitivityRes
     if plan.get("fold"):
         stages.append({"type": "fold"})
     bits = float(plan.get("bits", OFF["bits"]))
-    if bits <= 8.0:
+    if bits <= 8.0 and plan.get("quantizer", "rtn") == "kmeans":
+        top, targets = _bits_targets(None if plan.get("uniform") else sens, bits)
+        share: dict[str, Any] = {"type": "share", "name": "weight sharing", "bits": top}
+        if targets:
+            share["targets"] = targets
+        stages.append(share)
+        centroids = _heal_stage(plan, cfg, centroids=True)
+        if centroids is not None:
+            stages.append(centroids)
+    elif bits <= 8.0:
         top, targets = _bits_targets(None if plan.get("uniform") else sens, bits)
         stage: dict[str, Any] = {"type": "quantize", "name": "weight bits", "mode": "weight_only",
                                  "weight": {"bits": top}, "keep_first_last": False}
@@ -230,6 +249,7 @@ def single_plans(cfg: SearchConfig) -> dict[str, list[dict[str, Any]]]:
         "lowrank": [{"lowrank": r, "uniform": True} for r in (0.75, 0.6, 0.5, 0.4, 0.3, 0.2)],  # one ratio everywhere
         "unstructured": [{"sparsity": s} for s in (0.5, 0.7, 0.8, 0.9, 0.95)],
         "bits": [{"bits": b, "uniform": True} for b in (8.0, 6.0, 5.0, 4.0, 3.0, 2.0)],  # one width everywhere
+        "share": [{"bits": b, "uniform": True, "quantizer": "kmeans"} for b in (6.0, 5.0, 4.0, 3.0, 2.0)],
         "int8": [{"int8": True}],
     }
     return {f: [{**p, **heal} for p in ladders[f]] for f in cfg.space_families() if f in ladders}
@@ -246,7 +266,7 @@ def describe(plan: Mapping[str, Any]) -> str:
     if float(plan.get("sparsity", 0.0)) > 0:
         parts.append(f"sparsity {float(plan['sparsity']):.2f}")
     if float(plan.get("bits", 32.0)) <= 8:
-        parts.append(f"{float(plan['bits']):g} bits")
+        parts.append(f"{float(plan['bits']):g} bits" + (" k-means" if plan.get("quantizer") == "kmeans" else ""))
     if plan.get("int8"):
         parts.append("int8")
     if plan.get("fold"):

@@ -8,7 +8,9 @@ applied to every unit. A family's *limit* is its strongest setting whose predict
 stays within ``heal_factor`` times the budget (healing recovers part of a one-shot loss).
 Proposals then scale every family from unchanged towards its limit by a common factor
 ``t`` (largest first) until the families' summed prediction fits, for each healing
-choice: the study's first trials, which the sampler then refines.
+choice: the study's first trials, which the sampler then refines. Where weight sharing is
+in the space, the proposals quantize by it (its loss is predicted from the weight-bits
+analysis, which it undercuts once its centroids are healed).
 
 Example:
     >>> from torchslim.search.searchconfig import SearchConfig
@@ -86,6 +88,8 @@ def proposals(sens: SensitivityResult | None, cfg: SearchConfig) -> list[dict[st
     """Up to ``cfg.proposals`` plans (Optuna parameter dicts) from the sensitivities (see the module docstring)."""
     fams = cfg.space_families()
     params = [_PARAM_OF[f] for f in fams if f in _PARAM_OF]
+    if "share" in fams and "bits" not in params:
+        params.append("bits")
     allowed = HEAL_FACTOR * max(cfg.budget, 0.1)
     heal_choices: list[dict[str, Any]] = [{}]
     if "heal" in fams:
@@ -102,6 +106,8 @@ def proposals(sens: SensitivityResult | None, cfg: SearchConfig) -> list[dict[st
             continue
         if "blocks" in fams:
             plan["blocks"] = 0.0
+        if "share" in fams:  # weight sharing with its centroids healed: Deep Compression's order
+            plan["quantizer"] = "kmeans"
         if "int8" in fams:
             plan["int8"] = True
         if "fold" in fams:

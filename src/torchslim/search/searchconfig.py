@@ -23,14 +23,14 @@ from torchslim.search.config import SensitivityConfig
 __all__ = ["FAMILIES", "HealConfig", "LatencyConfig", "SearchConfig"]
 
 Objective = Literal["bytes", "macs", "latency"]
-Family = Literal["structured", "blocks", "unstructured", "bits", "lowrank", "int8", "fold", "heal"]
+Family = Literal["structured", "blocks", "unstructured", "bits", "share", "lowrank", "int8", "fold", "heal"]
 
 #: every family of the space, in the order a plan's stages run
-FAMILIES: tuple[str, ...] = ("structured", "blocks", "lowrank", "unstructured", "heal", "fold", "bits", "int8")
+FAMILIES: tuple[str, ...] = ("structured", "blocks", "lowrank", "unstructured", "heal", "fold", "bits", "share", "int8")
 
 #: which families move each objective (the default space); ``heal`` and ``fold`` are global switches
 _FOR_OBJECTIVE: dict[str, tuple[str, ...]] = {
-    "bytes": ("structured", "blocks", "lowrank", "unstructured", "bits", "heal"),
+    "bytes": ("structured", "blocks", "lowrank", "unstructured", "bits", "share", "heal"),
     "macs": ("structured", "blocks", "lowrank", "fold", "heal"),
     "latency": ("structured", "blocks", "lowrank", "int8", "fold", "heal"),
 }
@@ -46,6 +46,9 @@ class HealConfig(Config):
         lr: the peak learning rate (cosine schedule, SGD with Nesterov momentum).
         batch_size: samples per step.
         qat: let the search choose quantization-aware training (one healing pass with the quantizers in place).
+        centroid_lr: the peak learning rate of the healing after weight sharing (``share``): each
+            centroid moves by the sum of its members' gradients (Deep Compression's update), so
+            it wants a smaller rate than the weights' healing.
     """
 
     epochs: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, max_length=8)
@@ -56,6 +59,7 @@ class HealConfig(Config):
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     batch_size: int = Field(default=128, ge=1, le=65_536)
     qat: bool = False
+    centroid_lr: float = Field(default=1e-3, gt=0.0, le=10.0)
 
     @field_validator("epochs")
     @classmethod
@@ -152,8 +156,10 @@ class SearchConfig(Config):
     @model_validator(mode="after")
     def _families_fit(self) -> SearchConfig:
         fams = set(self.space_families())
-        if self.objective == "latency" and "bits" in fams:
-            raise ValueError("families: 'bits' (weight-only) does not make ONNX Runtime faster; use 'int8' for latency")
+        if self.objective == "latency" and fams & {"bits", "share"}:
+            raise ValueError(
+                "families: 'bits' and 'share' (weight-only) do not make ONNX Runtime faster; use 'int8' for latency"
+            )
         if not fams - {"heal", "fold"}:
             raise ValueError(f"families: nothing that compresses; allowed: {list(FAMILIES)}")
         return self
@@ -161,4 +167,5 @@ class SearchConfig(Config):
     def space_families(self) -> list[str]:
         """The families searched, in the order a plan's stages run them."""
         chosen = self.families if self.families is not None else _FOR_OBJECTIVE[self.objective]
-        return [f for f in ("structured", "blocks", "lowrank", "unstructured", "bits", "int8", "fold", "heal") if f in chosen]
+        order = ("structured", "blocks", "lowrank", "unstructured", "bits", "share", "int8", "fold", "heal")
+        return [f for f in order if f in chosen]

@@ -1,9 +1,10 @@
 """Each family alone: a 1-D search at the same budget and healing, to say what combining adds.
 
 A family's ladder (:func:`torchslim.search.plan.single_plans`: channel pruning's MACs
-kept, uniform weight bits, low-rank's parameters kept, sparsity, int8) is walked from
-its mildest setting; the walk stops at the first setting beyond the budget (stronger
-ones are not expected to do better). The points are stored as trials of their own study
+kept, uniform weight bits or shared values, low-rank's parameters kept, sparsity, int8)
+is ordered mildest first, the objective falling and the drop rising along it; the
+strongest setting within the budget is found by bisection (a ladder of ``n`` settings
+costs about ``log2(n + 1)`` candidates, not ``n``). The points are stored as trials of their own study
 (``<study>:single:<family>``) in the search's storage, so a restarted search does not
 score them again.
 
@@ -56,7 +57,10 @@ def run_singles(env: Env, url: str, tick: Callable[[str], None] | None = None) -
         study = optuna.create_study(storage=storage, study_name=f"{env.cfg.study}:single:{family}",
                                     directions=["minimize", "minimize"], load_if_exists=True)
         done = _done(study)
-        for index, plan in enumerate(ladder):
+        low, high = 0, len(ladder) - 1
+        while low <= high:
+            index = (low + high) // 2
+            plan = ladder[index]
             if tick is not None:
                 tick(f"{family} alone: {describe(plan)}")
             row = done.get(index)
@@ -70,8 +74,10 @@ def run_singles(env: Env, url: str, tick: Callable[[str], None] | None = None) -
                 else:
                     study.tell(trial, state=TrialState.PRUNED if row["status"] == "pruned" else TrialState.FAIL)
             rows.append(row)
-            if row["status"] != "ok" or row["drop"] > env.cfg.budget:
-                break
+            if row["status"] == "ok" and row["drop"] <= env.cfg.budget:
+                low = index + 1  # within the budget: try stronger
+            else:
+                high = index - 1
     return rows
 
 
