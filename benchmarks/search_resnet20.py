@@ -152,7 +152,7 @@ def _figures(head: dict[str, Any], objective: str, result: dict[str, Any], wall:
 
 
 def _workers() -> dict[str, Any]:
-    """The same 8-trial study on 1 and on 2 worker processes (1 thread each): wall seconds."""
+    """The same 16-trial study on 1 and on 2 worker processes (1 thread each): wall seconds."""
     from safetensors.torch import save_file as save
 
     from torchslim.data import load_data
@@ -165,9 +165,9 @@ def _workers() -> dict[str, Any]:
     path = cache_dir() / "baselines" / "search_workers_lenet300.safetensors"
     save(model.state_dict(), str(path))
     head = {"name": "w", "model": {"name": "zoo:lenet300", "args": {"in_features": 64}, "weights": str(path)}, "data": "digits"}
-    cfg = {"objective": "macs", "families": ["structured", "lowrank", "heal"], "trials": 8, "proposals": 0, "threads": 1,
+    cfg = {"objective": "macs", "families": ["structured", "lowrank", "heal"], "trials": 16, "proposals": 0, "threads": 1,
            "singles": False, "replay": False, "val_samples": 300, "sensitivity": {"batches": 1, "batch_size": 256},
-           "heal": {"epochs": [400], "max_steps": None, "methods": ["finetune"]}}
+           "heal": {"epochs": [1200], "max_steps": None, "methods": ["finetune"]}}
     times = {}
     for workers in (1, 2):
         out = ROOT / f"workers-{workers}"

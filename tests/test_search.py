@@ -68,8 +68,10 @@ def test_bytes_search_beats_the_unchanged_model_within_budget_and_its_recipe_rep
     assert chosen is not None and chosen["drop"] <= 1.0
     base = result["baseline"]["objective"]
     assert chosen["objective"] < base / 4, (chosen, base)  # weight bits + sparsity: far smaller than fp32
-    # every trial the study finished is accounted for, the front is non-dominated
-    assert len(result["trials"]) == 6
+    # every trial the study finished is accounted for (6 scored, plus any pruned before healing), the front is
+    # non-dominated
+    assert sum(r["status"] != "pruned" for r in result["trials"]) == 6
+    assert len(result["trials"]) <= 6 + 3 * 6
     front = pareto(result["trials"])
     for r in front:
         assert not any(o["objective"] <= r["objective"] and o["drop"] < r["drop"] for o in result["trials"]
@@ -110,9 +112,13 @@ search(head, cfg, out=out, progress=False)
 
 
 def _finished(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    import sqlalchemy.exc
+
     try:
         s = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
     except KeyError:  # the search has not created its study yet
+        return []
+    except sqlalchemy.exc.OperationalError:  # the search is creating the storage's tables this very moment
         return []
     return [t for t in s.get_trials(deepcopy=False) if t.state.is_finished()]
 

@@ -92,7 +92,9 @@ class SearchConfig(Config):
         objective: minimise ``bytes`` (the ``.tslim`` file), ``macs`` or ``latency`` (the ONNX
             file in ONNX Runtime, as ``latency`` says).
         families: the families the search may combine (default: those that move the objective).
-        trials: trials of the refinement stage (the study's budget, across workers and restarts).
+        trials: scored trials of the refinement stage (the study's budget, across workers and restarts); a
+            plan pruned before its healing (``max_one_shot_drop``) does not count, and the study also
+            stops after three times ``trials`` of those.
         time: stop starting trials after this many seconds (``None``: only ``trials`` stops it).
         workers: worker processes sharing the study (each with ``threads`` torch threads).
         threads: torch threads per worker (``None``: torch's default with one worker, 1 with more).

@@ -69,16 +69,27 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
 
 
+#: a study also stops once this many times ``trials`` plans were pruned before their healing
+PRUNED_PER_TRIAL = 3
+
+
 def counted(study: optuna.Study) -> int:
-    """Trials that count against the budget: scored, pruned, or failed for a reason of the plan's own (a trial
-    whose worker died has no reason: it is run again and does not count)."""
+    """Trials that count against the budget: scored, or failed for a reason of the plan's own (a trial whose
+    worker died has no reason: it is run again and does not count). A plan pruned before its healing
+    (``max_one_shot_drop``) costs seconds and does not count; :func:`exhausted` bounds how many there are."""
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "reason" in t.user_attrs))
+               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "reason" in t.user_attrs))
+
+
+def exhausted(study: optuna.Study, trials: int) -> bool:
+    """Whether the study holds its ``trials`` counted trials, or ``PRUNED_PER_TRIAL * trials`` pruned ones."""
+    pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.PRUNED)
+    return counted(study) >= trials or pruned >= PRUNED_PER_TRIAL * trials
 
 
 def _stop_at_budget(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     def check(study: optuna.Study, _trial: FrozenTrial) -> None:
-        if counted(study) >= trials:
+        if exhausted(study, trials):
             study.stop()
 
     return check
@@ -132,14 +143,13 @@ def run_study(env: Env, study: optuna.Study, *, callback: Callable[[optuna.Study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)
-    remaining = cfg.trials - counted(study)
-    if remaining <= 0:
+    if exhausted(study, cfg.trials):
         return
     timeout = None if deadline is None else max(1.0, deadline - time.time())
     callbacks: list[Any] = [_stop_at_budget(cfg.trials)]
     if callback is not None:
         callbacks.append(callback)
-    study.optimize(objective_fn(env), n_trials=remaining, timeout=timeout, callbacks=callbacks,
+    study.optimize(objective_fn(env), n_trials=None, timeout=timeout, callbacks=callbacks,
                    catch=(TorchslimError, RuntimeError, ValueError), gc_after_trial=True, show_progress_bar=False)
 
 
