@@ -224,6 +224,7 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def main() -> None:
     timer = Timer()
+    commit = _commit()  # the code that runs (the tree may move on while a long part runs)
     which = sys.argv[1:] or ["bytes", "latency", "nncf", "workers"]
     head = _head()
     previous = json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").exists() else {}
@@ -234,7 +235,7 @@ def main() -> None:
     def save() -> None:  # after every part: a run stopped later keeps what it measured
         write_result(NAME, metrics=metrics, baseline={"model": "ResNet-20, Fashion-MNIST (cached baseline)"},
                      targets=targets, peers=peers, seed=SEED, wall_s=timer.seconds,
-                     notes=f"settings: {SEARCH}; commit {_commit()}; 2-core CPU shared with other jobs (figures are "
+                     notes=f"settings: {SEARCH}; commit {commit}; 2-core CPU (figures are "
                            "medians where timed; latency ratios re-timed side by side in interleaved rounds)")
 
     for objective in ("bytes", "latency"):

@@ -249,3 +249,21 @@ def test_each_family_alone_finds_its_strongest_setting_within_the_budget_by_bise
     assert scored == [("unstructured", 0.8), ("unstructured", 0.9), ("bits", 5.0), ("bits", 3.0), ("bits", 4.0)]
     scored.clear()
     assert singles.run_singles(env, url) == rows and not scored  # a restart scores nothing again
+
+
+def test_proposals_from_singles_combine_the_families_at_fractions_of_their_healed_limits(head, tmp_path):
+    from torchslim.search.propose import proposals_from_singles
+
+    cfg = {**SMALL, "objective": "bytes", "budget": 2.0, "trials": 2, "proposals": 2, "proposals_from": "singles",
+           "families": ["unstructured", "share", "heal"], "heal": {**SMALL["heal"], "epochs": [1]}, "replay": False}
+    result = search(head, cfg, out=tmp_path, progress=False)
+    alone = result["alone"]
+    assert alone["unstructured"] is not None and alone["share"] is not None
+    expected = proposals_from_singles(result["singles"], SearchConfig.parse(cfg))
+    first = sorted(result["trials"], key=lambda r: r["number"])[:2]
+    assert [r["plan"] for r in first] == expected  # the study's first trials are these proposals
+    for p in expected:  # each a fraction of both families' limits, neither unchanged
+        assert 0 < p["sparsity"] <= alone["unstructured"]["plan"]["sparsity"] and p["quantizer"] == "kmeans"
+        assert alone["share"]["plan"]["bits"] <= p["bits"] < 8.0
+    with pytest.raises(Exception, match="proposals_from"):
+        SearchConfig.parse({"proposals_from": "singles", "singles": False})

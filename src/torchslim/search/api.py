@@ -45,7 +45,7 @@ from torchslim.pipeline import run_recipe
 from torchslim.search.config import SensitivityConfig
 from torchslim.search.evaluate import Env, _objective, recipe_for
 from torchslim.search.outcome import UNITS, choose, pareto, trial_rows, write_outcome
-from torchslim.search.propose import proposals
+from torchslim.search.propose import proposals, proposals_from_singles
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 from torchslim.search.sensitivity import sensitivity
@@ -105,9 +105,10 @@ def _best_text(study: Any, cfg: SearchConfig, unit: str) -> str:
     return f"search: best {chosen['objective']:.4g} {unit} at {chosen['drop']:.2f} pt ({chosen['summary']})"
 
 
-def _refine(env: Env, cfg: SearchConfig, url: str, progress: bool, deadline: float | None) -> Any:
+def _refine(env: Env, cfg: SearchConfig, url: str, progress: bool, deadline: float | None,
+            plans: list[dict[str, Any]]) -> Any:
     study = open_study(cfg, url)
-    enqueue_proposals(study, proposals(env.sens, cfg))
+    enqueue_proposals(study, plans)
     unit = UNITS[cfg.objective]
     with _progress(progress) as bar:
         task = bar.add_task("search", total=cfg.trials, completed=min(cfg.trials, counted(study)))
@@ -182,11 +183,20 @@ def search(
     env.sens, sens_s = _sensitivity(env, cfg, out, progress)
     atomic_write_text(out / "head.json", json.dumps(head, indent=1) + "\n")
     url = storage_url(out, cfg.storage)
+    singles: list[dict[str, Any]] = []
+    singles_s = 0.0
+    if cfg.singles and cfg.proposals_from == "singles":  # the families alone first: the proposals build on them
+        t0 = time.perf_counter()
+        singles = run_singles(env, url)
+        singles_s = time.perf_counter() - t0
+    plans = proposals_from_singles(singles, cfg) if singles else []
     t0 = time.perf_counter()
-    study = _refine(env, cfg, url, progress, deadline)
+    study = _refine(env, cfg, url, progress, deadline, plans or proposals(env.sens, cfg))
     search_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    singles = run_singles(env, url) if cfg.singles else []
+    if cfg.singles and cfg.proposals_from != "singles":
+        t0 = time.perf_counter()
+        singles = run_singles(env, url)
+        singles_s = time.perf_counter() - t0
     rows = trial_rows(finished_trials(study))
     # a family alone is a plan too: the answer is never worse than the best of them
     candidates = rows + [{**r, "number": f"{r['family']} alone"} for r in singles if r.get("status") == "ok"]
@@ -202,7 +212,7 @@ def search(
         "trials": rows, "pareto": pareto(candidates), "chosen": chosen, "closest": closest,
         "singles": singles, "alone": _families_alone(singles, cfg.budget), "healing": _healing(candidates, cfg.budget),
         "recipe": plan_recipe, "config": cfg.model_dump(mode="json"), "head": head, "storage": url,
-        "timing": {"sensitivity_s": sens_s, "search_s": search_s, "singles_s": time.perf_counter() - t0},
+        "timing": {"sensitivity_s": sens_s, "search_s": search_s, "singles_s": singles_s},
         "machine": {"date": _dt.date.today().isoformat(), "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
     }

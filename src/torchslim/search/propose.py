@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torchslim.search.plan import RANGES, allocate
+from torchslim.search.plan import OFF, RANGES, allocate
 from torchslim.search.result import AnalysisResult, SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 
-__all__ = ["predicted_drop", "proposals"]
+__all__ = ["predicted_drop", "proposals", "proposals_from_singles"]
 
 #: a one-shot loss up to this many budgets is expected to heal within the budget
 HEAL_FACTOR = 3.0
@@ -116,6 +116,69 @@ def proposals(sens: SensitivityResult | None, cfg: SearchConfig) -> list[dict[st
             candidate = {**plan, **heal}
             if candidate not in out:
                 out.append(candidate)
+        if len(out) >= cfg.proposals:
+            break
+    return out[: cfg.proposals]
+
+
+#: the fractions of each family's measured limit the combinations take, with how many families they combine
+_MIXES = ((2, 0.8), (3, 0.7), (2, 0.65), (3, 0.55), (2, 0.5), (3, 0.4), (2, 0.35))
+
+
+def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, Any]]:
+    """Plans combining the families that did best alone, each at a fraction of its measured limit.
+
+    ``singles`` are the rows of each family alone (:func:`torchslim.search.singles.run_singles`),
+    healed as every candidate is: a family's *limit* is its strongest setting whose healed drop
+    is within the budget, a better guide than a one-shot prediction (sparsity and shared values
+    heal far better than their one-shot loss says). The families are ranked by their best
+    objective alone; the proposals combine the best two or three, each ``t`` of the way from
+    unchanged to its limit (``t`` from 0.8 down), every other family left unchanged. Per-layer
+    settings then come from the sensitivity allocation, as for any plan.
+
+    Example:
+        >>> from torchslim.search.searchconfig import SearchConfig
+        >>> cfg = SearchConfig.parse({"objective": "bytes", "families": ["unstructured", "bits", "share", "heal"],
+        ...                           "heal": {"epochs": [1], "methods": ["finetune"]}, "proposals": 2})
+        >>> rows = [{"family": "unstructured", "status": "ok", "drop": 0.6, "objective": 300.0, "plan": {"sparsity": 0.8}},
+        ...         {"family": "share", "status": "ok", "drop": 0.9, "objective": 80.0,
+        ...          "plan": {"bits": 2.0, "uniform": True, "quantizer": "kmeans"}}]
+        >>> [(p["sparsity"], p["bits"], p["quantizer"]) for p in proposals_from_singles(rows, cfg)]
+        [(0.65, 3.0, 'kmeans'), (0.5, 4.0, 'kmeans')]
+    """
+    fams = cfg.space_families()
+    best: dict[str, dict[str, Any]] = {}
+    for r in singles:
+        if r.get("status") == "ok" and r["drop"] <= cfg.budget:
+            if r["family"] not in best or r["objective"] < best[r["family"]]["objective"]:
+                best[r["family"]] = r
+    ranked = [best[f] for f in sorted(best, key=lambda f: best[f]["objective"]) if f != "int8"]
+    base: dict[str, Any] = {}
+    for fam, param in (("structured", "channels"), ("blocks", "blocks"), ("lowrank", "lowrank"), ("unstructured", "sparsity"),
+                       ("bits", "bits"), ("share", "bits")):
+        if fam in fams:
+            base[param] = OFF[param] if param != "bits" else RANGES["bits"][1]
+    if "bits" in fams and "share" in fams:
+        base["quantizer"] = "rtn"
+    heal = {"heal_epochs": max(cfg.heal.epochs), "heal_method": cfg.heal.methods[0]} if "heal" in fams else {}
+    flags = {k: True for k in ("int8", "fold") if k in fams}
+    out: list[dict[str, Any]] = []
+    for k, t in _MIXES:
+        if len(ranked) < k:
+            continue
+        plan = {**base, **flags, **heal}
+        quantized = False  # one quantizer per plan: the better-ranked family's
+        for row in ranked[:k]:
+            for param, limit in row["plan"].items():
+                if param not in RANGES or (param == "bits" and quantized):
+                    continue
+                off = RANGES["bits"][1] if param == "bits" else OFF[param]
+                plan[param] = _snap(param, off + t * (float(limit) - off))
+                if param == "bits":
+                    quantized = True
+                    plan["quantizer"] = row["plan"].get("quantizer", "rtn")
+        if plan not in out:
+            out.append(plan)
         if len(out) >= cfg.proposals:
             break
     return out[: cfg.proposals]

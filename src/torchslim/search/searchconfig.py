@@ -105,6 +105,9 @@ class SearchConfig(Config):
         sampler: ``tpe`` (multi-objective TPE with the budget as a constraint) or ``nsga2``.
         proposals: plans the fast stage (sensitivity knapsack) proposes; they are the study's
             first trials.
+        proposals_from: ``sensitivity`` (one-shot losses predicted from the analysis) or ``singles``
+            (each family alone is searched first; the proposals combine the best families at fractions
+            of their measured, healed limits; needs ``singles``).
         singles: also search each family alone (a 1-D search at the same budget and healing), to
             say what each family achieves alone and what the combination adds.
         val_samples: validation samples each candidate is scored on (the test split is used only
@@ -134,6 +137,7 @@ class SearchConfig(Config):
     study: str = Field(default="torchslim-search", min_length=1, max_length=200)
     sampler: Literal["tpe", "nsga2"] = "tpe"
     proposals: int = Field(default=6, ge=0, le=100)
+    proposals_from: Literal["sensitivity", "singles"] = "sensitivity"
     singles: bool = True
     val_samples: int = Field(default=2000, ge=1, le=10_000_000)
     max_one_shot_drop: float = Field(default=60.0, gt=0.0, le=100.0)
@@ -162,6 +166,8 @@ class SearchConfig(Config):
             raise ValueError(
                 "families: 'bits' and 'share' (weight-only) do not make ONNX Runtime faster; use 'int8' for latency"
             )
+        if self.proposals_from == "singles" and not self.singles:
+            raise ValueError("proposals_from: 'singles' needs singles: true (the families alone are what it combines)")
         if not fams - {"heal", "fold"}:
             raise ValueError(f"families: nothing that compresses; allowed: {list(FAMILIES)}")
         return self
