@@ -17,6 +17,8 @@ same budget on the same validation samples; each search's best plan at a drop no
 with it (bytes; latency re-timed side by side). Parts run separately merge into the result file.
 
 ``FROM_SAVED=1`` takes a part's figures from its finished ``search.json`` instead of searching again.
+``RESUME=1`` continues a part's stored study; ``SEARCH_OVERRIDES='{"trials": 24, "proposals_from": "singles"}'``
+changes settings for this run (recorded in the result; the timings of the runs before are added to this one's).
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_resnet20.py [bytes|latency|nncf|workers ...]``
 """
@@ -57,6 +59,7 @@ SEARCH: dict[str, Any] = {
     "latency": {"batch": 32, "threads": 2, "runs": 20},
 }
 BARS = {"bytes": 1.5, "latency": 1.3}
+OVERRIDES: dict[str, Any] = json.loads(os.environ.get("SEARCH_OVERRIDES") or "{}")
 
 
 def _commit() -> str:
@@ -101,6 +104,9 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     saved = out / "search.json"
     if os.environ.get("FROM_SAVED") and saved.exists():  # the figures of a finished search, without running it again
         return _figures(head, objective, json.loads(saved.read_text()), None, out)
+    earlier: dict[str, float] = {}
+    if os.environ.get("RESUME") and saved.exists():  # a continued study: the runs before took their time too
+        earlier = {k: float(v) for k, v in json.loads(saved.read_text())["timing"].items() if isinstance(v, (int, float))}
     kept = None  # the sensitivity analysis of the same model and settings is kept across runs (its time is its own)
     if (out / "sensitivity.json").exists():
         kept = (out / "sensitivity.json").read_bytes()
@@ -110,7 +116,7 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sensitivity.json").write_bytes(kept)
     t0 = time.perf_counter()
-    cfg = {**SEARCH, "objective": objective}
+    cfg = {**SEARCH, **OVERRIDES, "objective": objective}
     shared = ROOT / "bytes" / "sensitivity.json"  # the bytes search's analysis covers the latency families too
     if objective == "latency" and shared.exists():
         cfg["sensitivity_file"] = str(shared)
@@ -120,6 +126,10 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
         if source.exists():
             result["timing"]["sensitivity_s"] = float(json.loads(source.read_text()).get("wall_s") or 0.0)
             result["timing"]["sensitivity_reused"] = 1.0
+    for key in ("search_s", "singles_s", "total_s"):  # a continued study: add the earlier runs' time
+        if key in earlier:
+            result["timing"][key] = result["timing"].get(key, 0.0) + earlier[key]
+            result["timing"]["continued"] = 1.0
     return _figures(head, objective, result, time.perf_counter() - t0, out)
 
 
@@ -235,7 +245,7 @@ def main() -> None:
     def save() -> None:  # after every part: a run stopped later keeps what it measured
         write_result(NAME, metrics=metrics, baseline={"model": "ResNet-20, Fashion-MNIST (cached baseline)"},
                      targets=targets, peers=peers, seed=SEED, wall_s=timer.seconds,
-                     notes=f"settings: {SEARCH}; commit {commit}; 2-core CPU (figures are "
+                     notes=f"settings: {SEARCH}; overrides this run: {OVERRIDES}; commit {commit}; 2-core CPU (figures are "
                            "medians where timed; latency ratios re-timed side by side in interleaved rounds)")
 
     for objective in ("bytes", "latency"):

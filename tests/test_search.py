@@ -267,3 +267,17 @@ def test_proposals_from_singles_combine_the_families_at_fractions_of_their_heale
         assert alone["share"]["plan"]["bits"] <= p["bits"] < 8.0
     with pytest.raises(Exception, match="proposals_from"):
         SearchConfig.parse({"proposals_from": "singles", "singles": False})
+
+
+def test_proposals_are_queued_once_and_new_ones_join_a_continued_study(tmp_path):
+    from torchslim.search.study import enqueue_proposals, open_study
+
+    cfg = SearchConfig.parse({"objective": "macs", "families": ["structured", "heal"]})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = [{"channels": 0.5, "heal_epochs": 1, "heal_method": "finetune"},
+             {"channels": 0.7, "heal_epochs": 1, "heal_method": "finetune"}]
+    assert enqueue_proposals(open_study(cfg, url), first) == 2
+    assert enqueue_proposals(open_study(cfg, url), first) == 0  # a restart queues none twice
+    more = [first[1], {"channels": 0.6, "heal_epochs": 1, "heal_method": "finetune"}]
+    assert enqueue_proposals(open_study(cfg, url), more) == 1
+    assert len(open_study(cfg, url).get_trials(deepcopy=False)) == 3

@@ -128,12 +128,15 @@ def objective_fn(env: Env) -> Callable[[optuna.Trial], tuple[float, float]]:
 
 
 def enqueue_proposals(study: optuna.Study, plans: list[dict[str, Any]]) -> int:
-    """Queue the fast stage's plans as the first trials of a new study (none when it has trials already)."""
-    if study.get_trials(deepcopy=False):
-        return 0
+    """Queue the fast stage's plans that the study holds no trial of yet (queued, running or finished).
+
+    A restarted search queues none twice; a study continued with more ``trials`` and another
+    ``proposals_from`` gets the new source's plans first. Returns how many were queued.
+    """
+    before = len(study.get_trials(deepcopy=False))
     for p in plans:
         study.enqueue_trial(p, skip_if_exists=True)
-    return len(plans)
+    return len(study.get_trials(deepcopy=False)) - before
 
 
 def run_study(env: Env, study: optuna.Study, *, callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
