@@ -132,7 +132,8 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
     healed as every candidate is: a family's *limit* is its strongest setting whose healed drop
     is within the budget, a better guide than a one-shot prediction (sparsity and shared values
     heal far better than their one-shot loss says). The families are ranked by their best
-    objective alone; the proposals combine the best two or three, each ``t`` of the way from
+    objective alone (a family setting what a better one sets, the other quantizer of the weight
+    bits, is left out); the proposals combine the best two or three, each ``t`` of the way from
     unchanged to its limit (``t`` from 0.8 down), every other family left unchanged. Per-layer
     settings then come from the sensitivity allocation, as for any plan.
 
@@ -142,7 +143,8 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
         ...                           "heal": {"epochs": [1], "methods": ["finetune"]}, "proposals": 2})
         >>> rows = [{"family": "unstructured", "status": "ok", "drop": 0.6, "objective": 300.0, "plan": {"sparsity": 0.8}},
         ...         {"family": "share", "status": "ok", "drop": 0.9, "objective": 80.0,
-        ...          "plan": {"bits": 2.0, "uniform": True, "quantizer": "kmeans"}}]
+        ...          "plan": {"bits": 2.0, "uniform": True, "quantizer": "kmeans"}},
+        ...         {"family": "bits", "status": "ok", "drop": 0.5, "objective": 120.0, "plan": {"bits": 4.0, "uniform": True}}]
         >>> [(p["sparsity"], p["bits"], p["quantizer"]) for p in proposals_from_singles(rows, cfg)]
         [(0.65, 3.0, 'kmeans'), (0.5, 4.0, 'kmeans')]
     """
@@ -152,7 +154,11 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
         if r.get("status") == "ok" and r["drop"] <= cfg.budget:
             if r["family"] not in best or r["objective"] < best[r["family"]]["objective"]:
                 best[r["family"]] = r
-    ranked = [best[f] for f in sorted(best, key=lambda f: best[f]["objective"]) if f != "int8"]
+    ranked: list[dict[str, Any]] = []  # best first; a family whose settings an earlier one already sets is left out
+    for f in sorted(best, key=lambda f: best[f]["objective"]):
+        params = {p for p in best[f]["plan"] if p in RANGES}
+        if params and not params <= {p for r in ranked for p in r["plan"] if p in RANGES}:
+            ranked.append(best[f])
     base: dict[str, Any] = {}
     for fam, param in (("structured", "channels"), ("blocks", "blocks"), ("lowrank", "lowrank"), ("unstructured", "sparsity"),
                        ("bits", "bits"), ("share", "bits")):
@@ -167,16 +173,13 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
         if len(ranked) < k:
             continue
         plan = {**base, **flags, **heal}
-        quantized = False  # one quantizer per plan: the better-ranked family's
         for row in ranked[:k]:
             for param, limit in row["plan"].items():
-                if param not in RANGES or (param == "bits" and quantized):
-                    continue
-                off = RANGES["bits"][1] if param == "bits" else OFF[param]
-                plan[param] = _snap(param, off + t * (float(limit) - off))
-                if param == "bits":
-                    quantized = True
-                    plan["quantizer"] = row["plan"].get("quantizer", "rtn")
+                if param in RANGES:
+                    off = RANGES["bits"][1] if param == "bits" else OFF[param]
+                    plan[param] = _snap(param, off + t * (float(limit) - off))
+                    if param == "bits":
+                        plan["quantizer"] = row["plan"].get("quantizer", "rtn")
         if plan not in out:
             out.append(plan)
         if len(out) >= cfg.proposals:
