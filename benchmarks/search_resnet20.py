@@ -189,8 +189,13 @@ def _workers() -> dict[str, Any]:
 
 
 def _equal_drop(result: dict[str, Any], drop: float) -> dict[str, Any] | None:
-    """The scored plan with the smallest objective at a validation drop no larger than ``drop``."""
-    ok = [r for r in result["trials"] if r.get("status") == "ok" and r["drop"] <= drop]
+    """The search's plan with the smallest objective at a validation drop no larger than ``drop``.
+
+    The search's candidates are its trials and each family alone (the search answers with either; a row
+    of a family alone says so in ``family``).
+    """
+    rows = list(result["trials"]) + [{**r, "family_alone": r["family"]} for r in result.get("singles", [])]
+    ok = [r for r in rows if r.get("status") == "ok" and r["drop"] <= drop]
     return min(ok, key=lambda r: (r["objective"], r["drop"])) if ok else None
 
 
@@ -212,7 +217,8 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         equal = _equal_drop(result, max(nncf_drop, 0.0))
         row: dict[str, Any] = {"nncf_val_drop_pt": nncf_drop,
                                "equal_drop_plan": None if equal is None else (equal["summary"], round(equal["drop"], 3),
-                                                                              equal["objective"])}
+                                                                              equal["objective"]),
+                               "equal_drop_plan_is_a_family_alone": None if equal is None else equal.get("family_alone")}
         if objective == "bytes" and equal is not None:
             row["ratio_at_equal_drop"] = round(peer["bytes"] / equal["objective"], 3)
         if objective == "latency" and equal is not None:
