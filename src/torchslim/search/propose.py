@@ -168,13 +168,13 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
             base[param] = OFF[param] if param != "bits" else RANGES["bits"][1]
     if "bits" in fams and "share" in fams:
         base["quantizer"] = "rtn"
-    heal = {"heal_epochs": max(cfg.heal.epochs), "heal_method": cfg.heal.methods[0]} if "heal" in fams else {}
-    flags = {k: True for k in ("int8", "fold") if k in fams}
+    heal: dict[str, Any] = {"heal_epochs": max(cfg.heal.epochs), "heal_method": cfg.heal.methods[0]} if "heal" in fams else {}
+    flags: dict[str, Any] = {k: True for k in ("int8", "fold") if k in fams}
     out: list[dict[str, Any]] = []
     for k, t in _MIXES:
         if len(ranked) < k:
             continue
-        plan = {**base, **flags, **heal}
+        plan: dict[str, Any] = {**base, **flags, **heal}
         for row in ranked[:k]:
             for param, limit in row["plan"].items():
                 if param in RANGES:
