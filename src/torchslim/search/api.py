@@ -185,18 +185,22 @@ def search(
     url = storage_url(out, cfg.storage)
     singles: list[dict[str, Any]] = []
     singles_s = 0.0
-    if cfg.singles and cfg.proposals_from == "singles":  # the families alone first: the proposals build on them
+
+    def alone() -> None:  # each family alone, timed
+        nonlocal singles, singles_s
         t0 = time.perf_counter()
         singles = run_singles(env, url)
         singles_s = time.perf_counter() - t0
+
+    first = cfg.singles and cfg.proposals_from == "singles"  # the families alone first: the proposals build on them
+    if first:
+        alone()
     plans = proposals_from_singles(singles, cfg) if singles else []
     t0 = time.perf_counter()
     study = _refine(env, cfg, url, progress, deadline, plans or proposals(env.sens, cfg))
     search_s = time.perf_counter() - t0
-    if cfg.singles and cfg.proposals_from != "singles":
-        t0 = time.perf_counter()
-        singles = run_singles(env, url)
-        singles_s = time.perf_counter() - t0
+    if cfg.singles and not first:
+        alone()
     rows = trial_rows(finished_trials(study))
     # a family alone is a plan too: the answer is never worse than the best of them
     candidates = rows + [{**r, "number": f"{r['family']} alone"} for r in singles if r.get("status") == "ok"]

@@ -214,22 +214,22 @@ def plan_stages(plan: Mapping[str, Any], cfg: SearchConfig, sens: SensitivityRes
     if plan.get("fold"):
         stages.append({"type": "fold"})
     bits = float(plan.get("bits", OFF["bits"]))
-    if bits <= 8.0 and plan.get("quantizer", "rtn") == "kmeans":
+    if bits <= 8.0:
         top, targets = _bits_targets(None if plan.get("uniform") else sens, bits)
-        share: dict[str, Any] = {"type": "share", "name": "weight sharing", "bits": top}
-        if targets:
-            share["targets"] = targets
-        stages.append(share)
-        centroids = _heal_stage(plan, cfg, centroids=True)
-        if centroids is not None:
-            stages.append(centroids)
-    elif bits <= 8.0:
-        top, targets = _bits_targets(None if plan.get("uniform") else sens, bits)
-        stage: dict[str, Any] = {"type": "quantize", "name": "weight bits", "mode": "weight_only",
-                                 "weight": {"bits": top}, "keep_first_last": False}
-        if targets:
-            stage["targets"] = targets
-        stages.append(stage)
+        if plan.get("quantizer", "rtn") == "kmeans":
+            share: dict[str, Any] = {"type": "share", "name": "weight sharing", "bits": top}
+            if targets:
+                share["targets"] = targets
+            stages.append(share)
+            centroids = _heal_stage(plan, cfg, centroids=True)
+            if centroids is not None:
+                stages.append(centroids)
+        else:
+            stage: dict[str, Any] = {"type": "quantize", "name": "weight bits", "mode": "weight_only",
+                                     "weight": {"bits": top}, "keep_first_last": False}
+            if targets:
+                stage["targets"] = targets
+            stages.append(stage)
     if plan.get("int8"):
         stages.append({"type": "quantize", "name": "int8", "mode": "static", "keep_first_last": False})
     if cfg.objective == "bytes":

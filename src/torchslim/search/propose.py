@@ -33,7 +33,17 @@ __all__ = ["predicted_drop", "proposals", "proposals_from_singles"]
 #: a one-shot loss up to this many budgets is expected to heal within the budget
 HEAL_FACTOR = 3.0
 _ANALYSIS = {"bits": "bits", "lowrank": "lowrank", "channels": "structured", "sparsity": "unstructured"}
-_PARAM_OF = {"structured": "channels", "lowrank": "lowrank", "unstructured": "sparsity", "bits": "bits"}
+_PARAM_OF = {"structured": "channels", "lowrank": "lowrank", "unstructured": "sparsity", "bits": "bits", "share": "bits"}
+
+
+def _off(param: str) -> float:
+    """The value of ``param`` nearest to "unchanged" that the search samples (weight bits: its widest, 8)."""
+    return RANGES["bits"][1] if param == "bits" else OFF[param]
+
+
+def _params(fams: list[str]) -> list[str]:
+    """The numeric parameters of the searched families that the fast stage sets (weight bits once)."""
+    return list(dict.fromkeys(_PARAM_OF[f] for f in fams if f in _PARAM_OF))
 
 
 def _damage_at(analysis: AnalysisResult, baseline: float, unit_index: int, x: float, zero: float) -> float:
@@ -68,7 +78,7 @@ def predicted_drop(sens: SensitivityResult, param: str, value: float) -> float:
 def _limit(sens: SensitivityResult, param: str, allowed: float) -> float:
     """The strongest value of ``param`` on its grid whose predicted drop is within ``allowed``."""
     low, high, step = RANGES[param]
-    off = high if param in ("channels", "lowrank", "bits") else low
+    off = _off(param)
     values = [round(low + i * step, 6) for i in range(int(round((high - low) / step)) + 1)]
     values.sort(key=lambda v: abs(v - off))  # mildest first
     best = off
@@ -87,9 +97,7 @@ def _snap(param: str, value: float) -> float:
 def proposals(sens: SensitivityResult | None, cfg: SearchConfig) -> list[dict[str, Any]]:
     """Up to ``cfg.proposals`` plans (Optuna parameter dicts) from the sensitivities (see the module docstring)."""
     fams = cfg.space_families()
-    params = [_PARAM_OF[f] for f in fams if f in _PARAM_OF]
-    if "share" in fams and "bits" not in params:
-        params.append("bits")
+    params = _params(fams)
     allowed = HEAL_FACTOR * max(cfg.budget, 0.1)
     heal_choices: list[dict[str, Any]] = [{}]
     if "heal" in fams:
@@ -99,7 +107,7 @@ def proposals(sens: SensitivityResult | None, cfg: SearchConfig) -> list[dict[st
         plan: dict[str, Any] = {}
         for p in params:
             low, high, _ = RANGES[p]
-            off = high if p in ("channels", "lowrank", "bits") else low
+            off = _off(p)
             limit = _limit(sens, p, allowed) if sens is not None else (low + high) / 2
             plan[p] = _snap(p, off + t * (limit - off) if sens is not None else limit)
         if sens is not None and sum(predicted_drop(sens, p, plan[p]) for p in params) > allowed and t > 0.25:
@@ -161,11 +169,7 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
         params = {p for p in best[f]["plan"] if p in RANGES}
         if params and not params <= {p for r in ranked for p in r["plan"] if p in RANGES}:
             ranked.append(best[f])
-    base: dict[str, Any] = {}
-    for fam, param in (("structured", "channels"), ("blocks", "blocks"), ("lowrank", "lowrank"), ("unstructured", "sparsity"),
-                       ("bits", "bits"), ("share", "bits")):
-        if fam in fams:
-            base[param] = OFF[param] if param != "bits" else RANGES["bits"][1]
+    base: dict[str, Any] = {p: _off(p) for p in _params(fams) + (["blocks"] if "blocks" in fams else [])}
     if "bits" in fams and "share" in fams:
         base["quantizer"] = "rtn"
     heal: dict[str, Any] = {"heal_epochs": max(cfg.heal.epochs), "heal_method": cfg.heal.methods[0]} if "heal" in fams else {}
@@ -178,8 +182,7 @@ def proposals_from_singles(singles: list[dict[str, Any]], cfg: SearchConfig) -> 
         for row in ranked[:k]:
             for param, limit in row["plan"].items():
                 if param in RANGES:
-                    off = RANGES["bits"][1] if param == "bits" else OFF[param]
-                    plan[param] = _snap(param, off + t * (float(limit) - off))
+                    plan[param] = _snap(param, _off(param) + t * (float(limit) - _off(param)))
                     if param == "bits":
                         plan["quantizer"] = row["plan"].get("quantizer", "rtn")
         if plan not in out:

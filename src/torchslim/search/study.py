@@ -39,7 +39,7 @@ from torchslim.search.searchconfig import SearchConfig
 __all__ = ["FINISHED", "counted", "finished_trials", "open_study", "run_study", "run_workers", "storage_url"]
 
 
-#: the trial states that count against the trial budget
+#: the trial states of a finished trial (which of them count against the budget: :func:`counted`)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -73,18 +73,26 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 PRUNED_PER_TRIAL = 3
 
 
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    """``(counted, pruned)``: see :func:`counted`."""
+    n = pruned = 0
+    for t in study.get_trials(deepcopy=False):
+        n += t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "reason" in t.user_attrs)
+        pruned += t.state == TrialState.PRUNED
+    return n, pruned
+
+
 def counted(study: optuna.Study) -> int:
     """Trials that count against the budget: scored, or failed for a reason of the plan's own (a trial whose
     worker died has no reason: it is run again and does not count). A plan pruned before its healing
     (``max_one_shot_drop``) costs seconds and does not count; :func:`exhausted` bounds how many there are."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "reason" in t.user_attrs))
+    return _counts(study)[0]
 
 
 def exhausted(study: optuna.Study, trials: int) -> bool:
     """Whether the study holds its ``trials`` counted trials, or ``PRUNED_PER_TRIAL * trials`` pruned ones."""
-    pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.PRUNED)
-    return counted(study) >= trials or pruned >= PRUNED_PER_TRIAL * trials
+    n, pruned = _counts(study)
+    return n >= trials or pruned >= PRUNED_PER_TRIAL * trials
 
 
 def _stop_at_budget(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
