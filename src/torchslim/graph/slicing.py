@@ -273,6 +273,27 @@ def _record_pruned(module: Any, spec: AttentionSpec, kept: list[int]) -> None:
     module.pruned_heads = before | {h for i, h in enumerate(alive) if i not in set(kept)}
 
 
+class SkippedBlock(nn.Identity):
+    """A removed block: its hidden state (the first input) passes through unchanged.
+
+    The arguments a block's container hands every block besides it (a transformer layer's
+    attention mask, cache and flags) are accepted and not used, which ``nn.Identity`` refuses.
+
+    Example:
+        >>> x = torch.ones(2, 3)
+        >>> SkippedBlock()(x, None, attention_mask=None) is x
+        True
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            return args[0]
+        hidden = kwargs.get("hidden_states", next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None))
+        if hidden is None:
+            raise TorchslimError("a removed block was called without a hidden state to pass on")
+        return hidden
+
+
 def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = True) -> None:
     """Apply one structure step to ``model`` in place (and append it to the model's recorded structure)."""
     for name, dims in step.get("modules", {}).items():
@@ -286,7 +307,7 @@ def apply_structure(model: nn.Module, step: dict[str, Any], *, record: bool = Tr
             raise TorchslimError(f"the model has no parameter {name!r}")
         _slice_param(module, attr, -1, _idx(kept, module._parameters[attr].shape[-1], name))  # type: ignore[union-attr]
     for name in step.get("blocks", []):
-        replace_module(model, name, nn.Identity())
+        replace_module(model, name, SkippedBlock())
     sync_config(model, step)
     if record:
         provenance.record(model, STRUCTURE, step)

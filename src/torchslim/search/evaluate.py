@@ -93,6 +93,12 @@ class Env:
             n += batch_size_of(batch[0])
             if n >= cfg.val_samples:
                 break
+        if n == 0:
+            raise TorchslimError(
+                "search: the data has no validation split, and the budget is judged on it (the test split is kept "
+                "for the final report); hold part of the training split out with data.val_size (e.g. "
+                "{name: sms-spam, val_size: 500})"
+            )
         env = cls(dict(head), cfg, source, data, model, val, sens)
         env.baseline = score(env, {}, hopeless_check=False)
         return env
