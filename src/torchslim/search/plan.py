@@ -31,7 +31,7 @@ from typing import Any
 from torchslim.search.result import AnalysisResult, SensitivityResult, UnitResult
 from torchslim.search.searchconfig import SearchConfig
 
-__all__ = ["OFF", "allocate", "describe", "plan_stages", "single_plans", "suggest"]
+__all__ = ["OFF", "allocate", "describe", "plan_stages", "single_plans", "suggest", "unchanged"]
 
 #: the value of each numeric family that leaves the model as it is
 OFF: dict[str, float] = {"channels": 1.0, "blocks": 0.0, "lowrank": 1.0, "sparsity": 0.0, "bits": 32.0}
@@ -44,6 +44,13 @@ RANGES: dict[str, tuple[float, float, float]] = {
     "sparsity": (0.0, 0.95, 0.05),
     "bits": (2.0, 8.0, 0.5),
 }
+
+
+def unchanged(param: str) -> float:
+    """The sampled value of ``param`` nearest to leaving the model as it is (weight bits: the widest sampled, 8)."""
+    return RANGES["bits"][1] if param == "bits" else OFF[param]
+
+
 _PARAM = {"structured": "channels", "blocks": "blocks", "lowrank": "lowrank", "unstructured": "sparsity", "bits": "bits"}
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torchslim.search.plan import OFF, RANGES, allocate
+from torchslim.search.plan import RANGES, allocate
+from torchslim.search.plan import unchanged as _off
 from torchslim.search.result import AnalysisResult, SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 
@@ -34,11 +35,6 @@ __all__ = ["predicted_drop", "proposals", "proposals_from_singles"]
 HEAL_FACTOR = 3.0
 _ANALYSIS = {"bits": "bits", "lowrank": "lowrank", "channels": "structured", "sparsity": "unstructured"}
 _PARAM_OF = {"structured": "channels", "lowrank": "lowrank", "unstructured": "sparsity", "bits": "bits", "share": "bits"}
-
-
-def _off(param: str) -> float:
-    """The value of ``param`` nearest to "unchanged" that the search samples (weight bits: its widest, 8)."""
-    return RANGES["bits"][1] if param == "bits" else OFF[param]
 
 
 def _params(fams: list[str]) -> list[str]:

@@ -110,6 +110,10 @@ class SearchConfig(Config):
             of their measured, healed limits; needs ``singles``).
         singles: also search each family alone (a 1-D search at the same budget and healing), to
             say what each family achieves alone and what the combination adds.
+        refine_trials: the last this many of ``trials`` refine the best plan within the budget (when
+            it leaves part of the budget unspent): the plans one grid step stronger in each of its active
+            families, then those of any better plan they find (a pattern search). ``None``: a third of
+            ``trials``; ``0``: the sampler alone.
         val_samples: validation samples each candidate is scored on (the test split is used only
             by the final report).
         max_one_shot_drop: a candidate whose drop before healing exceeds this (points) stops early.
@@ -139,6 +143,7 @@ class SearchConfig(Config):
     proposals: int = Field(default=6, ge=0, le=100)
     proposals_from: Literal["sensitivity", "singles"] = "sensitivity"
     singles: bool = True
+    refine_trials: int | None = Field(default=None, ge=0, le=100_000)
     val_samples: int = Field(default=2000, ge=1, le=10_000_000)
     max_one_shot_drop: float = Field(default=60.0, gt=0.0, le=100.0)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -171,6 +176,10 @@ class SearchConfig(Config):
         if not fams - {"heal", "fold"}:
             raise ValueError(f"families: nothing that compresses; allowed: {list(FAMILIES)}")
         return self
+
+    def refine_count(self) -> int:
+        """How many of the last ``trials`` refine the best plan (see ``refine_trials``)."""
+        return min(self.trials, self.trials // 3 if self.refine_trials is None else self.refine_trials)
 
     def space_families(self) -> list[str]:
         """The families searched, in the order a plan's stages run them."""

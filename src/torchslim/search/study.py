@@ -9,7 +9,9 @@ output directory by default, or any RDB URL such as ``postgresql://user@host/db`
 search started again on the same storage and study continues where it stopped, and
 worker processes on this or other machines that open the same study share its trials.
 Workers keep a heartbeat; a trial whose worker died (no heartbeat for three intervals)
-is marked failed and run again once.
+is marked failed and run again once. The last trials of the budget (``refine_trials``) refine
+the best plan within the budget (:func:`refine_best`): a pattern search over its stronger
+neighbours, after the sampler's exploration.
 
 Example:
     >>> storage_url("runs/s")
@@ -32,11 +34,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from torchslim.errors import TorchslimError
 from torchslim.search.evaluate import Env, Hopeless, score
-from torchslim.search.plan import suggest
+from torchslim.search.plan import RANGES, suggest, unchanged
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
 
-__all__ = ["FINISHED", "counted", "finished_trials", "open_study", "run_study", "run_workers", "storage_url"]
+__all__ = [
+    "FINISHED", "counted", "finished_trials", "open_study", "run_study", "run_workers", "refine_best", "storage_url", "stronger_neighbours",
+]
 
 
 #: the trial states of a finished trial (which of them count against the budget: :func:`counted`)
@@ -103,6 +107,51 @@ def _stop_at_budget(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     return check
 
 
+def stronger_neighbours(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plans one grid step stronger than ``params`` in one of its active numeric families each.
+
+    A family left unchanged stays so (the neighbours refine the combination the plan chose);
+    a parameter at the end of its range has no neighbour.
+
+    Example:
+        >>> [n["sparsity"] if n["sparsity"] != 0.4 else n["bits"] for n in
+        ...  stronger_neighbours({"sparsity": 0.4, "bits": 3.0, "channels": 1.0, "heal_epochs": 1})]
+        [0.45, 2.5]
+    """
+    out = []
+    for name, (low, high, step) in RANGES.items():
+        if name not in params or abs(float(params[name]) - unchanged(name)) < 1e-9:
+            continue
+        sign = -1 if unchanged(name) == high else 1  # away from unchanged: towards the range's other end
+        value = round(float(params[name]) + sign * step, 6)
+        if low - 1e-9 <= value <= high + 1e-9:
+            out.append({**params, name: value})
+    return out
+
+
+def refine_best(study: optuna.Study, cfg: SearchConfig) -> int:
+    """Queue the stronger neighbours of the best plan within the budget, in the study's last trials.
+
+    Once the study holds ``trials - refine`` counted trials (:meth:`SearchConfig.refine_count`) and
+    nothing is queued, the best scored plan whose drop leaves part of the budget unspent has its
+    untried neighbours (:func:`stronger_neighbours`) queued; one of them that does better becomes the
+    next best, and so on (a pattern search). Returns how many were queued.
+    """
+    refine = cfg.refine_count()
+    if refine == 0 or _counts(study)[0] < cfg.trials - refine:
+        return 0
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
+    if any(t.state == TrialState.WAITING for t in trials):
+        return 0
+    fits = [t for t in trials if t.user_attrs.get("drop", float("inf")) <= cfg.budget and "objective" in t.user_attrs]
+    if not fits:
+        return 0
+    best = min(fits, key=lambda t: (t.user_attrs["objective"], t.user_attrs["drop"]))
+    if best.user_attrs["drop"] >= cfg.budget:
+        return 0
+    return enqueue_proposals(study, stronger_neighbours(best.params))
+
+
 def _record(trial: optuna.Trial, plan: Mapping[str, Any]) -> None:
     trial.set_user_attr("plan", dict(plan))
 
@@ -157,7 +206,8 @@ def run_study(env: Env, study: optuna.Study, *, callback: Callable[[optuna.Study
     if exhausted(study, cfg.trials):
         return
     timeout = None if deadline is None else max(1.0, deadline - time.time())
-    callbacks: list[Any] = [_stop_at_budget(cfg.trials)]
+    refine_best(study, cfg)  # a continued study past its exploration refines its best first
+    callbacks: list[Any] = [lambda s, _t: refine_best(s, cfg), _stop_at_budget(cfg.trials)]
     if callback is not None:
         callbacks.append(callback)
     study.optimize(objective_fn(env), n_trials=None, timeout=timeout, callbacks=callbacks,
