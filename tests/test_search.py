@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from optuna.trial import TrialState
 from safetensors.torch import save_file
 
 from torchslim.data import load_data
@@ -281,3 +282,65 @@ def test_proposals_are_queued_once_and_new_ones_join_a_continued_study(tmp_path)
     more = [first[1], {"channels": 0.6, "heal_epochs": 1, "heal_method": "finetune"}]
     assert enqueue_proposals(open_study(cfg, url), more) == 1
     assert len(open_study(cfg, url).get_trials(deepcopy=False)) == 3
+
+
+def test_the_last_trials_refine_the_best_plan_through_its_stronger_neighbours(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torchslim.search.study as study_mod
+    from torchslim.search.evaluate import Score
+
+    def fake(env, plan):  # bytes fall and the drop rises as either family is pushed further
+        drop = 2.0 * plan["sparsity"] + 0.1 * (8.0 - plan["bits"])
+        return Score(accuracy=0.9, drop=drop, objective=(1.0 - plan["sparsity"]) * plan["bits"], seconds=0.0)
+
+    monkeypatch.setattr(study_mod, "score", fake)
+    start = {"sparsity": 0.2, "bits": 6.0}
+
+    def plans_run(refine: int, name: str) -> list[dict]:
+        cfg = SearchConfig.parse({"objective": "bytes", "families": ["unstructured", "bits"], "budget": 1.0,
+                                  "trials": 5, "refine_trials": refine, "study": name})
+        study = study_mod.open_study(cfg, f"sqlite:///{tmp_path / 's.db'}")
+        study_mod.enqueue_proposals(study, [start])
+        study_mod.run_study(SimpleNamespace(cfg=cfg, baseline=None), study)
+        return [t.params for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+                if t.state == TrialState.COMPLETE]
+
+    # the start spends 0.6 pt of 1.0: its two neighbours run; the better of them (0.2 at 5.5 bits: 4.4 at 0.65 pt)
+    # is then refined in turn (0.25 at 5.5 bits was not tried yet, 0.2 at 5 bits)
+    assert plans_run(4, "refine") == [start, {"sparsity": 0.25, "bits": 6.0}, {"sparsity": 0.2, "bits": 5.5},
+                                      {"sparsity": 0.25, "bits": 5.5}, {"sparsity": 0.2, "bits": 5.0}]
+    assert study_mod.stronger_neighbours({"sparsity": 0.95, "bits": 2.0, "channels": 1.0}) == []  # ends of range
+    plain = plans_run(0, "plain")  # the sampler alone
+    assert plain[0] == start and {"sparsity": 0.25, "bits": 6.0} not in plain[1:3]
+
+
+def test_latency_search_on_a_hugging_face_bert_classifier_removes_layers_and_quantizes(tmp_path, monkeypatch):
+    """A BERT layer takes the attention mask and more as arguments: a removed one must still accept them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _hf import SPAM, reviews, tiny_bert  # the tiny BERT classifiers' one builder
+
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import parse_recipe
+
+    monkeypatch.chdir(tmp_path)
+    tiny_bert(tmp_path, size=SPAM)  # two layers
+    reviews(tmp_path / "reviews.csv", 240)
+    data = {"csv": "reviews.csv", "max_length": 16, "val_size": 48}
+    trained = run_recipe(parse_recipe({"name": "bert", "model": {"hf": "tiny-bert"}, "data": data, "stages": [
+        {"type": "train", "epochs": 6, "lr": 0.01, "optimizer": "adam", "batch_size": 16}]}), output=tmp_path / "t", progress=False)
+    trained.model.save_pretrained(tmp_path / "trained")
+    trained.source.tokenizer.save_pretrained(tmp_path / "trained")
+    head = {"name": "bert-search", "seed": 0, "model": {"hf": "trained"}, "data": data}
+    with pytest.raises(Exception, match="data.val_size"):  # the budget is judged on a validation split
+        search({**head, "data": {k: v for k, v in data.items() if k != "val_size"}}, {"objective": "latency"},
+               out=tmp_path / "refused", progress=False)
+    cfg = {"objective": "latency", "budget": 5.0, "families": ["blocks", "int8", "heal"], "trials": 2, "proposals": 1,
+           "val_samples": 48, "sensitivity": {"batches": 1, "batch_size": 48, "analyses": ["structured"]},
+           "heal": {"epochs": [1], "max_steps": 6, "methods": ["finetune"]}, "latency": {"batch": 8, "threads": 1, "runs": 3}}
+    result = search(head, cfg, out=tmp_path / "s", progress=False)
+    rows = result["trials"] + result["singles"]
+    assert [r for r in rows if r["status"] != "ok"] == []  # nothing refused or crashed
+    removed = [r for r in result["singles"] if r["family"] == "blocks" and r["plan"]["blocks"] >= 0.45]
+    assert removed and removed[0]["drop"] < 50  # one of the two layers gone, and the classifier still classifies
+    assert result["chosen"] is not None and result["replay"]["objective"] is not None
