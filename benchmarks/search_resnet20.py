@@ -53,7 +53,7 @@ NAME = "search_resnet20"
 SEED = 0
 ROOT = Path("runs") / "bench-search-resnet20"
 SEARCH: dict[str, Any] = {
-    "budget": 1.0, "trials": 14, "proposals": 4, "val_samples": 2000, "seed": SEED,
+    "budget": 1.0, "trials": 14, "proposals": 4, "refine_trials": 5, "val_samples": 2000, "seed": SEED,
     "heal": {"epochs": [1], "max_steps": 400, "methods": ["finetune", "distill"], "lr": 0.01, "centroid_lr": 0.001},
     "sensitivity": {"batches": 2, "batch_size": 256},
     "latency": {"batch": 32, "threads": 2, "runs": 20},
@@ -79,6 +79,15 @@ def _head() -> dict[str, Any]:
             "measure": {"latency_batch": 32, "latency_runs": 20, "threads": 2}}
 
 
+def _example() -> torch.Tensor:
+    """The input the search times every candidate on: the data's first sample (a batch of ``batch`` copies).
+
+    Not zeros, which timed the same file differently: the chosen plan of 2026-12-05 (int8 with its BatchNorms
+    unfolded) took 7.46 ms on zeros in the side-by-side rounds and 4.19 ms on the real sample in its replay.
+    """
+    return resnet20_fmnist()[1].example_input()
+
+
 def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Path) -> dict[str, Any]:
     """Re-time the chosen plan's ONNX file and the best single family's, interleaved."""
     best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
@@ -90,7 +99,7 @@ def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Pat
     base_dir = out / "unchanged-replay"
     run_recipe(recipe_for({**head, "name": "unchanged"}, [s for s in best["stages"] if s["type"] == "export"]),
                output=base_dir, overwrite=True, progress=False)
-    example = torch.zeros(1, 1, 28, 28)
+    example = _example()
     files = {"chosen": chosen_onnx, "best_single": single_dir / "model.onnx", "unchanged": base_dir / "model.onnx"}
     medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), example, batch_size=32, threads=2, runs=30))
                                    for k, f in files.items()}, rounds=5)
@@ -99,11 +108,22 @@ def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Pat
             "speedup_vs_unchanged": round(medians["unchanged"] / medians["chosen"], 3)}
 
 
+def _count_reused_sensitivity(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A search that reused a saved sensitivity analysis: count the time the analysis took when it was measured."""
+    if not result["timing"].get("sensitivity_s"):
+        shared = ROOT / "bytes" / "sensitivity.json"
+        source = out / "sensitivity.json" if (out / "sensitivity.json").exists() else shared
+        if source.exists():
+            result["timing"]["sensitivity_s"] = float(json.loads(source.read_text()).get("wall_s") or 0.0)
+            result["timing"]["sensitivity_reused"] = 1.0
+    return result
+
+
 def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     out = ROOT / objective
     saved = out / "search.json"
     if os.environ.get("FROM_SAVED") and saved.exists():  # the figures of a finished search, without running it again
-        return _figures(head, objective, json.loads(saved.read_text()), None, out)
+        return _figures(head, objective, _count_reused_sensitivity(json.loads(saved.read_text()), out), None, out)
     earlier: dict[str, float] = {}
     if os.environ.get("RESUME") and saved.exists():  # a continued study: the runs before took their time too
         earlier = {k: float(v) for k, v in json.loads(saved.read_text())["timing"].items() if isinstance(v, (int, float))}
@@ -121,11 +141,7 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
     if objective == "latency" and shared.exists():
         cfg["sensitivity_file"] = str(shared)
     result = search(head, cfg, out=out, progress=True)
-    if not result["timing"].get("sensitivity_s"):  # reused: count the time it took when it was measured
-        source = out / "sensitivity.json" if (out / "sensitivity.json").exists() else shared
-        if source.exists():
-            result["timing"]["sensitivity_s"] = float(json.loads(source.read_text()).get("wall_s") or 0.0)
-            result["timing"]["sensitivity_reused"] = 1.0
+    _count_reused_sensitivity(result, out)
     for key in ("search_s", "singles_s", "total_s"):  # a continued study: add the earlier runs' time
         if key in earlier:
             result["timing"][key] = result["timing"].get(key, 0.0) + earlier[key]
@@ -153,6 +169,8 @@ def _figures(head: dict[str, Any], objective: str, result: dict[str, Any], wall:
                     for m, r in result["healing"].items()},
         "timing_s": {k: round(v, 1) for k, v in result["timing"].items()},
         "wall_s": None if wall is None else round(wall, 1),
+        "config": {k: result["config"].get(k) for k in ("trials", "proposals", "proposals_from", "refine_trials",
+                                                         "max_one_shot_drop", "heal", "val_samples", "seed")},
     }
     if objective == "latency" and chosen is not None:
         figures["side_by_side"] = _latency_side_by_side(head, result, out)
@@ -226,7 +244,8 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             run_recipe(recipe_for({**head, "name": "equal-drop"}, equal["stages"]), output=replay, overwrite=True,
                        progress=False)
             files = {"searched": replay / "model.onnx", "nncf": Path(peer["onnx"])}
-            medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), torch.zeros(1, 1, 28, 28), batch_size=32,
+            example = _example()
+            medians, rounds = interleaved({k: (lambda f=f, x=example: measure_ort_latency(str(f), x, batch_size=32,
                                                                                threads=2, runs=30)) for k, f in files.items()},
                                           rounds=5)
             row.update({"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
@@ -257,7 +276,7 @@ def main() -> None:
     for objective in ("bytes", "latency"):
         if objective not in which:
             continue
-        metrics[objective] = m = _one(head, objective)
+        metrics[objective] = m = {**_one(head, objective), "commit": commit}
         bar = BARS[objective]
         targets[f"{objective}_vs_best_single_ge_{bar}"] = {"value": m["ratio_vs_best_single"], "bar": bar,
                                                             "met": bool(m["ratio_vs_best_single"] and m["ratio_vs_best_single"] >= bar)}
