@@ -52,6 +52,7 @@ from torchslim.search.evaluate import recipe_for
 NAME = "search_resnet20"
 SEED = 0
 ROOT = Path("runs") / "bench-search-resnet20"
+SHARED_SENSITIVITY = ROOT / "bytes" / "sensitivity.json"  # the bytes search's analysis covers the latency families too
 SEARCH: dict[str, Any] = {
     "budget": 1.0, "trials": 14, "proposals": 4, "refine_trials": 5, "val_samples": 2000, "seed": SEED,
     "heal": {"epochs": [1], "max_steps": 400, "methods": ["finetune", "distill"], "lr": 0.01, "centroid_lr": 0.001},
@@ -115,8 +116,7 @@ def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Pat
 def _count_reused_sensitivity(result: dict[str, Any], out: Path) -> dict[str, Any]:
     """A search that reused a saved sensitivity analysis: count the time the analysis took when it was measured."""
     if not result["timing"].get("sensitivity_s"):
-        shared = ROOT / "bytes" / "sensitivity.json"
-        source = out / "sensitivity.json" if (out / "sensitivity.json").exists() else shared
+        source = out / "sensitivity.json" if (out / "sensitivity.json").exists() else SHARED_SENSITIVITY
         if source.exists():
             result["timing"]["sensitivity_s"] = float(json.loads(source.read_text()).get("wall_s") or 0.0)
             result["timing"]["sensitivity_reused"] = 1.0
@@ -141,9 +141,8 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
         (out / "sensitivity.json").write_bytes(kept)
     t0 = time.perf_counter()
     cfg = {**SEARCH, **PER_OBJECTIVE.get(objective, {}), **OVERRIDES, "objective": objective}
-    shared = ROOT / "bytes" / "sensitivity.json"  # the bytes search's analysis covers the latency families too
-    if objective == "latency" and shared.exists():
-        cfg["sensitivity_file"] = str(shared)
+    if objective == "latency" and SHARED_SENSITIVITY.exists():
+        cfg["sensitivity_file"] = str(SHARED_SENSITIVITY)
     result = search(head, cfg, out=out, progress=True)
     _count_reused_sensitivity(result, out)
     for key in ("search_s", "singles_s", "total_s"):  # a continued study: add the earlier runs' time
