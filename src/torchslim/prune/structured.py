@@ -46,6 +46,7 @@ from torchslim.prune.blocks import block_step
 from torchslim.prune.channels import (
     bisect_sparsity,
     channel_step,
+    fill_to_target,
     group_scores,
     select_groups,
     weight_scores,
@@ -143,11 +144,13 @@ def _channel_plan(
     members = sorted({m.module for g, _ in chosen for m in g.members if m.role != "param"})
     elem = weight_scores(work, members, cfg, inputs.calibration, inputs.loss_fn)
     scores = {g.id: group_scores(work, g, elem, cfg) for g, _ in chosen}
+    keep = None
     if cfg.macs_target is not None:
         sparsity = bisect_sparsity(work, chosen, scores, cfg, x, macs0)
+        keep = fill_to_target(work, chosen, scores, cfg, x, macs0, sparsity)
     else:
         sparsity = float(cfg.sparsity or 0.0)
-    step, _ = channel_step(work, chosen, scores, cfg, sparsity)
+    step, _ = channel_step(work, chosen, scores, cfg, sparsity, keep=keep)
     steps = [step] if block is None else [block, step]
     return StructureWork(x, steps, cfg.criterion, removed, block), skipped
 

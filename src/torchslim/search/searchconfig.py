@@ -116,7 +116,8 @@ class SearchConfig(Config):
             ``trials``; ``0``: the sampler alone.
         val_samples: validation samples each candidate is scored on (the test split is used only
             by the final report).
-        max_one_shot_drop: a candidate whose drop before healing exceeds this (points) stops early.
+        max_one_shot_drop: a candidate whose drop before healing exceeds this (points) stops early
+            (measured after re-estimating BatchNorm statistics on four training batches).
         seed: the seed of the sampler and of every candidate's stages.
         heal: see :class:`HealConfig`.
         latency: see :class:`LatencyConfig`.
