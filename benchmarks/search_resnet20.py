@@ -107,7 +107,7 @@ def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Pat
     example = _example()
     files = {"chosen": chosen_onnx, "best_single": single_dir / "model.onnx", "unchanged": base_dir / "model.onnx"}
     medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), example, batch_size=32, threads=2, runs=30))
-                                   for k, f in files.items()}, rounds=5)
+                                   for k, f in files.items()}, rounds=9)
     return {"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
             "best_single": best["summary"], "ratio_vs_best_single": round(medians["best_single"] / medians["chosen"], 3),
             "speedup_vs_unchanged": round(medians["unchanged"] / medians["chosen"], 3)}
@@ -250,7 +250,7 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             example = _example()
             medians, rounds = interleaved({k: (lambda f=f, x=example: measure_ort_latency(str(f), x, batch_size=32,
                                                                                threads=2, runs=30)) for k, f in files.items()},
-                                          rounds=5)
+                                          rounds=9)
             row.update({"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
                         "ratio_at_equal_drop": round(medians["nncf"] / medians["searched"], 3)})
         out[f"vs_{objective}"] = row

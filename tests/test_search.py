@@ -315,6 +315,23 @@ def test_the_last_trials_refine_the_best_plan_through_its_stronger_neighbours(tm
     assert plain[0] == start and {"sparsity": 0.25, "bits": 6.0} not in plain[1:3]
 
 
+def test_a_latency_search_prunes_channels_in_the_blocks_of_16_the_int8_kernels_run():
+    from torchslim.prune.structured import prune_structured_
+    from torchslim.search.plan import plan_stages
+    from torchslim.zoo import create_model
+
+    cfg = SearchConfig.parse({"objective": "latency", "families": ["structured", "int8"]})
+    stage = plan_stages({"channels": 0.6}, cfg, None)[0]
+    assert (stage["round_to"], stage["min_channels"], stage["macs_target"]) == (16, 16, 0.6)
+    model = create_model("resnet_cifar", depth=20, in_channels=1)
+    prune_structured_(model, {k: v for k, v in stage.items() if k not in ("type", "name")},
+                      example_input=torch.randn(1, 1, 28, 28))
+    widths = {m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths and all(w % 16 == 0 for w in widths) and min(widths) == 16 and widths != {16, 32, 64}
+    bytes_cfg = SearchConfig.parse({"objective": "bytes", "channel_multiple": 4})
+    assert plan_stages({"channels": 0.6}, bytes_cfg, None)[0]["round_to"] == 4
+
+
 def test_the_one_shot_check_judges_a_pruned_model_after_recalibrating_its_batchnorms(bn_head):
     """Channels pruned to 0.4 of the MACs leave ResNet-8 near chance with its old BatchNorm statistics (a drop of
     ~85 pt) but ~25 pt from its baseline once they are re-estimated; healing recovers it. The check stops the plan

@@ -10,8 +10,8 @@ it with forward pre-hooks on its linear layers accumulating what a method needs 
 Hessian ``H = 2/N sum x x^T`` in float64, per-input-channel sums of ``x^2`` and ``|x|``,
 a sample of input rows), the method transforms the block, and :meth:`BlockInputs.advance`
 recomputes the block's outputs *with the transformed block*: the next block's inputs.
-Peak memory is about one block plus the cached activations; :func:`peak_rss_mb` reads
-the process's peak resident memory.
+Peak memory is about one block plus the cached activations; :class:`PeakRss` samples the
+resident memory while a method runs, :func:`peak_rss_mb` reads the process's peak so far.
 
 Linear layers that receive the same input tensor (q/k/v, gate/up) share one set of
 statistics; :meth:`BlockInputs.order` finds these groups in the order the block runs them.
@@ -33,8 +33,10 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,8 +47,8 @@ from torch import nn
 
 from torchslim.errors import TransformRefusedError
 
-__all__ = ["BlockInputs", "DecoderBlocks", "LayerStats", "calibration_batches", "capture_inputs", "decoder_blocks",
-           "peak_rss_mb"]
+__all__ = ["BlockInputs", "DecoderBlocks", "LayerStats", "PeakRss", "calibration_batches", "capture_inputs",
+           "decoder_blocks", "peak_rss_mb", "rss_mb"]
 
 #: where causal LMs keep their decoder blocks, and their final norm (tried in order)
 BLOCK_PATHS = (("model.layers", "model.norm"), ("transformer.h", "transformer.ln_f"), ("gpt_neox.layers", "gpt_neox.final_layer_norm"))
@@ -60,6 +62,59 @@ def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MiB (``resource.getrusage``)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def rss_mb() -> float | None:
+    """The process's resident memory now, in MiB (``/proc/self/statm``); ``None`` where there is no ``/proc``."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+class PeakRss:
+    """The highest resident memory seen while the ``with`` block runs (MiB), sampled every ``interval`` seconds.
+
+    Unlike :func:`peak_rss_mb` (the process's peak since it started: loading a model, an earlier
+    copy), this is the peak *during* the block: what the method itself needed on top of what was
+    already resident. Where ``/proc`` is missing, :attr:`peak_mb` is the process's peak instead
+    and :attr:`sampled` is ``False``.
+
+    Example:
+        >>> with PeakRss() as tracked:
+        ...     block = bytearray(64 * 2**20)
+        >>> tracked.peak_mb >= tracked.start_mb
+        True
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.start_mb = self.peak_mb = rss_mb() or 0.0
+        self.sampled = rss_mb() is not None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = rss_mb()
+            if now is not None and now > self.peak_mb:
+                self.peak_mb = now
+
+    def __enter__(self) -> PeakRss:
+        self.start_mb = self.peak_mb = rss_mb() or 0.0
+        if self.sampled:
+            self._thread = threading.Thread(target=self._sample, name="torchslim-rss", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        now = rss_mb()
+        self.peak_mb = max(self.peak_mb, now or 0.0) if self.sampled else peak_rss_mb()
 
 
 @dataclass

@@ -36,6 +36,7 @@ from torchslim.errors import TorchslimError, TransformRefusedError
 from torchslim.llm.calibrate import (
     BlockInputs,
     DecoderBlocks,
+    PeakRss,
     calibration_batches,
     capture_inputs,
     decoder_blocks,
@@ -173,22 +174,25 @@ class LLMMethod(Technique[Any, Plan]):
         start = time.perf_counter()
         meta: dict[str, Any] = {"method": self.name, "config": cfg.model_dump(exclude={"calibration", "targets"})}
         self._refuse_tied(model, names)
-        if not self.needs_calibration(cfg):
-            results = []
-            for name, module, _ in selection.chosen:
-                try:
-                    results.append(self.process_layer(name, module, cfg))  # type: ignore[arg-type]
-                except TransformRefusedError as exc:
-                    raise TransformRefusedError(f"{name}: {exc}") from None
-            updates: dict[str, torch.Tensor] = {}
-        else:
-            batches = calibration_batches(inputs.calibration, cfg.calibration.batch_size)
-            with eval_mode(model), torch.no_grad():
-                results, updates = self._blockwise(model, cfg, names, batches)
-            meta["calibration"] = {"sequences": sum(int(b.shape[0]) for b in batches),
-                                   "tokens": sum(int(b.numel()) for b in batches)}
+        with PeakRss() as tracked:  # the resident memory during the method (sampled)
+            if not self.needs_calibration(cfg):
+                results = []
+                for name, module, _ in selection.chosen:
+                    try:
+                        results.append(self.process_layer(name, module, cfg))  # type: ignore[arg-type]
+                    except TransformRefusedError as exc:
+                        raise TransformRefusedError(f"{name}: {exc}") from None
+                updates: dict[str, torch.Tensor] = {}
+            else:
+                batches = calibration_batches(inputs.calibration, cfg.calibration.batch_size)
+                with eval_mode(model), torch.no_grad():
+                    results, updates = self._blockwise(model, cfg, names, batches)
+                meta["calibration"] = {"sequences": sum(int(b.shape[0]) for b in batches),
+                                       "tokens": sum(int(b.numel()) for b in batches)}
         meta["seconds"] = round(time.perf_counter() - start, 3)
-        meta["peak_rss_mb"] = peak_rss_mb()
+        meta["peak_rss_mb"] = tracked.peak_mb  # during the method (what was resident before it included)
+        meta["rss_before_mb"] = tracked.start_mb
+        meta["process_peak_rss_mb"] = peak_rss_mb()  # since the process started (loading, earlier copies)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             meta["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         return Plan(selection.skipped, meta, (results, updates))

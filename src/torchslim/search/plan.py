@@ -190,12 +190,12 @@ def _heal_stage(plan: Mapping[str, Any], cfg: SearchConfig, centroids: bool = Fa
     return {"type": "finetune", "name": f"heal{what}", **train}
 
 
-def _structure_stages(plan: Mapping[str, Any], sens: SensitivityResult | None) -> list[dict[str, Any]]:
+def _structure_stages(plan: Mapping[str, Any], cfg: SearchConfig, sens: SensitivityResult | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     channels, blocks = float(plan.get("channels", 1.0)), float(plan.get("blocks", 0.0))
     if channels < 1.0 - 1e-9 or blocks > 1e-9:
         stage: dict[str, Any] = {"type": "prune", "name": "channels", "granularity": "channel", "keep_first_last": False,
-                                 "round_to": 8}
+                                 **cfg.channel_widths()}
         stage["macs_target"] = round(channels, 4) if channels < 1.0 - 1e-9 else 0.999
         if blocks > 1e-9:
             stage["remove_blocks"] = round(blocks, 4)
@@ -214,7 +214,7 @@ def _structure_stages(plan: Mapping[str, Any], sens: SensitivityResult | None) -
 
 def plan_stages(plan: Mapping[str, Any], cfg: SearchConfig, sens: SensitivityResult | None) -> list[dict[str, Any]]:
     """The recipe stages of ``plan`` (plain dicts, as a recipe YAML lists them)."""
-    stages = _structure_stages(plan, sens)
+    stages = _structure_stages(plan, cfg, sens)
     heal = _heal_stage(plan, cfg)
     if heal is not None:
         stages.append(heal)
