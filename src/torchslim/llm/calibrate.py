@@ -84,9 +84,9 @@ class PeakRss:
 
     Example:
         >>> with PeakRss() as tracked:
-        ...     block = bytearray(64 * 2**20)
-        >>> tracked.peak_mb >= tracked.start_mb
-        True
+        ...     block = torch.ones(16 * 2**20)  # 64 MiB, written
+        >>> tracked.sampled, tracked.peak_mb - tracked.start_mb >= 60
+        (True, True)
     """
 
     def __init__(self, interval: float = 0.02) -> None:
