@@ -93,9 +93,10 @@ def _targets(m: dict[str, Any]) -> dict[str, Any]:
         out["sparsegpt_le_wanda_le_magnitude_50"] = {
             "value": [round(ppl[k], 3) for k in ("sparsegpt_50", "wanda_50", "magnitude_50")], "bar": "ordered", "met": order}
     alone = m.get("gptq_alone")
-    if isinstance(alone, dict) and "peak_rss_mb" in alone:
-        out["gptq_peak_rss_le_2GB"] = {"value": alone["peak_rss_mb"], "bar": 2048, "met": alone["peak_rss_mb"] <= 2048,
-                                       "measured": "sampled during gptq_ in a process holding only the model"}
+    if isinstance(alone, dict) and "process_peak_rss_mb" in alone:
+        peak = alone["process_peak_rss_mb"]
+        out["gptq_peak_rss_le_2GB"] = {"value": peak, "bar": 2048, "met": peak <= 2048,
+                                       "measured": "the peak of a process that loads SmolLM2 and runs gptq_ on it"}
     return out
 
 
@@ -113,7 +114,7 @@ def _gptq_alone() -> dict[str, Any]:
 
 
 def _gptq_alone_child() -> None:
-    from torchslim.llm.calibrate import rss_mb
+    from torchslim.llm.calibrate import peak_rss_mb, rss_mb
 
     t0 = time.perf_counter()
     model, tok = load_smollm2()
@@ -123,8 +124,9 @@ def _gptq_alone_child() -> None:
     t0 = time.perf_counter()
     report = gptq_(model, cfg, calibration=calib)
     print(json.dumps({**loaded, "config": cfg, "seconds": round(time.perf_counter() - t0, 1),
-                      **{k: report.meta.get(k) for k in ("rss_before_mb", "peak_rss_mb", "process_peak_rss_mb")},
-                      "threads": torch.get_num_threads()}))
+                      **{k: report.meta.get(k) for k in ("rss_before_mb", "peak_rss_mb")},
+                      # the process's peak once gptq_ returned: loading, planning and applying
+                      "process_peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}))
 
 
 def main() -> None:

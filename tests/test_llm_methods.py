@@ -262,6 +262,37 @@ def test_a_failure_half_way_through_apply_leaves_the_model_unchanged(base, calib
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_the_plan_runs_before_the_snapshot_and_a_failure_in_it_leaves_the_model_unchanged(base, calib, monkeypatch):
+    """The methods calibrate copies of one block at a time, so no model-sized snapshot is held while they plan
+    (SmolLM2's GPTQ peak: 2,122 MB with it, the bar 2,048); a failure in the second block still changes nothing."""
+    import torchslim.graph.transaction as transaction_mod
+    import torchslim.llm.gptq as gptq_mod
+
+    events: list[str] = []
+    real_snapshot, real_quantize = transaction_mod.snapshot, gptq_mod.gptq_quantize
+    monkeypatch.setattr(transaction_mod, "snapshot", lambda m: events.append("snapshot") or real_snapshot(m))
+    model = copy.deepcopy(base)
+    model.train()  # flags must come back too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def failing(*args, **kwargs):
+        events.append("solve")
+        if events.count("solve") == 8:  # the first linear of the second block
+            raise RuntimeError("out of memory")
+        return real_quantize(*args, **kwargs)
+    monkeypatch.setattr(gptq_mod, "gptq_quantize", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        gptq_(model, W3, calibration=calib)
+    assert "snapshot" not in events and model.training and all(m.training for m in model.modules())
+    assert all(isinstance(m, nn.Linear) for n, m in model.named_modules() if n.endswith("proj"))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    monkeypatch.setattr(gptq_mod, "gptq_quantize", real_quantize)
+    events.clear()
+    gptq_(model, W3, calibration=calib)
+    assert events == ["snapshot"]  # once, after the plan
+
+
 def test_calibration_is_checked_and_the_block_inputs_are_captured(base, calib):
     with pytest.raises(TransformRefusedError, match="needs calibration"):
         gptq_(copy.deepcopy(base), W3)

@@ -13,7 +13,11 @@ A technique is a small object with its config class and four steps:
 
 :func:`run` parses the config, then runs selection, plan, apply and report inside
 one :func:`~torchslim.graph.transaction.transaction`: an exception in any of them,
-torchslim's or not, leaves the model exactly as it was. Training-time techniques
+torchslim's or not, leaves the model exactly as it was. A technique whose plan works
+only on copies (:attr:`Technique.plan_reads_only`: the language-model methods, which
+calibrate copies of one decoder block at a time) is planned before the transaction
+opens, so the transaction's model-sized snapshot is not held while the plan's own
+memory is in use; apply and report still run inside it. Training-time techniques
 also give ``callbacks(cfg)`` for the training loop.
 
 No silent skip: after the report, :func:`run` lists every module still holding a
@@ -118,6 +122,9 @@ class Technique(Generic[C, P]):
     function: ClassVar[str] = ""
     #: the layer kinds the technique transforms, named in the reason of a layer of another kind it leaves alone
     handles: ClassVar[tuple[type[nn.Module], ...]] = ()
+    #: ``plan`` reads the model and changes nothing, not even temporarily outside a ``finally`` (it works on
+    #: copies): :func:`run` then plans before taking its snapshot (one copy of the model) for ``apply``
+    plan_reads_only: ClassVar[bool] = False
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every ``(name, module)`` the technique could act on, in registration order."""
@@ -208,6 +215,12 @@ def run(
         Exception: anything raised on the way; the model is unchanged.
     """
     cfg = tech.config.parse(config)
+    if tech.plan_reads_only:
+        selection = tech.select(model, cfg, filter_fn)
+        plan = tech.plan(model, cfg, selection, inputs or Inputs())
+        with transaction(model):
+            layers = tech.apply(model, plan)
+            return account_for_parameters(tech, model, tech.report(model, cfg, plan, layers))
     with transaction(model):
         selection = tech.select(model, cfg, filter_fn)
         plan = tech.plan(model, cfg, selection, inputs or Inputs())

@@ -42,6 +42,7 @@ from torchslim.llm.calibrate import (
     decoder_blocks,
     eval_mode,
     peak_rss_mb,
+    release_freed_memory,
 )
 from torchslim.llm.config import LLMConfig
 from torchslim.llm.modules import QuantizedLinear, swap_quantized
@@ -137,6 +138,8 @@ class LLMMethod(Technique[Any, Plan]):
     kind = "quantize"
     #: show a progress bar per decoder block (on a terminal)
     progress = True
+    #: the plan transforms deep copies of one block at a time (training flags and hooks restored in ``finally``)
+    plan_reads_only = True
 
     def needs_calibration(self, cfg: Any) -> bool:
         """Whether the method runs block by block on calibration data (default: yes)."""
@@ -234,6 +237,7 @@ class LLMMethod(Technique[Any, Plan]):
                     block = work
                 if i < last or head:
                     cache.advance(block)
+                release_freed_memory()
                 bar.advance(task)
             if head:
                 self._head(model, blocks, head, cache, cfg, results, updates)
