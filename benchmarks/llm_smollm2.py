@@ -138,7 +138,9 @@ def main() -> None:
     if wanted == ["gptq_alone"]:  # only the isolated GPTQ: keep the rows measured before
         previous = json.loads((RESULTS / f"{NAME}.json").read_text())
         metrics = {**previous["metrics"], "gptq_alone": _gptq_alone()}
-        write_result(NAME, metrics=metrics, targets=_targets(metrics), seed=SEED, wall_s=previous["wall_s"] + timer.seconds,
+        write_result(NAME, metrics=metrics, targets={**previous.get("targets", {}), **_targets(metrics)},
+                     peers=previous.get("peers"), baseline=previous.get("baseline"), seed=SEED,
+                     wall_s=previous["wall_s"] + timer.seconds,
                      notes=previous["notes"] + f"; gptq_alone: commit {_commit()}, run alone on the machine")
         print(f"{NAME}: gptq_alone: {metrics['gptq_alone']}")
         return
