@@ -130,33 +130,38 @@ def _gptq_alone_child() -> None:
 
 
 def main() -> None:
+    """All rows (no arguments: a new result file), or the rows named, merged into the result file's other rows."""
     if sys.argv[1:] == ["--gptq-alone-child"]:
         _gptq_alone_child()
         return
     timer = Timer()
+    commit = _commit()
     wanted = sys.argv[1:] or [*METHODS, "gptq_alone"]
-    if wanted == ["gptq_alone"]:  # only the isolated GPTQ: keep the rows measured before
-        previous = json.loads((RESULTS / f"{NAME}.json").read_text())
-        metrics = {**previous["metrics"], "gptq_alone": _gptq_alone()}
+    path = RESULTS / f"{NAME}.json"
+    previous = json.loads(path.read_text()) if sys.argv[1:] and path.exists() else {}
+    metrics: dict[str, Any] = dict(previous.get("metrics", {}))
+    metrics["not_reached"] = sorted(set(metrics.get("not_reached", [])) | set(wanted), key=[*METHODS, "gptq_alone"].index)
+    notes = (previous.get("notes", "") + "; " if previous else "") + f"rows {', '.join(wanted)}: commit {commit}, 2-core CPU"
+
+    def save(name: str, row: dict[str, Any]) -> None:
+        metrics[name] = row
+        metrics["not_reached"].remove(name)
         write_result(NAME, metrics=metrics, targets={**previous.get("targets", {}), **_targets(metrics)},
                      peers=previous.get("peers"), baseline=previous.get("baseline"), seed=SEED,
-                     wall_s=previous["wall_s"] + timer.seconds,
-                     notes=previous["notes"] + f"; gptq_alone: commit {_commit()}, run alone on the machine")
-        print(f"{NAME}: gptq_alone: {metrics['gptq_alone']}")
+                     wall_s=float(previous.get("wall_s", 0.0)) + timer.seconds, notes=notes)
+        print(f"{NAME}: {name}: {row}", flush=True)
+
+    if "gptq_alone" in wanted:  # in a process of its own, before this one loads the model
+        save("gptq_alone", _gptq_alone())
+    rows = [w for w in wanted if w != "gptq_alone"]
+    if not rows:
         return
     model, tok = load_smollm2()
     model.eval()
     evals = evaluation_tokens(tok)
     calib = calibration_tokens(tok, CALIB["sequences"], CALIB["seq_len"], seed=SEED, source="jargon")
-    metrics: dict[str, Any] = {"protocol": {"eval_tokens": int(evals.numel()), "window": 1024, "calibration": CALIB},
-                               "not_reached": [m for m in wanted]}
-    for name in wanted:
-        if name == "gptq_alone":
-            metrics[name] = _gptq_alone()
-            metrics["not_reached"].remove(name)
-            write_result(NAME, metrics=metrics, targets=_targets(metrics), seed=SEED, wall_s=timer.seconds,
-                         notes=f"commit {_commit()}; 2-core CPU")
-            continue
+    metrics["protocol"] = {"eval_tokens": int(evals.numel()), "window": 1024, "calibration": CALIB}
+    for name in rows:
         verb, cfg = METHODS[name]
         work = model if verb is None else copy.deepcopy(model)
         t0 = time.perf_counter()
@@ -164,16 +169,11 @@ def main() -> None:
         if verb is not None:
             report = verb(work, {**cfg, "calibration": {k: v for k, v in CALIB.items() if k != "source"}}, calibration=calib)
             row["seconds"] = round(time.perf_counter() - t0, 1)
-            row["peak_rss_mb"] = report.meta.get("peak_rss_mb")
+            row["peak_rss_mb"] = report.meta.get("peak_rss_mb")  # sampled during the method (two models resident)
         with torch.inference_mode():
             row["ppl"] = round(perplexity(work, evals, window=1024, progress=False).ppl, 4)
-        metrics[name] = row
-        metrics["not_reached"].remove(name)
         metrics["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        write_result(NAME, metrics=metrics, targets=_targets(metrics), seed=SEED, wall_s=timer.seconds,
-                     notes=f"commit {_commit()}; 2-core CPU shared with other jobs (wall times are not comparable "
-                           "between rows); peak_rss_mb is the process's peak so far")
-        print(f"{NAME}: {name}: {row}", flush=True)
+        save(name, row)
         del work
 
 
