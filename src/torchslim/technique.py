@@ -55,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -215,15 +216,13 @@ def run(
         Exception: anything raised on the way; the model is unchanged.
     """
     cfg = tech.config.parse(config)
-    if tech.plan_reads_only:
+    with contextlib.ExitStack() as stack:
+        if not tech.plan_reads_only:
+            stack.enter_context(transaction(model))
         selection = tech.select(model, cfg, filter_fn)
         plan = tech.plan(model, cfg, selection, inputs or Inputs())
-        with transaction(model):
-            layers = tech.apply(model, plan)
-            return account_for_parameters(tech, model, tech.report(model, cfg, plan, layers))
-    with transaction(model):
-        selection = tech.select(model, cfg, filter_fn)
-        plan = tech.plan(model, cfg, selection, inputs or Inputs())
+        if tech.plan_reads_only:  # the snapshot once the plan's memory is free again
+            stack.enter_context(transaction(model))
         layers = tech.apply(model, plan)
         return account_for_parameters(tech, model, tech.report(model, cfg, plan, layers))
 

@@ -33,11 +33,9 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
-import os
-import resource
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
+from torchslim.measure.memory import PeakRss, peak_rss_mb, rss_mb
 
 __all__ = ["BlockInputs", "DecoderBlocks", "LayerStats", "PeakRss", "calibration_batches", "capture_inputs",
            "decoder_blocks", "peak_rss_mb", "release_freed_memory", "rss_mb"]
@@ -59,22 +58,6 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far, in MiB (``resource.getrusage``)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
-def rss_mb() -> float | None:
-    """The process's resident memory now, in MiB (``/proc/self/statm``); ``None`` where there is no ``/proc``."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-
-
 def release_freed_memory() -> bool:
     """Hand the heap's free memory back to the operating system (glibc ``malloc_trim``); ``False`` where unavailable.
 
@@ -82,56 +65,21 @@ def release_freed_memory() -> bool:
     block's; glibc keeps freed chunks of up to 32 MiB in its heap, so the resident memory climbs
     with every block although the live memory does not. Called after each block.
     """
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, where it is the C library and has ``malloc_trim``; else ``None``."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.malloc_trim(0))
+        libc.malloc_trim  # noqa: B018 - musl and others lack it
     except (OSError, AttributeError):
-        return False
-
-
-class PeakRss:
-    """The highest resident memory seen while the ``with`` block runs (MiB), sampled every ``interval`` seconds.
-
-    Unlike :func:`peak_rss_mb` (the process's peak since it started: loading a model, an earlier
-    copy), this is the peak *during* the block: what the method itself needed on top of what was
-    already resident. Where ``/proc`` is missing, :attr:`peak_mb` is the process's peak instead
-    and :attr:`sampled` is ``False``.
-
-    Example:
-        >>> with PeakRss() as tracked:
-        ...     block = torch.ones(16 * 2**20)  # 64 MiB, written
-        >>> tracked.sampled, tracked.peak_mb - tracked.start_mb >= 60
-        (True, True)
-    """
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.start_mb = self.peak_mb = rss_mb() or 0.0
-        self.sampled = rss_mb() is not None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            now = rss_mb()
-            if now is not None and now > self.peak_mb:
-                self.peak_mb = now
-
-    def __enter__(self) -> PeakRss:
-        self.start_mb = self.peak_mb = rss_mb() or 0.0
-        if self.sampled:
-            self._thread = threading.Thread(target=self._sample, name="torchslim-rss", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        now = rss_mb()
-        self.peak_mb = max(self.peak_mb, now or 0.0) if self.sampled else peak_rss_mb()
+        return None
+    return libc
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Peak memory of one inference forward.
+"""Peak memory of one inference forward, and the process's resident memory (now, peak, during a block).
 
 How it is measured (CPU): one ``torch.no_grad()`` eval-mode forward of the batch
 runs under ``torch.profiler.profile(activities=[ProfilerActivity.CPU],
@@ -15,13 +15,19 @@ API be missing, the public ``prof.events()`` are used instead (each op's
 time). Should profiling itself be impossible (e.g. another profiler is already
 running), a forward-hook estimate is used: the largest ``input + output`` bytes
 of any leaf module. On CUDA, ``torch.cuda.max_memory_allocated`` is used.
+
+The process: :func:`rss_mb` (resident now), :func:`peak_rss_mb` (the peak since the process
+started) and :class:`PeakRss` (the peak while a ``with`` block runs, sampled by a thread), which
+the language-model methods report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,3 +180,63 @@ def peak_inference_memory(model: nn.Module, example_input: ExampleInput, batch_s
     if peak is None:
         peak = _peak_from_events(prof)
     return static + peak
+
+
+# ---------------------------------------------------------------------------- the process
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB (``resource.getrusage``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def rss_mb() -> float | None:
+    """The process's resident memory now, in MiB (``/proc/self/statm``); ``None`` where there is no ``/proc``."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+class PeakRss:
+    """The highest resident memory seen while the ``with`` block runs (MiB), sampled every ``interval`` seconds.
+
+    Unlike :func:`peak_rss_mb` (the process's peak since it started: loading a model, an earlier
+    copy), this is the peak *during* the block: what the method itself needed on top of what was
+    already resident. Where ``/proc`` is missing, :attr:`peak_mb` is the process's peak instead
+    and :attr:`sampled` is ``False``.
+
+    Example:
+        >>> with PeakRss() as tracked:
+        ...     block = torch.ones(16 * 2**20)  # 64 MiB, written
+        >>> tracked.sampled, tracked.peak_mb - tracked.start_mb >= 60
+        (True, True)
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.start_mb = self.peak_mb = 0.0  # set on entering
+        self.sampled = rss_mb() is not None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = rss_mb()
+            if now is not None and now > self.peak_mb:
+                self.peak_mb = now
+
+    def __enter__(self) -> PeakRss:
+        self.start_mb = self.peak_mb = rss_mb() or 0.0
+        if self.sampled:
+            self._thread = threading.Thread(target=self._sample, name="torchslim-rss", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        now = rss_mb()
+        self.peak_mb = max(self.peak_mb, now or 0.0) if self.sampled else peak_rss_mb()

@@ -308,6 +308,15 @@ def _dim_size(mod: nn.Module, key: str) -> int:
     return int(mod.num_features)
 
 
+def _pruned_macs(model: nn.Module, chosen: list[Chosen], scores: dict[int, torch.Tensor], cfg: StructuredPruneConfig,
+                 x: Any, sparsity: float, keep: dict[int, int] | None = None) -> int:
+    """MACs of a copy of ``model`` pruned at ``sparsity`` (or to ``keep`` channels per group)."""
+    trial = copy.deepcopy(model)
+    step, _ = channel_step(trial, chosen, scores, cfg, sparsity, keep=keep)
+    apply_structure(trial, step, record=False)
+    return count_macs(trial, x)
+
+
 def bisect_sparsity(
     model: nn.Module, chosen: list[Chosen], scores: dict[int, torch.Tensor], cfg: StructuredPruneConfig, x: Any, macs0: int
 ) -> float:
@@ -319,10 +328,7 @@ def bisect_sparsity(
     goal = cfg.macs_target * macs0  # type: ignore[operator]
 
     def macs_at(s: float) -> int:
-        trial = copy.deepcopy(model)
-        step, _ = channel_step(trial, chosen, scores, cfg, s)
-        apply_structure(trial, step, record=False)
-        return count_macs(trial, x)
+        return _pruned_macs(model, chosen, scores, cfg, x, s)
 
     most = macs_at(MAX_SPARSITY)
     if most > goal:
@@ -356,19 +362,13 @@ def fill_to_target(
         step = cfg.round_to if cfg.round_to > 1 and size[gid] > cfg.round_to else 1
         return min(step, size[gid] - keep[gid])
 
-    def fits(trial_keep: dict[int, int]) -> bool:
-        trial = copy.deepcopy(model)
-        step, _ = channel_step(trial, chosen, scores, cfg, sparsity, keep=trial_keep)
-        apply_structure(trial, step, record=False)
-        return count_macs(trial, x) <= goal
-
     open_ = {gid for gid in ranked if keep[gid] < size[gid]}
     for _ in range(FILL_TRIALS):
         if not open_:
             break
         gid = max(sorted(open_), key=lambda g: float(ranked[g][keep[g]:keep[g] + chunk(g)].mean()))
         grown = {**keep, gid: keep[gid] + chunk(gid)}
-        if fits(grown):
+        if _pruned_macs(model, chosen, scores, cfg, x, sparsity, keep=grown) <= goal:
             keep = grown
             if keep[gid] >= size[gid]:
                 open_.discard(gid)
