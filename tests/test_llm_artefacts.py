@@ -320,6 +320,24 @@ def test_dequantized_directory_reloads_with_transformers_alone(int4: nn.Module, 
     assert torch.equal(codes["model.layers.1.mlp.down_proj.codes"], qw.codes)
 
 
+def test_a_quantized_tied_head_is_untied_and_both_artefacts_keep_it(float_model: LlamaForCausalLM, tmp_path: Path) -> None:
+    from torchslim.llm import rtn_
+
+    model = copy.deepcopy(float_model)
+    report = rtn_(model, {"bits": 4, "group_size": 64, "targets": {"re:model\\.layers\\..*": {}, "lm_head": {}}})
+    head = next(layer for layer in report.layers if layer.name == "lm_head")
+    assert head.details["untied_from"] == ["model.embed_tokens.weight"] and not model.config.tie_word_embeddings
+    assert torch.equal(model.model.embed_tokens.weight, float_model.model.embed_tokens.weight)  # the input side stays float
+    ids = torch.randint(VOCAB, (1, 48), generator=torch.Generator().manual_seed(11))
+    ref = torch_logits(model, ids)
+    out = export_int4_onnx(model)
+    assert len(out.layers) == 15 and "lm_head" in out.layers
+    assert float((OrtCausalLM(out, threads=1)(ids) - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    saved = save_quantized_pretrained(model, None, tmp_path / "hf")  # reloads untied: the quantized head, not the embeddings
+    reloaded = LlamaForCausalLM.from_pretrained(str(saved.path)).eval()
+    assert torch.allclose(torch_logits(reloaded, ids), ref, atol=1e-5)
+
+
 def test_compressed_tensors_layout(float_model: LlamaForCausalLM, tmp_path: Path) -> None:
     model = quantize(float_model, Grid(bits=4, group_size=32, symmetric=False))
     out = save_quantized_pretrained(model, None, tmp_path / "ct", format="compressed-tensors")

@@ -21,9 +21,9 @@ from torchslim.llm import gptq as gptq_module
 from torchslim.llm.api import awq_, gptq_, rtn_, sparsegpt_, wanda_
 from torchslim.llm.awq import scale_groups
 from torchslim.llm.calibrate import calibration_batches, capture_inputs, decoder_blocks
-from torchslim.llm.gptq import obs_solve
+from torchslim.llm.gptq import Clip, clipped_grid_params, obs_solve
 from torchslim.llm.modules import LLM_QUANT, QuantizedLinear
-from torchslim.llm.qweight import Grid, QuantizedWeight
+from torchslim.llm.qweight import Grid, QuantizedWeight, grid_params, quantize_to_grid
 from torchslim.llm.stage import stage_tokens
 from torchslim.prune.nm import satisfies_nm
 from torchslim.stages import STAGES, StageContext, run_stage
@@ -116,14 +116,14 @@ def test_a_quantized_model_reloads_into_a_fresh_one_through_its_provenance(base,
 # -- GPTQ ---------------------------------------------------------------------------------------------------
 def test_gptq_beats_rtn_on_every_layer_and_on_the_logits(base, calib):
     rtn, _ = run_on_copy(rtn_, base, W3, calib)
-    for cfg in ({**W3}, {**W3, "act_order": False, "true_sequential": False}, {**W3, "symmetric": True}):
+    for cfg in ({**W3}, {**W3, "act_order": False, "true_sequential": False}, {**W3, "symmetric": True}, {**W3, "clip": True}):
         gptq, report = run_on_copy(gptq_, base, cfg, calib)
         rtn_cfg = rtn if not cfg.get("symmetric") else run_on_copy(rtn_, base, cfg, calib)[0]
         e_gptq, e_rtn = layer_errors(base, gptq, calib), layer_errors(base, rtn_cfg, calib)
         assert len(e_gptq) == 14 and all(e_gptq[n] < e_rtn[n] for n in e_rtn), (cfg, e_gptq, e_rtn)
         assert logits_error(base, gptq, calib) < 0.8 * logits_error(base, rtn_cfg, calib)
         assert {layer.action for layer in report.layers} == {"quantized"} and len(report.layers) == 14
-        assert all(0 < layer.details["output_error"] < 1 for layer in report.layers)
+        assert all(0 < layer.details["output_error"] < 1 and layer.details["clip"] is bool(cfg.get("clip")) for layer in report.layers)
 
 
 def test_gptq_report_skips_the_head_and_states_calibration_and_peak_memory(base, calib):
@@ -151,6 +151,29 @@ def test_gptq_handles_a_narrow_tail_group_dead_columns_and_act_order():
         assert solved.quantized is not None and solved.quantized.scales.shape == (12, 3)
         assert torch.equal(solved.weight, solved.quantized.dequantize()) and err(solved.weight) < 0.9 * rtn
         assert torch.all(solved.weight[:, 7] == 0)
+
+
+def test_clipped_grids_lower_the_error_through_the_hessian_on_heavy_tailed_weights():
+    torch.manual_seed(0)
+    x = torch.randn(400, 64) @ torch.randn(64, 64)
+    w = torch.distributions.StudentT(3.0).sample((16, 64))  # outliers stretch min/max ranges
+    h = 2 * x.T.double() @ x.double() / 400
+    grid = Grid(bits=3, group_size=32)
+
+    def row_errors(params: tuple[torch.Tensor, torch.Tensor], cols: slice) -> torch.Tensor:
+        wg = w[:, cols]
+        e = wg - (quantize_to_grid(wg, *params, grid) - params[1][:, None]) * params[0][:, None]
+        return ((e @ h[cols, cols].float()) * e).sum(1)
+
+    cols = slice(0, 32)  # one group rounded to nearest: never worse in any row (ratio 1 is a candidate), better overall
+    clipped, plain = row_errors(clipped_grid_params(w[:, cols], grid, h[cols, cols], Clip()), cols), row_errors(grid_params(w[:, cols], grid), cols)
+    assert torch.all(clipped <= plain * (1 + 1e-6)) and clipped.sum() < 0.9 * plain.sum()
+    assert torch.equal(clipped_grid_params(w[:, cols], grid, h[cols, cols], Clip(max_shrink=0.0))[0], grid_params(w[:, cols], grid)[0])
+    err = lambda q: float((x @ (w - q).T).square().sum())  # noqa: E731
+    for act_order in (False, True):  # the whole solver: groups fitted as reached, and static groups
+        with_clip = obs_solve(w, h, grid=grid, act_order=act_order, clip=Clip())
+        assert with_clip.quantized is not None and torch.equal(with_clip.weight, with_clip.quantized.dequantize())
+        assert err(with_clip.weight) < 0.97 * err(obs_solve(w, h, grid=grid, act_order=act_order).weight)
 
 
 def test_gptq_names_the_layer_it_refuses(base, calib, monkeypatch):

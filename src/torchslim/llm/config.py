@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -110,11 +110,22 @@ class GPTQConfig(GridConfig):
             scales and zero points are then computed on the original column order before
             the first column is quantized (static groups), so the layout stays plain groups.
         block_size: columns per lazy batch update.
+        clip: choose each group's range among ``clip_points`` shrink ratios (1 down to
+            ``1 - max_shrink``) by its rounding error through the Hessian, instead of min/max.
     """
 
     damp: float = Field(default=0.01, gt=0.0, le=1.0)
     act_order: bool = True
     block_size: int = Field(default=128, ge=1)
+    clip: bool = False
+    clip_points: int = Field(default=20, ge=1)
+    max_shrink: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+    def clipping(self) -> Any:
+        """The solver's :class:`~torchslim.llm.gptq.Clip`, or ``None`` (``clip`` off)."""
+        from torchslim.llm.gptq import Clip
+
+        return Clip(self.clip_points, self.max_shrink) if self.clip else None
 
 
 class AWQConfig(GridConfig):

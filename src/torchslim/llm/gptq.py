@@ -45,9 +45,9 @@ import torch
 from torchslim.errors import TransformRefusedError
 from torchslim.llm.config import GPTQConfig
 from torchslim.llm.method import BlockJob, LayerResult, LLMMethod, output_error
-from torchslim.llm.qweight import Grid, QuantizedWeight, grid_params, group_bounds
+from torchslim.llm.qweight import Grid, QuantizedWeight, grid_params, group_bounds, quantize_to_grid
 
-__all__ = ["GPTQ", "GPTQ_METHOD", "Prepared", "Solved", "gptq_quantize", "grid_details", "inverse_factor", "obs_solve", "prepare"]
+__all__ = ["GPTQ", "GPTQ_METHOD", "Clip", "Prepared", "Solved", "gptq_quantize", "grid_details", "inverse_factor", "obs_solve", "prepare"]
 
 
 @dataclass
@@ -94,11 +94,50 @@ class Prepared:
         dead: inputs with ``H_jj = 0`` (their weights are set to 0).
         perm: the processing order (``act_order``: descending ``diag H``), or ``None``.
         factor: the upper Cholesky factor of the dampened inverse Hessian, in processing order.
+        hessian: ``H`` in the original column order (float32, dead inputs at 1): the clipped grids' error measure.
     """
 
     dead: torch.Tensor
     perm: torch.Tensor | None
     factor: torch.Tensor
+    hessian: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Clipped group grids: ``points`` shrink ratios from 1 down to ``1 - max_shrink`` tried per row and group."""
+
+    points: int = 20
+    max_shrink: float = 0.2
+
+
+def clipped_grid_params(w: torch.Tensor, grid: Grid, h: torch.Tensor, clip: Clip) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale and zero of the columns ``w`` (``[rows, cols]``) whose range, shrunk by the best ratio, minimises
+    ``e h e^T`` (``e``: a row's rounding error; ``h``: the Hessian's block of these columns).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> w = torch.randn(16, 32); w[:, 0] *= 8                       # an outlier column
+        >>> h, grid = torch.eye(32), Grid(bits=3, group_size=32)
+        >>> def err(p): return float(((w - (quantize_to_grid(w, *p, grid) - p[1][:, None]) * p[0][:, None]) ** 2).sum())
+        >>> err(clipped_grid_params(w, grid, h, Clip())) < err(grid_params(w, grid))
+        True
+    """
+    w, h = w.float(), h.float().to(w.device)
+    best = grid_params(w, grid)
+    best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
+    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    for k in range(clip.points + 1):
+        ratio = 1.0 - clip.max_shrink * k / max(clip.points, 1)
+        scale, zero = grid_params(torch.cat([lo * ratio, hi * ratio], dim=1), grid)
+        e = w - (quantize_to_grid(w, scale, zero, grid) - zero.unsqueeze(1)) * scale.unsqueeze(1)
+        err = ((e @ h) * e).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = (torch.where(better, scale, best[0]), torch.where(better, zero, best[1]))
+        if clip.max_shrink == 0:
+            break
+    return best
 
 
 def prepare(h: torch.Tensor, damp: float = 0.01, act_order: bool = False) -> Prepared:
@@ -107,23 +146,31 @@ def prepare(h: torch.Tensor, damp: float = 0.01, act_order: bool = False) -> Pre
     dead = hd.diagonal() == 0
     hd.diagonal()[dead] = 1.0
     perm = torch.argsort(hd.diagonal(), descending=True, stable=True) if act_order else None
+    original = hd.float()
     if perm is not None:
         hd = hd[perm][:, perm]
-    return Prepared(dead, perm, inverse_factor(hd, damp))
+    return Prepared(dead, perm, inverse_factor(hd, damp), original)
 
 
 class _Groups:
     """Per-row scale and zero of every group, filled up front (static) or when the solver reaches a group."""
 
-    def __init__(self, w: torch.Tensor, grid: Grid, static: bool) -> None:
+    def __init__(self, w: torch.Tensor, grid: Grid, static: bool, clip: Clip | None = None, h: torch.Tensor | None = None) -> None:
         self.grid, self.bounds = grid, group_bounds(w.shape[1], grid)
         self.width = grid.width(w.shape[1])
         self.scales = torch.zeros(w.shape[0], len(self.bounds), device=w.device)
         self.zeros = torch.zeros_like(self.scales)
-        self.static = static
+        self.static, self.clip, self.h = static, clip, h
         if static:
             for g, (a, b) in enumerate(self.bounds):
-                self.scales[:, g], self.zeros[:, g] = grid_params(w[:, a:b], grid)
+                self.scales[:, g], self.zeros[:, g] = self.params(a, w[:, a:b])
+
+    def params(self, col: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero of the group starting at column ``col`` (original order) from its columns ``w``."""
+        if self.clip is None or self.h is None:
+            return grid_params(w, self.grid)
+        b = col + w.shape[1]
+        return clipped_grid_params(w, self.grid, self.h[col:b, col:b], self.clip)
 
     def due(self, col: int) -> int:
         """Columns to fit at column ``col`` (a group's first column, groups fitted as reached), else 0."""
@@ -135,7 +182,7 @@ class _Groups:
     def fit(self, col: int, ahead: torch.Tensor) -> None:
         """Fit the parameters of the group starting at column ``col`` on ``ahead`` (its current columns)."""
         g = col // self.width
-        self.scales[:, g], self.zeros[:, g] = grid_params(ahead, self.grid)
+        self.scales[:, g], self.zeros[:, g] = self.params(col, ahead)
 
     def quantize(self, col: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (float) and dequantized values of column ``col`` (original order)."""
@@ -248,6 +295,7 @@ def obs_solve(
     act_order: bool = False,
     sparsity: float = 0.0,
     nm: tuple[int, int] | None = None,
+    clip: Clip | None = None,
 ) -> Solved:
     """Fix every column of ``w`` with OBS updates against Hessian ``h``: quantize (``grid``), prune, or both.
 
@@ -261,6 +309,7 @@ def obs_solve(
         act_order: columns in descending ``diag H`` (static groups); not with ``nm``.
         sparsity: fraction of each row to prune (unstructured) when ``nm`` is ``None``.
         nm: ``(n, m)``: keep ``n`` of every ``m`` consecutive columns.
+        clip: choose each group's grid among shrunk ranges by its error through the Hessian (see the module docstring).
 
     Raises:
         TransformRefusedError: the shapes disagree, ``nm`` does not divide the columns, or ``H`` is singular.
@@ -277,7 +326,7 @@ def obs_solve(
     wf = w.detach().float().clone()
     wf[:, prep.dead.to(wf.device)] = 0.0
     perm = prep.perm
-    groups = _Groups(wf, grid, static=perm is not None) if grid is not None else None
+    groups = _Groups(wf, grid, static=perm is not None, clip=clip, h=prep.hessian.to(wf.device)) if grid is not None else None
     pruning = nm is not None or sparsity > 0
     job = _Job(groups, sparsity, nm, perm,
                torch.zeros(rows, cols, dtype=torch.uint8, device=w.device) if grid is not None else None,
@@ -304,10 +353,10 @@ def obs_solve(
 
 def gptq_quantize(
     w: torch.Tensor, h: torch.Tensor | Prepared, grid: Grid, *, damp: float = 0.01, block_size: int = 128,
-    act_order: bool = False,
+    act_order: bool = False, clip: Clip | None = None,
 ) -> Solved:
     """GPTQ: ``w`` quantized on ``grid`` against Hessian ``h`` (see :func:`obs_solve`)."""
-    return obs_solve(w, h, grid=grid, damp=damp, block_size=block_size, act_order=act_order)
+    return obs_solve(w, h, grid=grid, damp=damp, block_size=block_size, act_order=act_order, clip=clip)
 
 
 def hessian_layers(job: BlockJob, damp: float, act_order: bool = False) -> Iterator[tuple[str, Any, torch.Tensor, Prepared]]:
@@ -339,8 +388,8 @@ class GPTQ(LLMMethod):
         grid, out = cfg.grid(), []
         for name, lin, h, prepared in hessian_layers(job, cfg.damp, cfg.act_order):
             with job.naming(name):
-                solved = gptq_quantize(lin.weight, prepared, grid, block_size=cfg.block_size)
-            details = {**grid_details(grid), "act_order": cfg.act_order, "output_error": output_error(lin.weight, solved.weight, h)}
+                solved = gptq_quantize(lin.weight, prepared, grid, block_size=cfg.block_size, clip=cfg.clipping())
+            details = {**grid_details(grid), "act_order": cfg.act_order, "clip": cfg.clip, "output_error": output_error(lin.weight, solved.weight, h)}
             lin.weight.data.copy_(solved.weight.to(lin.weight.dtype))
             out.append(LayerResult(name, "quantized", quantized=solved.quantized, details=details))
         return out

@@ -272,8 +272,10 @@ class LLMMethod(Technique[Any, Plan]):
         module = model.get_submodule(r.name)
         if r.quantized is not None:
             bias = r.bias if r.bias is not None else getattr(module, "bias", None)
+            untied = _untie(model, r.name, module)
             layer = swap_quantized(model, r.name, r.quantized, bias)
-            return LayerReport.of(r.name, layer, r.action, r.details, weight=layer.nonzero_mask())
+            details = {**r.details, "untied_from": untied} if untied else r.details
+            return LayerReport.of(r.name, layer, r.action, details, weight=layer.nonzero_mask())
         if r.weight is None or r.mask is None:
             raise TorchslimError(f"{r.name}: the method produced neither a quantized weight nor a pruned one")
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
@@ -304,6 +306,19 @@ def _collect(original: nn.Module, work: nn.Module, prefix: str, done: list[Layer
     for key, value in work.named_parameters():
         if key not in own and key in before and not torch.equal(before[key], value):
             updates[f"{prefix}.{key}" if prefix else key] = value.detach().clone()
+
+
+def _untie(model: nn.Module, name: str, module: nn.Module) -> list[str]:
+    """The other parameters sharing ``module``'s weight (they keep it in float when ``module`` is swapped for its
+    quantized form); a Hugging Face config that ties the output head to the input embeddings is told it no longer does,
+    so ``save_pretrained`` writes the head and ``from_pretrained`` does not tie it back."""
+    weight = getattr(module, "weight", None)
+    shared = [f"{m}.{p}" if m else p for m, owner in model.named_modules() for p, t in owner.named_parameters(recurse=False)
+              if t is weight and not (m == name and p == "weight")]
+    config: Any = getattr(model, "config", None)
+    if shared and name == _head_name(model) and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+    return shared
 
 
 def _head_name(model: nn.Module) -> str | None:
