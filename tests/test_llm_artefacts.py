@@ -242,16 +242,20 @@ def test_matmulnbits_layout_with_a_narrow_last_block(bits: int) -> None:
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_int4_onnx_matches_the_torch_simulation(float_model: LlamaForCausalLM, symmetric: bool) -> None:
     model = quantize(float_model, Grid(bits=4, group_size=64, symmetric=symmetric))
-    out = export_int4_onnx(model)
+    out, apart = export_int4_onnx(model), export_int4_onnx(model, fuse=False)
     assert isinstance(model.get_submodule("model.layers.0.self_attn.q_proj"), QuantizedLinear)  # put back
-    nodes = [n for n in out.proto.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nodes) == len(out.layers) == 14 and all(n.domain == MS_DOMAIN for n in nodes)
+    nodes = [n for n in apart.proto.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == len(apart.layers) == 14 and all(n.domain == MS_DOMAIN for n in nodes)
     attrs = {a.name: a.i for a in nodes[0].attribute}
-    assert (attrs["K"], attrs["bits"], attrs["block_size"]) == (96, 4, 64)
+    assert (attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]) == (96, 96, 4, 64)
     assert {len(n.input) for n in nodes} == ({3} if symmetric else {4})
+    # fused: per block q/k/v one node (96 + 48 + 48 outputs), gate/up one, o and down alone; the float twin alike
+    fused = [{a.name: a.i for a in n.attribute}["N"] for n in out.proto.graph.node if n.op_type == "MatMulNBits"]
+    assert fused == [192, 96, 320, 96] * 2 and len(out.layers) == 14
+    assert [n.op_type for n in out.fp32.graph.node].count("MatMul") == [n.op_type for n in apart.fp32.graph.node].count("MatMul") - 6
     ids = torch.randint(VOCAB, (2, 40), generator=torch.Generator().manual_seed(7))
     ref = torch_logits(model, ids)
-    for proto in (out.proto, out.fp32):  # int4 graph and its float32 twin
+    for proto in (out.proto, out.fp32, apart.proto, apart.fp32):  # int4 graphs and their float32 twins
         got = OrtCausalLM(proto, threads=1)(ids)
         assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
     tokens = torch.randint(VOCAB, (256,), generator=torch.Generator().manual_seed(8))
