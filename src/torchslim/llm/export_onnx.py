@@ -23,8 +23,8 @@ at least 16; ``bits`` 2, 4 or 8.
 Projections that read the same input (a decoder's query, key and value; its gate and up)
 are fused into one ``MatMulNBits`` followed by a ``Split`` (:func:`fuse_parallel_matmuls`),
 and the float32 twin's ``MatMul`` nodes the same way, so the two graphs stay alike: ONNX
-Runtime's int8-compute kernels gain most on wide outputs (measured on 2 cores, 128 rows,
-576 inputs: 1.0x float32 at 192 outputs, 1.7x at 960, 1.9x at 3,072).
+Runtime's int8-compute kernels gain most on wide outputs (a screening run on 2 cores shared with
+other jobs, 128 rows, 576 inputs, block 128: about 1.0x float32 at 192 outputs, 1.7x at 960, 1.9x at 3,072).
 
 Example:
     >>> from torchslim.llm.qweight import Grid, QuantizedWeight
