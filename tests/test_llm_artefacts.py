@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import safetensors.torch
 import torch
@@ -39,6 +40,7 @@ from torchslim.llm.export_onnx import (
     MS_DOMAIN,
     OrtCausalLM,
     export_int4_onnx,
+    fuse_parallel_matmuls,
     pack_matmulnbits,
     time_decode,
     time_prefill,
@@ -263,6 +265,34 @@ def test_int4_onnx_matches_the_torch_simulation(float_model: LlamaForCausalLM, s
     assert math.isclose(ppl_ort, perplexity(model, tokens, window=64, progress=False).ppl, rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("opset", [11, 17])
+def test_fusion_keeps_outputs_and_leaves_weights_read_elsewhere(opset: int) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    ws = {f"w{i}": rng.standard_normal((8, 3 + i)).astype(np.float32) for i in range(4)}
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(4)]
+    nodes.append(helper.make_node("Identity", ["w3"], ["w3_copy"], name="mm0/fused"))  # w3 is read elsewhere: left alone;
+    # and the fused node's first choice of name is taken
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, 3 + i]) for i in range(4)]
+    outputs.append(helper.make_tensor_value_info("w3_copy", TensorProto.FLOAT, [8, 6]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
+              helper.make_tensor_value_info("w2", TensorProto.FLOAT, [8, 5])]  # w2 may be fed: left alone
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(w, n) for n, w in ws.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(model)
+    assert fuse_parallel_matmuls(model) == 1  # w0 and w1 only
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("MatMul") == 3 and {"w2", "w3"} <= {i.name for i in model.graph.initializer}
+    assert all(np.array_equal(a, b) for a, b in zip(before, run(model)))
+
+
 def test_int4_onnx_with_cache_decodes_like_torch(int4: nn.Module, tmp_path: Path) -> None:
     out = export_int4_onnx(int4, tmp_path / "model.onnx", kv_cache=True)
     assert out.path is not None and out.path.stat().st_size == out.bytes()
@@ -328,9 +358,11 @@ def test_a_quantized_tied_head_is_untied_and_both_artefacts_keep_it(float_model:
     from torchslim.llm import rtn_
 
     model = copy.deepcopy(float_model)
+    twin = LlamaForCausalLM(model.config)  # another model on the same config object: stays tied
     report = rtn_(model, {"bits": 4, "group_size": 64, "targets": {"re:model\\.layers\\..*": {}, "lm_head": {}}})
     head = next(layer for layer in report.layers if layer.name == "lm_head")
     assert head.details["untied_from"] == ["model.embed_tokens.weight"] and not model.config.tie_word_embeddings
+    assert twin.config.tie_word_embeddings and model.model.config is model.config
     assert torch.equal(model.model.embed_tokens.weight, float_model.model.embed_tokens.weight)  # the input side stays float
     ids = torch.randint(VOCAB, (1, 48), generator=torch.Generator().manual_seed(11))
     ref = torch_logits(model, ids)

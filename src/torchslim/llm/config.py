@@ -19,12 +19,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from torchslim.config import Config
 from torchslim.llm.qweight import Grid
+
+if TYPE_CHECKING:
+    from torchslim.llm.gptq import Clip
 
 __all__ = [
     "AWQConfig", "GPTQConfig", "GridConfig", "LLMConfig", "RTNConfig", "SparseGPTConfig", "TextCalibration", "WandaConfig",
@@ -110,7 +113,7 @@ class GPTQConfig(GridConfig):
             scales and zero points are then computed on the original column order before
             the first column is quantized (static groups), so the layout stays plain groups.
         block_size: columns per lazy batch update.
-        clip: choose each group's range among ``clip_points`` shrink ratios (1 down to
+        clip: choose each group's range among ``clip_points + 1`` shrink ratios (1 down to
             ``1 - max_shrink``) by its rounding error through the Hessian, instead of min/max.
     """
 
@@ -121,7 +124,7 @@ class GPTQConfig(GridConfig):
     clip_points: int = Field(default=20, ge=1)
     max_shrink: float = Field(default=0.2, ge=0.0, lt=1.0)
 
-    def clipping(self) -> Any:
+    def clipping(self) -> Clip | None:
         """The solver's :class:`~torchslim.llm.gptq.Clip`, or ``None`` (``clip`` off)."""
         from torchslim.llm.gptq import Clip
 

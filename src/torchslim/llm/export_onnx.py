@@ -241,20 +241,42 @@ def replace_with_matmulnbits(
     return list(weights)
 
 
-def _fusion_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[Any, ...] | None:
+def _fusion_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], reads: dict[str, int]) -> tuple[Any, ...] | None:
     """What nodes must share to be fused with ``node`` (``None``: not fusable): their input and, for
-    ``MatMulNBits``, every attribute and an initializer for each other input."""
+    ``MatMulNBits``, every attribute and the type of each other input. Each weight must be an initializer that
+    no other node (nor a subgraph) reads and that is not a graph input."""
+    weights = list(node.input[1:])
+    if not weights or any(w not in inits or reads.get(w, 0) != 1 for w in weights):
+        return None
     if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
-        w = inits.get(node.input[1])
-        if w is not None and len(w.dims) == 2 and w.data_type == onnx.TensorProto.FLOAT:
+        w = inits[node.input[1]]
+        if len(w.dims) == 2 and w.data_type == onnx.TensorProto.FLOAT:
             return ("MatMul", node.input[0], int(w.dims[0]))
         return None
-    if node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN and len(node.input) in (3, 4) and all(
-        i in inits for i in node.input[1:]
-    ):
+    if node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN and len(node.input) in (3, 4):
         attrs = tuple(sorted((a.name, a.i) for a in node.attribute if a.name != "N"))
-        return ("MatMulNBits", node.input[0], len(node.input), attrs)
+        types = tuple(inits[w].data_type for w in weights)
+        return ("MatMulNBits", node.input[0], types, attrs)
     return None
+
+
+def _reads(graph: onnx.GraphProto) -> dict[str, int]:
+    """How often each name is read: node inputs (subgraphs' included) and graph outputs; graph inputs count twice
+    (a value fed at run time is not a constant to fold)."""
+    counts: dict[str, int] = {}
+
+    def walk(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for name in node.input:
+                counts[name] = counts.get(name, 0) + 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    walk(sub)
+
+    walk(graph)
+    for name in [o.name for o in graph.output] + [i.name for i in graph.input] * 2:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
@@ -276,18 +298,26 @@ def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
     """
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
+    reads = _reads(graph)
     members: dict[tuple[Any, ...], list[int]] = {}
     for index, node in enumerate(graph.node):
-        key = _fusion_key(node, inits)
+        key = _fusion_key(node, inits, reads)
         if key is not None:
             members.setdefault(key, []).append(index)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    taken = {n.name for n in graph.node} | set(inits) | {o for n in graph.node for o in n.output}
     replaced: dict[int, list[onnx.NodeProto]] = {}
-    fused_away = 0
+    fused_away, dropped = 0, set()
     for key, indices in members.items():
         if len(indices) < 2:
             continue
         nodes = [graph.node[i] for i in indices]
-        base = f"{nodes[0].name or nodes[0].output[0]}/fused"
+        base, count = f"{nodes[0].name or nodes[0].output[0]}/fused", 0
+        while any(f"{base}{suffix}" in taken for suffix in ("", ".out", ".weight", ".B", ".split")):
+            count += 1
+            base = f"{nodes[0].name or nodes[0].output[0]}/fused{count}"
+        taken |= {base, *(f"{base}{x}" for x in (".out", ".weight", ".B", ".scales", ".zero_points", ".split"))}
+        dropped |= {w for n in nodes for w in n.input[1:]}
         if key[0] == "MatMul":
             weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
             widths = [int(w.shape[1]) for w in weights]
@@ -304,8 +334,11 @@ def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
             attrs["N"] = sum(widths)
             fused = helper.make_node("MatMulNBits", [nodes[0].input[0], *stacked], [f"{base}.out"], name=base,
                                      domain=MS_DOMAIN, **attrs)
-        graph.initializer.append(numpy_helper.from_array(np.array(widths, dtype=np.int64), f"{base}.split"))
-        split = helper.make_node("Split", [f"{base}.out", f"{base}.split"], [n.output[0] for n in nodes], name=f"{base}/split", axis=-1)
+        if opset >= 13:  # the sizes are an input from opset 13, an attribute before
+            graph.initializer.append(numpy_helper.from_array(np.array(widths, dtype=np.int64), f"{base}.split"))
+            split = helper.make_node("Split", [f"{base}.out", f"{base}.split"], [n.output[0] for n in nodes], name=f"{base}/split", axis=-1)
+        else:
+            split = helper.make_node("Split", [f"{base}.out"], [n.output[0] for n in nodes], name=f"{base}/split", axis=-1, split=widths)
         replaced[indices[0]] = [fused, split]
         for i in indices[1:]:
             replaced[i] = []
@@ -315,7 +348,9 @@ def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
     kept = [new for i, node in enumerate(graph.node) for new in replaced.get(i, [node])]
     del graph.node[:]
     graph.node.extend(kept)
-    _drop_unused_initializers(graph)
+    left = [i for i in graph.initializer if i.name not in dropped]  # the fused weights: read by their node alone
+    del graph.initializer[:]
+    graph.initializer.extend(left)
     return fused_away
 
 

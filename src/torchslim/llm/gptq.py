@@ -15,6 +15,10 @@ columns are applied at once to the rest of the matrix (lazy batch updates).
   order of ``diag H`` and the group parameters are computed up front on the original
   column order (static groups), so the result is a plain
   :class:`~torchslim.llm.qweight.QuantizedWeight` (no column permutation to store);
+- clipped grids (``clip``): each row's range in a group is shrunk by the ratio (``points + 1``
+  ratios from 1 down to ``1 - max_shrink``) that minimises the group's rounding error measured
+  through the Hessian, ``e H_gg e^T`` (``e`` the row's error on the group's columns, ``H_gg`` the
+  Hessian's block of those columns; ratio 1 is min/max, so no row is worse by that measure);
 - pruning (SparseGPT): unstructured masks are chosen at the start of each block, per row,
   by ``w^2 / [U]_jj^2`` (``U`` the Cholesky factor of ``H^-1``), cumulatively rounded so
   every row ends with exactly ``round(sparsity * cols)`` pruned weights; N:M masks are
@@ -94,18 +98,19 @@ class Prepared:
         dead: inputs with ``H_jj = 0`` (their weights are set to 0).
         perm: the processing order (``act_order``: descending ``diag H``), or ``None``.
         factor: the upper Cholesky factor of the dampened inverse Hessian, in processing order.
-        hessian: ``H`` in the original column order (float32, dead inputs at 1): the clipped grids' error measure.
+        hessian: ``H`` in the original column order (float32, dead inputs at 1), kept only for clipped
+            grids (their error measure; ``prepare(..., keep_hessian=True)``), else ``None``.
     """
 
     dead: torch.Tensor
     perm: torch.Tensor | None
     factor: torch.Tensor
-    hessian: torch.Tensor
+    hessian: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class Clip:
-    """Clipped group grids: ``points`` shrink ratios from 1 down to ``1 - max_shrink`` tried per row and group."""
+    """Clipped group grids: ``points + 1`` shrink ratios, 1 down to ``1 - max_shrink`` in ``points`` steps, tried per row and group."""
 
     points: int = 20
     max_shrink: float = 0.2
@@ -140,13 +145,13 @@ def clipped_grid_params(w: torch.Tensor, grid: Grid, h: torch.Tensor, clip: Clip
     return best
 
 
-def prepare(h: torch.Tensor, damp: float = 0.01, act_order: bool = False) -> Prepared:
-    """:class:`Prepared` of Hessian ``h`` (dead inputs get ``H_jj = 1``)."""
+def prepare(h: torch.Tensor, damp: float = 0.01, act_order: bool = False, keep_hessian: bool = False) -> Prepared:
+    """:class:`Prepared` of Hessian ``h`` (dead inputs get ``H_jj = 1``; ``keep_hessian``: for clipped grids)."""
     hd = h.detach().double().clone()
     dead = hd.diagonal() == 0
     hd.diagonal()[dead] = 1.0
     perm = torch.argsort(hd.diagonal(), descending=True, stable=True) if act_order else None
-    original = hd.float()
+    original = hd.float() if keep_hessian else None
     if perm is not None:
         hd = hd[perm][:, perm]
     return Prepared(dead, perm, inverse_factor(hd, damp), original)
@@ -319,14 +324,17 @@ def obs_solve(
     if tuple(prep.factor.shape if prep is not None else h.shape) != (cols, cols):  # type: ignore[union-attr]
         raise TransformRefusedError(f"the Hessian does not match a weight with {cols} columns")
     if prep is None:
-        prep = prepare(h, damp, act_order)  # type: ignore[arg-type]
+        prep = prepare(h, damp, act_order, keep_hessian=clip is not None)  # type: ignore[arg-type]
+    if clip is not None and prep.hessian is None:
+        raise TransformRefusedError("clipped grids need the Hessian: prepare(h, ..., keep_hessian=True)")
     if nm is not None and (cols % nm[1] or prep.perm is not None):
         raise TransformRefusedError(f"N:M with m={nm[1]} needs columns in order and a multiple of m; got {cols} columns"
                                     + (" with act_order" if prep.perm is not None else ""))
     wf = w.detach().float().clone()
     wf[:, prep.dead.to(wf.device)] = 0.0
     perm = prep.perm
-    groups = _Groups(wf, grid, static=perm is not None, clip=clip, h=prep.hessian.to(wf.device)) if grid is not None else None
+    hessian = prep.hessian.to(wf.device) if clip is not None and prep.hessian is not None else None
+    groups = _Groups(wf, grid, static=perm is not None, clip=clip, h=hessian) if grid is not None else None
     pruning = nm is not None or sparsity > 0
     job = _Job(groups, sparsity, nm, perm,
                torch.zeros(rows, cols, dtype=torch.uint8, device=w.device) if grid is not None else None,
@@ -359,7 +367,8 @@ def gptq_quantize(
     return obs_solve(w, h, grid=grid, damp=damp, block_size=block_size, act_order=act_order, clip=clip)
 
 
-def hessian_layers(job: BlockJob, damp: float, act_order: bool = False) -> Iterator[tuple[str, Any, torch.Tensor, Prepared]]:
+def hessian_layers(job: BlockJob, damp: float, act_order: bool = False, keep_hessian: bool = False
+                   ) -> Iterator[tuple[str, Any, torch.Tensor, Prepared]]:
     """``(name, linear, H, prepared)`` for each linear of the block, group by group; layers reading one input
     share its Hessian's factorisation (computed once)."""
     for group in job.groups():
@@ -369,7 +378,7 @@ def hessian_layers(job: BlockJob, damp: float, act_order: bool = False) -> Itera
             h, key = stats[name].hessian(), id(stats[name])
             if key not in shared:
                 with job.naming(name):
-                    shared[key] = prepare(h, damp, act_order)
+                    shared[key] = prepare(h, damp, act_order, keep_hessian)
             yield name, job.linear(name), h, shared[key]
 
 
@@ -386,7 +395,7 @@ class GPTQ(LLMMethod):
     def process_block(self, job: BlockJob) -> list[LayerResult]:
         cfg: GPTQConfig = job.cfg
         grid, out = cfg.grid(), []
-        for name, lin, h, prepared in hessian_layers(job, cfg.damp, cfg.act_order):
+        for name, lin, h, prepared in hessian_layers(job, cfg.damp, cfg.act_order, keep_hessian=cfg.clip):
             with job.naming(name):
                 solved = gptq_quantize(lin.weight, prepared, grid, block_size=cfg.block_size, clip=cfg.clipping())
             details = {**grid_details(grid), "act_order": cfg.act_order, "clip": cfg.clip, "output_error": output_error(lin.weight, solved.weight, h)}

@@ -317,7 +317,11 @@ def _untie(model: nn.Module, name: str, module: nn.Module) -> list[str]:
               if t is weight and not (m == name and p == "weight")]
     config: Any = getattr(model, "config", None)
     if shared and name == _head_name(model) and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False
+        untied = copy.deepcopy(config)  # a copy: other models built from the same config object stay tied
+        untied.tie_word_embeddings = False
+        for owner in model.modules():
+            if getattr(owner, "config", None) is config:
+                owner.config = untied
     return shared
 
 
