@@ -279,6 +279,10 @@ def _reads(graph: onnx.GraphProto) -> dict[str, int]:
     return counts
 
 
+#: the names a fused group adds: its node (and ``/split``), its output, its initializers
+_FUSED_NAMES = ("", "/split", ".out", ".weight", ".B", ".scales", ".zero_points", ".split")
+
+
 def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
     """Fuse, in place, the ``MatMul`` (constant float weight) or ``MatMulNBits`` nodes that read the same input
     into one node with the weights stacked along ``N``, followed by a ``Split`` giving each its output.
@@ -312,11 +316,12 @@ def fuse_parallel_matmuls(proto: onnx.ModelProto) -> int:
         if len(indices) < 2:
             continue
         nodes = [graph.node[i] for i in indices]
-        base, count = f"{nodes[0].name or nodes[0].output[0]}/fused", 0
-        while any(f"{base}{suffix}" in taken for suffix in ("", ".out", ".weight", ".B", ".split")):
+        stem, count = f"{nodes[0].name or nodes[0].output[0]}/fused", 0
+        base = stem
+        while any(base + suffix in taken for suffix in _FUSED_NAMES):
             count += 1
-            base = f"{nodes[0].name or nodes[0].output[0]}/fused{count}"
-        taken |= {base, *(f"{base}{x}" for x in (".out", ".weight", ".B", ".scales", ".zero_points", ".split"))}
+            base = f"{stem}{count}"
+        taken |= {base + suffix for suffix in _FUSED_NAMES}
         dropped |= {w for n in nodes for w in n.input[1:]}
         if key[0] == "MatMul":
             weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
