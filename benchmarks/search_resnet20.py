@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _baselines import resnet20_fmnist
 from _common import RESULTS, Timer, interleaved, write_result
 from _nncf_peer import run_nncf_peer
+from _search_figures import figures
 
 from torchslim.data import cache_dir
 from torchslim.deploy.runtime import measure_ort_latency
@@ -93,26 +94,6 @@ def _example() -> torch.Tensor:
     return resnet20_fmnist()[1].example_input()
 
 
-def _latency_side_by_side(head: dict[str, Any], result: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Re-time the chosen plan's ONNX file and the best single family's, interleaved."""
-    best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
-    chosen_onnx = Path(result["replay"]["output"]) / "model.onnx"
-    if best is None or not chosen_onnx.exists():
-        return {}
-    single_dir = out / "best-single-replay"
-    run_recipe(recipe_for({**head, "name": "best-single"}, best["stages"]), output=single_dir, overwrite=True, progress=False)
-    base_dir = out / "unchanged-replay"
-    run_recipe(recipe_for({**head, "name": "unchanged"}, [s for s in best["stages"] if s["type"] == "export"]),
-               output=base_dir, overwrite=True, progress=False)
-    example = _example()
-    files = {"chosen": chosen_onnx, "best_single": single_dir / "model.onnx", "unchanged": base_dir / "model.onnx"}
-    medians, rounds = interleaved({k: (lambda f=f: measure_ort_latency(str(f), example, batch_size=32, threads=2, runs=30))
-                                   for k, f in files.items()}, rounds=9)
-    return {"ms": {k: round(v, 3) for k, v in medians.items()}, "rounds_ms": rounds,
-            "best_single": best["summary"], "ratio_vs_best_single": round(medians["best_single"] / medians["chosen"], 3),
-            "speedup_vs_unchanged": round(medians["unchanged"] / medians["chosen"], 3)}
-
-
 def _count_reused_sensitivity(result: dict[str, Any], out: Path) -> dict[str, Any]:
     """A search that reused a saved sensitivity analysis: count the time the analysis took when it was measured."""
     if not result["timing"].get("sensitivity_s"):
@@ -153,33 +134,8 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
 
 
 def _figures(head: dict[str, Any], objective: str, result: dict[str, Any], wall: float | None, out: Path) -> dict[str, Any]:
-    """The benchmark's figures of one search's outcome."""
-    alone = {f: (None if r is None else {"plan": r["summary"], "drop_pt": round(r["drop"], 3), "objective": r["objective"]})
-             for f, r in result["alone"].items()}
-    best = min((r for r in result["alone"].values() if r), key=lambda r: r["objective"], default=None)
-    chosen, replay = result["chosen"], result.get("replay", {})
-    figures: dict[str, Any] = {
-        "baseline_val_accuracy": result["baseline"]["accuracy"], "baseline_objective": result["baseline"]["objective"],
-        "chosen": None if chosen is None else {"plan": chosen["summary"], "val_drop_pt": round(chosen["drop"], 3),
-                                               "objective": chosen["objective"], "stages": chosen["stages"]},
-        "alone": alone, "best_single": None if best is None else best["summary"],
-        "ratio_vs_best_single": None if chosen is None or best is None else round(best["objective"] / chosen["objective"], 3),
-        "replay": {k: replay.get(k) for k in ("val_accuracy", "val_drop", "objective", "test_accuracy", "test_accuracy_before")},
-        "test_drop_pt": None if not replay or replay.get("test_accuracy") is None else
-        round(100 * (replay["test_accuracy_before"] - replay["test_accuracy"]), 3),
-        "trials": len(result["trials"]), "pareto": [(r["summary"], round(r["drop"], 3), r["objective"]) for r in result["pareto"]],
-        "healing": {m: (None if r is None else (r["summary"], round(r["drop"], 3), r["objective"]))
-                    for m, r in result["healing"].items()},
-        "timing_s": {k: round(v, 1) for k, v in result["timing"].items()},
-        "wall_s": None if wall is None else round(wall, 1),
-        "config": {k: result["config"].get(k) for k in ("trials", "proposals", "proposals_from", "refine_trials",
-                                                         "max_one_shot_drop", "heal", "val_samples", "seed")},
-    }
-    if objective == "latency" and chosen is not None:
-        figures["side_by_side"] = _latency_side_by_side(head, result, out)
-        if figures["side_by_side"]:
-            figures["ratio_vs_best_single"] = figures["side_by_side"]["ratio_vs_best_single"]
-    return figures
+    """The benchmark's figures of one search's outcome (latency re-timed on the data's first sample)."""
+    return figures(head, objective, result, wall, out, _example() if objective == "latency" else None)
 
 
 def _workers() -> dict[str, Any]:
