@@ -14,7 +14,8 @@ g128 without the head 1.30x, g128 + W4 head 1.41x, g128 + W8 head 1.41x). Then:
   interleaved rounds (medians); decode tokens/s with the
   cache graph (128-token prompt, 32 greedy steps). ``accuracy_level`` 0 (``A`` in float32:
   the torch simulation) and 4 (``A`` quantized to int8 per block inside the kernel, faster,
-  a different model: its perplexity is measured too).
+  a different model: its perplexity is measured too). The prefill target counts only a graph
+  whose perplexity is within 0.5 % of the simulation's (acceptance 5 asks both of one artefact).
 * **Hugging Face directory** (``save_quantized_pretrained``, the ``dequantized`` format):
   reloaded by ``transformers`` in a process that does not import torchslim, its perplexity
   computed there (mean of the windows' losses) against the torch simulation's.
@@ -98,6 +99,7 @@ def _onnx(model: torch.nn.Module, tokens: torch.Tensor, sim_ppl: float, work: Pa
     out["ppl"] = {"torch_simulation": sim_ppl, "int4": _ppl(sessions["int4"], tokens),
                   "int4_al4": _ppl(sessions["int4_al4"], tokens)}
     out["ppl_rel_diff_int4_vs_simulation"] = round(abs(out["ppl"]["int4"] - sim_ppl) / sim_ppl, 6)
+    out["ppl_rel_diff_vs_simulation"] = {k: round(abs(out["ppl"][k] - sim_ppl) / sim_ppl, 6) for k in ("int4", "int4_al4")}
     medians, rounds = interleaved({k: (lambda s=s: time_prefill(s.session, tokens=PREFILL, batch=1, threads=THREADS, runs=10))
                                    for k, s in sessions.items()}, rounds=ROUNDS)
     out["prefill_ms"] = {k: round(v, 2) for k, v in medians.items()}
@@ -130,6 +132,19 @@ def _hf(model: torch.nn.Module, tokenizer: Any, tokens: torch.Tensor, sim_ppl: f
             "ppl_rel_diff_vs_simulation": round(abs(got["ppl"] - sim_ppl) / sim_ppl, 6)}
 
 
+def _prefill_target(onnx: dict[str, Any]) -> dict[str, Any]:
+    """The prefill speed-up of the fastest int4 graph whose perplexity is within 0.5 % of the simulation's.
+
+    Acceptance 5 asks one artefact for both: ``accuracy_level`` 4 quantizes ``A`` to int8 inside the
+    kernel, a different model, and counts only if its perplexity still matches.
+    """
+    speed, diff = onnx["prefill_speedup_vs_fp32"], onnx["ppl_rel_diff_vs_simulation"]
+    matching = {k: v for k, v in speed.items() if diff[k] <= 0.005}
+    which = max(matching, key=matching.__getitem__) if matching else None
+    return {"value": None if which is None else matching[which], "bar": 1.5, "met": which is not None and matching[which] >= 1.5,
+            "which": which, "every_graph": {k: {"speedup": speed[k], "ppl_rel_diff": diff[k]} for k in speed}}
+
+
 def main() -> None:
     timer = Timer()
     commit = _commit()
@@ -149,9 +164,7 @@ def main() -> None:
     targets = {
         "onnx_int4_ppl_within_0.5pct_of_simulation": {"value": onnx["ppl_rel_diff_int4_vs_simulation"], "bar": 0.005,
                                                       "met": onnx["ppl_rel_diff_int4_vs_simulation"] <= 0.005},
-        "onnx_int4_prefill_ge_1.5x_fp32": {"value": max(onnx["prefill_speedup_vs_fp32"].values()), "bar": 1.5,
-                                           "met": max(onnx["prefill_speedup_vs_fp32"].values()) >= 1.5,
-                                           "which": max(onnx["prefill_speedup_vs_fp32"], key=onnx["prefill_speedup_vs_fp32"].get)},
+        "onnx_int4_prefill_ge_1.5x_fp32": _prefill_target(onnx),
         "hf_reload_ppl_within_0.1pct": {"value": hf.get("ppl_rel_diff_vs_simulation"), "bar": 0.001,
                                         "met": hf.get("ppl_rel_diff_vs_simulation") is not None
                                         and hf["ppl_rel_diff_vs_simulation"] <= 0.001 and not hf.get("torchslim_imported")},
