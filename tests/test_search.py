@@ -385,3 +385,17 @@ def test_latency_search_on_a_hugging_face_bert_classifier_removes_layers_and_qua
     removed = [r for r in result["singles"] if r["family"] == "blocks" and r["plan"]["blocks"] >= 0.45]
     assert removed and removed[0]["drop"] < 50  # one of the two layers gone, and the classifier still classifies
     assert result["chosen"] is not None and result["replay"]["objective"] is not None
+
+
+def test_a_drop_of_exactly_the_budget_fits_it_also_when_read_back_from_a_stored_study():
+    """491/500 - 486/500 is five validation samples, exactly 1.0 pt; float subtraction made it 1.0000000000000009."""
+    from torchslim.search.evaluate import accuracy_drop_pt
+    from torchslim.search.outcome import choose, trial_rows
+
+    assert 100 * (0.982 - 0.972) > 1.0  # the floating-point drop that turned a plan at the budget away
+    assert accuracy_drop_pt(0.982, 0.972) == 1.0
+    stored = [optuna.trial.create_trial(state=TrialState.COMPLETE, values=[objective, drop], params={}, distributions={},
+                                        user_attrs={"plan": {}, "drop": drop, "objective": objective, "accuracy": 0.972})
+              for objective, drop in ((40.9, 100 * (0.982 - 0.972)), (55.1, 0.8))]
+    chosen, misses = choose(trial_rows(stored), budget=1.0, baseline=172.0)
+    assert chosen is not None and chosen["objective"] == 40.9 and chosen["drop"] == 1.0 and misses == []

@@ -43,7 +43,7 @@ from torchslim.io import atomic_write_text
 from torchslim.measure import evaluate_accuracy
 from torchslim.pipeline import run_recipe
 from torchslim.search.config import SensitivityConfig
-from torchslim.search.evaluate import Env, _objective, recipe_for
+from torchslim.search.evaluate import Env, _objective, accuracy_drop_pt, recipe_for
 from torchslim.search.outcome import UNITS, choose, pareto, trial_rows, write_outcome
 from torchslim.search.propose import proposals, proposals_from_singles
 from torchslim.search.result import SensitivityResult
@@ -133,7 +133,7 @@ def _replay(env: Env, recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     objective, deployed = _objective(env, result.model, artefact)
     accuracy = deployed if deployed is not None else float(evaluate_accuracy(result.model, env.val))
     after = result.report.after
-    return {"output": str(out / "replay"), "val_accuracy": accuracy, "val_drop": 100.0 * (env.baseline.accuracy - accuracy),
+    return {"output": str(out / "replay"), "val_accuracy": accuracy, "val_drop": accuracy_drop_pt(env.baseline.accuracy, accuracy),
             "objective": objective, "test_accuracy": after.accuracy if after is not None else None,
             "test_accuracy_before": result.report.before.accuracy if result.report.before is not None else None,
             "seconds": time.perf_counter() - t0}

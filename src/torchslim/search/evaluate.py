@@ -49,7 +49,7 @@ from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train.recalibrate import recalibrate_batchnorm
 from torchslim.zoo.hf import ModelSource
 
-__all__ = ["Env", "Hopeless", "Score", "recipe_for", "score"]
+__all__ = ["Env", "Hopeless", "Score", "accuracy_drop_pt", "exact_drop", "recipe_for", "score"]
 
 #: the stages a plan runs before its healing (the one-shot check runs after them)
 _STRUCTURAL = ("prune", "factorize")
@@ -110,6 +110,26 @@ class Env:
         return self.data.example_input()
 
 
+def accuracy_drop_pt(before: float, after: float) -> float:
+    """``100 * (before - after)`` in points, rounded to 1e-9 so that a drop of exactly the budget fits it.
+
+    Accuracies are sample counts over the validation size: 491/500 - 486/500 is five samples,
+    exactly 1.0 pt, but 100 * (0.982 - 0.972) is 1.0000000000000009 in floating point, and a
+    plan at a 1.0 pt budget was turned away for it.
+
+    Example:
+        >>> 100 * (0.982 - 0.972) <= 1.0, accuracy_drop_pt(0.982, 0.972) <= 1.0
+        (False, True)
+    """
+    return exact_drop(100.0 * (before - after))
+
+
+def exact_drop(drop: float) -> float:
+    """A drop in points rounded to 1e-9 (see :func:`accuracy_drop_pt`); also applied to drops read back from a
+    study stored by an earlier version, so that a resumed search judges its finished trials the same way."""
+    return round(float(drop), 9)
+
+
 def recipe_for(head: Mapping[str, Any], stages: list[dict[str, Any]]) -> Recipe:
     """The recipe ``torchslim run`` replays: the head (name, seed, model, data, measure) and ``stages``."""
     return parse_recipe({**dict(head), "stages": stages}, source="search plan")
@@ -138,7 +158,7 @@ def _run(env: Env, recipe: Recipe, model: nn.Module, out: Path, check: bool) -> 
     for index, stage in enumerate(recipe.stages):
         if not checked and stage.type not in _STRUCTURAL:
             checked = True
-            drop = 100.0 * (env.baseline.accuracy - _one_shot_accuracy(env, model))
+            drop = accuracy_drop_pt(env.baseline.accuracy, _one_shot_accuracy(env, model))
             if drop > env.cfg.max_one_shot_drop:
                 raise Hopeless(f"drop {drop:.1f} pt before healing > max_one_shot_drop {env.cfg.max_one_shot_drop}")
         torch.manual_seed(_stage_seed(recipe.seed, index))
@@ -184,6 +204,6 @@ def score(env: Env, plan: Mapping[str, Any], *, hopeless_check: bool = True) -> 
             artefact = _run(env, recipe_for(env.head, stages), model, Path(tmp), check)
         objective, deployed_acc = _objective(env, model, artefact)
     accuracy = deployed_acc if deployed_acc is not None else _accuracy(env, model)
-    drop = 100.0 * (env.baseline.accuracy - accuracy) if env.baseline.accuracy else 0.0
+    drop = accuracy_drop_pt(env.baseline.accuracy, accuracy) if env.baseline.accuracy else 0.0
     extra = {"measured_on": "onnxruntime" if deployed_acc is not None else "torch"}
     return Score(accuracy, drop, objective, time.perf_counter() - t0, stages, extra)

@@ -33,6 +33,7 @@ import yaml
 
 from torchslim.io import atomic_write_bytes, atomic_write_text
 from torchslim.report.plots import new_figure, png_bytes
+from torchslim.search.evaluate import exact_drop
 from torchslim.search.plan import describe
 
 __all__ = ["UNITS", "choose", "pareto", "trial_rows", "write_outcome"]
@@ -50,7 +51,7 @@ def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
         row = {"number": t.number, "status": status, "plan": a.get("plan", {}), "summary": describe(a.get("plan", {}))}
         for key in ("accuracy", "drop", "objective", "seconds", "stages", "reason", "measured_on"):
             if key in a:
-                row[key] = a[key]
+                row[key] = exact_drop(a[key]) if key == "drop" else a[key]
         if status == "failed" and "reason" not in row:
             row["reason"] = "its worker stopped (killed or crashed) before it finished; the trial was run again"
         rows.append(row)

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from torchslim.errors import TorchslimError
-from torchslim.search.evaluate import Env, Hopeless, score
+from torchslim.search.evaluate import Env, Hopeless, exact_drop, score
 from torchslim.search.plan import describe, single_plans
 
 __all__ = ["best_single", "run_singles"]
@@ -33,7 +33,10 @@ def _done(study: optuna.Study) -> dict[int, dict[str, Any]]:
     out = {}
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and "index" in t.user_attrs:
-            out[int(t.user_attrs["index"])] = dict(t.user_attrs["row"])
+            row = dict(t.user_attrs["row"])
+            if "drop" in row:
+                row["drop"] = exact_drop(row["drop"])
+            out[int(t.user_attrs["index"])] = row
     return out
 
 

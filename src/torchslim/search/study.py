@@ -33,7 +33,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, TrialState
 
 from torchslim.errors import TorchslimError
-from torchslim.search.evaluate import Env, Hopeless, score
+from torchslim.search.evaluate import Env, Hopeless, exact_drop, score
 from torchslim.search.plan import RANGES, suggest, unchanged
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
@@ -143,11 +143,11 @@ def refine_best(study: optuna.Study, cfg: SearchConfig) -> int:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
     if any(t.state == TrialState.WAITING for t in trials):
         return 0
-    fits = [t for t in trials if t.user_attrs.get("drop", float("inf")) <= cfg.budget and "objective" in t.user_attrs]
+    fits = [t for t in trials if exact_drop(t.user_attrs.get("drop", float("inf"))) <= cfg.budget and "objective" in t.user_attrs]
     if not fits:
         return 0
     best = min(fits, key=lambda t: (t.user_attrs["objective"], t.user_attrs["drop"]))
-    if best.user_attrs["drop"] >= cfg.budget:
+    if exact_drop(best.user_attrs["drop"]) >= cfg.budget:
         return 0
     return enqueue_proposals(study, stronger_neighbours(best.params))
 
