@@ -43,8 +43,8 @@ _FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_i
 def cpu_features() -> list[str]:
     """Which of :data:`_FEATURES` this CPU has (``/proc/cpuinfo``; empty elsewhere).
 
-    Two hosts that both read "2 cores x86_64" ran the same int4 prefill 1.41x and 1.05x faster than
-    float32: the line has to say what the cores can do.
+    Two hosts that both read "2 cores x86_64" ran the same int4 prefill 1.41x and 1.00x of
+    float32 (``llm_artefacts``, 2026-12-05): the line has to say what the cores can do.
     """
     try:
         text = open("/proc/cpuinfo", encoding="utf-8").read()
