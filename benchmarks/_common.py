@@ -47,7 +47,7 @@ def cpu_features() -> list[str]:
     float32 (``llm_artefacts``, 2026-12-05): the line has to say what the cores can do.
     """
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         return []
     flags: set[str] = set()
@@ -59,7 +59,8 @@ def cpu_features() -> list[str]:
 
 
 def machine() -> str:
-    """One line naming the machine and the runtimes, e.g. ``2 cores x86_64, torch 2.13.0+cpu, onnxruntime 1.32.0``."""
+    """One line naming the machine and the runtimes, e.g. ``2 cores x86_64 (avx2, avx512f, avx512_vnni), torch 2.13.0+cpu,
+    onnxruntime 1.32.0``."""
     isa = cpu_features()
     parts = [f"{os.cpu_count()} cores {platform.machine()}" + (f" ({', '.join(isa)})" if isa else ""), f"torch {torch.__version__}"]
     try:

@@ -3,9 +3,10 @@
 SmolLM2-135M-Instruct (the packaged GGUF, dequantized to fp32), round-to-nearest W4 g128
 asymmetric on every decoder linear and W8 g128 on the output head (untied from the input
 embedding, which stays float; the artefacts' layout does not depend on the method; RTN takes
-seconds). Group 128 and a quantized head because they prefill fastest (a screening run on this
-machine, fused projections, accuracy_level 4, 128 tokens: blocks at g64 + W8 head 1.23x fp32,
-g128 without the head 1.30x, g128 + W4 head 1.41x, g128 + W8 head 1.41x). Then:
+seconds). Group 128 and a quantized head because they prefill fastest (a screening run on the first
+host of 2026-12-05, fused projections, accuracy_level 4, 128 tokens: blocks at g64 + W8 head 1.23x fp32,
+g128 without the head 1.30x, g128 + W4 head 1.41x, g128 + W8 head 1.41x; on a host with AVX-512 VNNI and
+AMX the whole graph at level 4 ran 1.00x). Then:
 
 * **ONNX, ``MatMulNBits``** (``export_int4_onnx``): the perplexity of the int4 graph in ONNX
   Runtime against the torch simulation (same protocol: the first 20,480 Devil's Dictionary
@@ -13,8 +14,8 @@ g128 without the head 1.30x, g128 + W4 head 1.41x, g128 + W8 head 1.41x). Then:
   float32 twin of the same graph (both with the projections that read one input fused) in
   interleaved rounds (medians); decode tokens/s with the
   cache graph (128-token prompt, 32 greedy steps). ``accuracy_level`` 0 (``A`` in float32:
-  the torch simulation) and 4 (``A`` quantized to int8 per block inside the kernel, faster,
-  a different model: its perplexity is measured too). The prefill target counts only a graph
+  the torch simulation) and 4 (``A`` quantized to int8 per block inside the kernel, the faster
+  of the two, a different model: its perplexity is measured too). The prefill target counts only a graph
   whose perplexity is within 0.5 % of the simulation's (acceptance 5 asks both of one artefact).
 * **Hugging Face directory** (``save_quantized_pretrained``, the ``dequantized`` format):
   reloaded by ``transformers`` in a process that does not import torchslim, its perplexity

@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timer, write_result
 from _search_figures import figures
 
+from torchslim.io import atomic_write_text
 from torchslim.pipeline import load_model_and_data, run_recipe
 from torchslim.search.api import search
 from torchslim.search.evaluate import recipe_for
@@ -95,8 +96,8 @@ def _classifier(path: Path) -> None:
 def _finetuned() -> tuple[Path, float]:
     """The fine-tuned classifier's directory (made once; kept across runs) and the seconds it took."""
     trained = ROOT / "finetuned"
-    if (trained / "config.json").exists():
-        return trained, 0.0
+    if (trained / "config.json").exists():  # made by an earlier run: the seconds its fine-tune took
+        return trained, float(json.loads((ROOT / "finetune-run" / "report.json").read_text())["meta"]["wall_s"])
     t0 = time.perf_counter()
     fresh = ROOT / "fresh"
     _classifier(fresh)
@@ -118,19 +119,20 @@ def main() -> None:
     head = {"name": "minilm-search", "seed": SEED, "model": {"hf": str(trained.resolve())}, "data": DATA,
             "measure": {"latency_batch": 32, "latency_runs": SEARCH["latency"]["runs"], "threads": 2}}
     out = ROOT / "latency"
+    spent = out / "timing.json"  # every run's seconds on this study, summed (search.json holds the last run's)
     earlier: dict[str, float] = {}
-    if RESUME and (out / "search.json").exists():  # a continued study: the runs before took their time too
-        earlier = {k: float(v) for k, v in json.loads((out / "search.json").read_text())["timing"].items()
-                   if isinstance(v, (int, float))}
+    if RESUME and spent.exists():  # a continued study: the runs before took their time too
+        earlier = {k: float(v) for k, v in json.loads(spent.read_text()).items() if isinstance(v, (int, float))}
     elif not RESUME:
         shutil.rmtree(out, ignore_errors=True)
     example = load_model_and_data(recipe_for(head, [{"type": "fold"}]))[1].example_input()
     t0 = time.perf_counter()
     result = search(head, SEARCH, out=out, progress=True)
-    for key in ("search_s", "singles_s", "total_s"):
+    for key in ("sensitivity_s", "search_s", "singles_s", "total_s"):  # a reused analysis counts what it took
         if key in earlier:
             result["timing"][key] = result["timing"].get(key, 0.0) + earlier[key]
             result["timing"]["continued"] = 1.0
+    atomic_write_text(spent, json.dumps({k: v for k, v in result["timing"].items() if k != "continued"}))
     m = figures(head, "latency", result, time.perf_counter() - t0, out, example, runs=10 if SMOKE else 30,
                 rounds=3 if SMOKE else 9)
     m["finetune_s"] = round(finetune_s, 1)

@@ -49,6 +49,7 @@ from torchslim.deploy.runtime import measure_ort_latency
 from torchslim.pipeline import run_recipe
 from torchslim.search.api import search
 from torchslim.search.evaluate import recipe_for
+from torchslim.search.outcome import exact_drop
 
 NAME = "search_resnet20"
 SEED = 0
@@ -172,7 +173,7 @@ def _equal_drop(result: dict[str, Any], drop: float) -> dict[str, Any] | None:
     of a family alone says so in ``family``).
     """
     rows = list(result["trials"]) + [{**r, "family_alone": r["family"]} for r in result.get("singles", [])]
-    ok = [r for r in rows if r.get("status") == "ok" and r["drop"] <= drop]
+    ok = [r for r in rows if r.get("status") == "ok" and r["drop"] <= exact_drop(drop)]  # NNCF's drop, rounded as ours
     return min(ok, key=lambda r: (r["objective"], r["drop"])) if ok else None
 
 

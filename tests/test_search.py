@@ -394,8 +394,25 @@ def test_a_drop_of_exactly_the_budget_fits_it_also_when_read_back_from_a_stored_
 
     assert 100 * (0.982 - 0.972) > 1.0  # the floating-point drop that turned a plan at the budget away
     assert accuracy_drop_pt(0.982, 0.972) == 1.0
-    stored = [optuna.trial.create_trial(state=TrialState.COMPLETE, values=[objective, drop], params={}, distributions={},
+    grid = {"channels": optuna.distributions.FloatDistribution(0.25, 1.0, step=0.05),
+            "blocks": optuna.distributions.FloatDistribution(0.0, 0.45, step=0.05)}
+    stored = [optuna.trial.create_trial(state=TrialState.COMPLETE, values=[objective, drop], distributions=grid,
+                                        params={"channels": channels, "blocks": 0.15},
                                         user_attrs={"plan": {}, "drop": drop, "objective": objective, "accuracy": 0.972})
-              for objective, drop in ((40.9, 100 * (0.982 - 0.972)), (55.1, 0.8))]
+              for objective, drop, channels in ((40.9, 100 * (0.982 - 0.972), 0.45), (55.1, 0.8, 0.8))]
     chosen, misses = choose(trial_rows(stored), budget=1.0, baseline=172.0)
     assert chosen is not None and chosen["objective"] == 40.9 and chosen["drop"] == 1.0 and misses == []
+
+    from torchslim.search.singles import _done
+    from torchslim.search.study import refine_best
+
+    singles = optuna.create_study(directions=["minimize", "minimize"])
+    singles.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[40.9, 1.0], params={}, distributions={},
+                                                user_attrs={"index": 3, "row": {"status": "ok", "drop": 100 * (0.982 - 0.972)}}))
+    assert _done(singles)[3]["drop"] == 1.0  # a family-alone point read back: within the budget
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for t in stored:
+        study.add_trial(t)
+    # the best plan within the budget is the one at exactly 1.0 pt: it leaves nothing unspent, so no neighbour is
+    # queued (read as 1.0000000000000009 it was over the budget, and the 0.8 pt plan's neighbours were queued instead)
+    assert refine_best(study, SearchConfig.parse({"budget": 1.0, "trials": 2, "refine_trials": 1})) == 0

@@ -134,3 +134,13 @@ def test_a_learning_rate_that_blows_up_is_caught(digits):
     with pytest.raises(TrainingDivergedError, match="Lower 'lr'"):
         finetune(m, digits, {"epochs": 2, "lr": 1e12, "batch_size": 32}, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
+
+
+def test_the_epoch_line_says_there_is_no_validation_split_instead_of_nan(digits, capsys):
+    batches = [(digits.train.x[i : i + 64], digits.train.y[i : i + 64]) for i in range(0, 256, 64)]  # no val split
+    report = finetune(mlp(), batches, {"epochs": 1, "lr": 0.05}, progress=False)
+    err = capsys.readouterr().err
+    assert report.meta["history"][0]["val_accuracy"] != report.meta["history"][0]["val_accuracy"]  # NaN in the record
+    assert "no validation split" in err and "nan%" not in err, err
+    finetune(mlp(), digits, {"epochs": 1, "lr": 0.05}, progress=False)
+    assert "val acc " in capsys.readouterr().err

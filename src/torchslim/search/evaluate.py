@@ -42,6 +42,7 @@ from torchslim.errors import TorchslimError
 from torchslim.measure import count_macs, evaluate_accuracy
 from torchslim.pipeline import _stage_seed, load_model_and_data, model_arch
 from torchslim.recipe import Recipe, parse_recipe
+from torchslim.search.outcome import exact_drop
 from torchslim.search.plan import plan_stages
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
@@ -49,7 +50,7 @@ from torchslim.stages import STAGES, StageContext, run_stage
 from torchslim.train.recalibrate import recalibrate_batchnorm
 from torchslim.zoo.hf import ModelSource
 
-__all__ = ["Env", "Hopeless", "Score", "accuracy_drop_pt", "exact_drop", "recipe_for", "score"]
+__all__ = ["Env", "Hopeless", "Score", "accuracy_drop_pt", "recipe_for", "score"]
 
 #: the stages a plan runs before its healing (the one-shot check runs after them)
 _STRUCTURAL = ("prune", "factorize")
@@ -122,12 +123,6 @@ def accuracy_drop_pt(before: float, after: float) -> float:
         (False, True)
     """
     return exact_drop(100.0 * (before - after))
-
-
-def exact_drop(drop: float) -> float:
-    """A drop in points rounded to 1e-9 (see :func:`accuracy_drop_pt`); also applied to drops read back from a
-    study stored by an earlier version, so that a resumed search judges its finished trials the same way."""
-    return round(float(drop), 9)
 
 
 def recipe_for(head: Mapping[str, Any], stages: list[dict[str, Any]]) -> Recipe:

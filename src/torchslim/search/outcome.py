@@ -33,10 +33,16 @@ import yaml
 
 from torchslim.io import atomic_write_bytes, atomic_write_text
 from torchslim.report.plots import new_figure, png_bytes
-from torchslim.search.evaluate import exact_drop
 from torchslim.search.plan import describe
 
-__all__ = ["UNITS", "choose", "pareto", "trial_rows", "write_outcome"]
+__all__ = ["UNITS", "choose", "exact_drop", "pareto", "trial_rows", "write_outcome"]
+
+
+def exact_drop(drop: float) -> float:
+    """A drop in points rounded to 1e-9 (see :func:`torchslim.search.evaluate.accuracy_drop_pt`); also applied to drops read back from a
+    study stored by an earlier version, so that a resumed search judges its finished trials the same way."""
+    return round(float(drop), 9)
+
 
 #: the objective's unit, as the tables show it
 UNITS = {"bytes": "bytes", "macs": "MACs", "latency": "ms"}

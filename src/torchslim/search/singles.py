@@ -23,7 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from torchslim.errors import TorchslimError
-from torchslim.search.evaluate import Env, Hopeless, exact_drop, score
+from torchslim.search.evaluate import Env, Hopeless, score
+from torchslim.search.outcome import exact_drop
 from torchslim.search.plan import describe, single_plans
 
 __all__ = ["best_single", "run_singles"]

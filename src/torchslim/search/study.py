@@ -33,7 +33,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, TrialState
 
 from torchslim.errors import TorchslimError
-from torchslim.search.evaluate import Env, Hopeless, exact_drop, score
+from torchslim.search.evaluate import Env, Hopeless, score
+from torchslim.search.outcome import exact_drop
 from torchslim.search.plan import RANGES, suggest, unchanged
 from torchslim.search.result import SensitivityResult
 from torchslim.search.searchconfig import SearchConfig
@@ -146,7 +147,7 @@ def refine_best(study: optuna.Study, cfg: SearchConfig) -> int:
     fits = [t for t in trials if exact_drop(t.user_attrs.get("drop", float("inf"))) <= cfg.budget and "objective" in t.user_attrs]
     if not fits:
         return 0
-    best = min(fits, key=lambda t: (t.user_attrs["objective"], t.user_attrs["drop"]))
+    best = min(fits, key=lambda t: (t.user_attrs["objective"], exact_drop(t.user_attrs["drop"])))
     if exact_drop(best.user_attrs["drop"]) >= cfg.budget:
         return 0
     return enqueue_proposals(study, stronger_neighbours(best.params))
