@@ -11,7 +11,9 @@ from torchslim.errors import TransformRefusedError
 from torchslim.measure import evaluate_accuracy
 from torchslim.quant import qat_finetune, quantize_
 
-TRAIN = {"epochs": 3, "lr": 0.01, "batch_size": 64}
+# cosine decay: at a constant 0.01 the 2-bit run's test accuracy after 3-5 epochs swung 0.83-0.92 with the host's float
+# arithmetic (AVX-512/AMX against AVX2), around the bar; with the decay it ended 0.90-0.94 in every setting tried
+TRAIN = {"epochs": 3, "lr": 0.01, "batch_size": 64, "schedule": "cosine"}
 
 
 def test_qat_recovers_2bit_accuracy(trained, digits, float_accuracy) -> None:
