@@ -68,3 +68,19 @@ def resnet20_fmnist(data: DataBundle | None = None, device: torch.device | str =
         "resnet20_fmnist", lambda: create_model("resnet_cifar", depth=20, in_channels=1, num_classes=10), data, RESNET20_FMNIST, device
     )
     return model, data
+
+
+def minilm_classifier(encoder: nn.Module, seed: int) -> nn.Module:
+    """``BertForSequenceClassification`` with all-MiniLM-L6-v2's encoder weights and a fresh 2-way head seeded by ``seed``."""
+    import copy
+
+    from transformers import BertForSequenceClassification
+
+    cfg = copy.deepcopy(encoder.config)
+    cfg.num_labels = 2
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(cfg)
+    missing, unexpected = model.bert.load_state_dict(encoder.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"MiniLM weights do not fit the classifier: missing {missing}, unexpected {unexpected}")
+    return model

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,17 @@ def machine() -> str:
     except ImportError:
         pass
     return ", ".join(parts)
+
+
+def git_commit() -> str:
+    """The checked-out commit, ``+uncommitted`` when tracked files differ from it (``unknown`` outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 class Timer:

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, interleaved, write_result
+from _common import Timer, git_commit, interleaved, write_result
 
 from torchslim.data.corpora import evaluation_tokens
 from torchslim.llm import rtn_
@@ -71,13 +71,6 @@ with torch.inference_mode():
 print(json.dumps({"ppl": math.exp(sum(losses) / len(losses)), "windows": len(losses),
                   "torchslim_imported": any(m.startswith("torchslim") for m in sys.modules)}))
 """
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _ppl(model: Any, tokens: torch.Tensor) -> float:
@@ -148,7 +141,7 @@ def _prefill_target(onnx: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     timer = Timer()
-    commit = _commit()
+    commit = git_commit()
     torch.manual_seed(SEED)
     model, tokenizer = load_smollm2()
     tokens = evaluation_tokens(tokenizer)

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, Timer, write_result
+from _common import RESULTS, Timer, git_commit, write_result
 
 from torchslim.data.corpora import calibration_tokens, evaluation_tokens, heldout_tokens
 from torchslim.llm import awq_, gptq_, rtn_, sparsegpt_, wanda_
@@ -119,13 +119,6 @@ def _chosen_g128(model: torch.nn.Module, tok: Any, evals: torch.Tensor, calib: t
             "ppl": ppl}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _targets(m: dict[str, Any]) -> dict[str, Any]:
     ppl = {k: v["ppl"] for k, v in m.items() if isinstance(v, dict) and "ppl" in v}
     out: dict[str, Any] = {}
@@ -183,7 +176,7 @@ def main() -> None:
         _gptq_alone_child()
         return
     timer = Timer()
-    commit = _commit()
+    commit = git_commit()
     parts = [*METHODS, "gptq_w4_g128_asym_chosen", "gptq_alone"]
     wanted = sys.argv[1:] or parts
     unknown = sorted(set(wanted) - set(parts))

@@ -56,6 +56,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _baselines import minilm_classifier
 from _common import Timer, interleaved, write_result
 
 import torchslim as ts
@@ -102,15 +103,7 @@ class Classifier(nn.Module):
 
 def build_classifier(encoder: nn.Module) -> nn.Module:
     """``BertForSequenceClassification`` with MiniLM's encoder weights and a fresh seeded 2-way head."""
-    from transformers import BertForSequenceClassification
-
-    cfg = copy.deepcopy(encoder.config)
-    cfg.num_labels = 2
-    torch.manual_seed(SEED)
-    model = BertForSequenceClassification(cfg)
-    missing, unexpected = model.bert.load_state_dict(encoder.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"MiniLM weights do not fit the classifier: missing {missing}, unexpected {unexpected}")
+    model = minilm_classifier(encoder, SEED)
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen in every run (time)
     return model.eval()
 

@@ -25,21 +25,18 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/search_minilm.py``
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, write_result
+from _baselines import minilm_classifier
+from _common import Timer, git_commit, write_result
 from _search_figures import figures
 
 from torchslim.io import atomic_write_text
@@ -69,26 +66,10 @@ SEARCH: dict[str, Any] = {
 BAR = 1.3
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _classifier(path: Path) -> None:
     """MiniLM's encoder weights under a fresh seeded 2-way head, saved with the tokenizer as a Hugging Face directory."""
-    from transformers import BertForSequenceClassification
-
     encoder, tokenizer = load_minilm()
-    cfg = copy.deepcopy(encoder.config)
-    cfg.num_labels = 2
-    torch.manual_seed(SEED)
-    model = BertForSequenceClassification(cfg)
-    missing, unexpected = model.bert.load_state_dict(encoder.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"MiniLM weights do not fit the classifier: missing {missing}, unexpected {unexpected}")
+    model = minilm_classifier(encoder, SEED)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
@@ -113,7 +94,7 @@ def _finetuned() -> tuple[Path, float]:
 
 def main() -> None:
     timer = Timer()
-    commit = _commit()
+    commit = git_commit()
     ROOT.mkdir(parents=True, exist_ok=True)
     trained, finetune_s = _finetuned()
     head = {"name": "minilm-search", "seed": SEED, "model": {"hf": str(trained.resolve())}, "data": DATA,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _baselines import resnet20_fmnist
-from _common import RESULTS, Timer, interleaved, write_result
+from _common import RESULTS, Timer, git_commit, interleaved, write_result
 from _nncf_peer import run_nncf_peer
 from _search_figures import figures
 
@@ -67,14 +66,6 @@ SEARCH: dict[str, Any] = {
 PER_OBJECTIVE: dict[str, dict[str, Any]] = {"latency": {"proposals_from": "singles"}}
 BARS = {"bytes": 1.5, "latency": 1.3}
 OVERRIDES: dict[str, Any] = json.loads(os.environ.get("SEARCH_OVERRIDES") or "{}")
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _head() -> dict[str, Any]:
@@ -219,7 +210,7 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def main() -> None:
     timer = Timer()
-    commit = _commit()  # the code that runs (the tree may move on while a long part runs)
+    commit = git_commit()  # the code that runs (the tree may move on while a long part runs)
     which = sys.argv[1:] or ["bytes", "latency", "nncf", "workers"]
     head = _head()
     previous = json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").exists() else {}

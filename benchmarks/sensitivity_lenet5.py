@@ -17,7 +17,6 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/sensitivity_lenet5.py``
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _baselines import trained
-from _common import Timer, write_result
+from _common import Timer, git_commit, write_result
 
 import torchslim as ts
 from torchslim.search import SensitivityConfig, SensitivityResult, sensitivity
@@ -39,15 +38,6 @@ LENET_TRAIN = {"epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "sch
 #: intra-op threads of the timed runs (one: the 2 cores are shared with other jobs; it was the faster setting under load)
 THREADS = 1
 WALL_BAR_S = 60.0
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _figures(result: SensitivityResult) -> list[Any]:
@@ -113,7 +103,7 @@ def main() -> None:
         seed=SEED,
         wall_s=timer.seconds,
         notes=(f"settings: {cfg.model_dump(mode='json')}; threads {THREADS}; torchslim {ts.__version__}; "
-               f"commit {_commit()}; the machine's 2 cores are shared with other jobs (load average recorded). "
+               f"commit {git_commit()}; the machine's 2 cores are shared with other jobs (load average recorded). "
                "wall_s_cold is the first analysis in the process (the target's figure)."),
     )
     print(result.table())
