@@ -416,3 +416,23 @@ def test_a_drop_of_exactly_the_budget_fits_it_also_when_read_back_from_a_stored_
     # the best plan within the budget is the one at exactly 1.0 pt: it leaves nothing unspent, so no neighbour is
     # queued (read as 1.0000000000000009 it was over the budget, and the 0.8 pt plan's neighbours were queued instead)
     assert refine_best(study, SearchConfig.parse({"budget": 1.0, "trials": 2, "refine_trials": 1})) == 0
+
+
+def test_healing_can_use_adamw_and_the_default_stages_stay_as_they_were(head):
+    from torchslim.search.evaluate import Env, score
+    from torchslim.search.plan import plan_stages
+
+    plan = {"channels": 0.25, "heal_epochs": 1, "heal_method": "finetune"}
+    sgd = plan_stages(plan, SearchConfig.parse({**SMALL, "objective": "macs"}), None)[-1]
+    assert sgd == {"type": "finetune", "name": "heal", "epochs": 1, "lr": 0.01, "batch_size": 128, "schedule": "cosine",
+                   "nesterov": True, "weight_decay": 5e-4, "max_steps": 20}  # the stages searches recorded before the option
+    cfg = SearchConfig.parse({**SMALL, "objective": "macs", "heal": {**SMALL["heal"], "epochs": [1], "max_steps": 40,
+                                                                      "optimizer": "adamw", "lr": 0.003}})
+    adamw = plan_stages(plan, cfg, None)[-1]
+    assert adamw["optimizer"] == "adamw" and adamw["weight_decay"] == 0.01 and "nesterov" not in adamw
+    env = Env.build(head, cfg)
+    healed, unhealed = score(env, plan), score(env, {**plan, "heal_epochs": 0})
+    # LeNet-300 at a quarter of its MACs: 3.5 pt lost as pruned, 0.7 pt after 40 AdamW steps
+    assert healed.stages[-1]["optimizer"] == "adamw" and healed.drop <= unhealed.drop - 2.0, (healed.drop, unhealed.drop)
+    with pytest.raises(Exception, match="optimizer"):
+        SearchConfig.parse({"heal": {"optimizer": "lion"}})

@@ -180,8 +180,12 @@ def _heal_stage(plan: Mapping[str, Any], cfg: SearchConfig, centroids: bool = Fa
     epochs = int(plan.get("heal_epochs", 0))
     if epochs <= 0:
         return None
-    train = {"epochs": epochs, "lr": cfg.heal.centroid_lr if centroids else cfg.heal.lr, "batch_size": cfg.heal.batch_size,
-             "schedule": "cosine", "nesterov": True, "weight_decay": 5e-4}
+    train: dict[str, Any] = {"epochs": epochs, "lr": cfg.heal.centroid_lr if centroids else cfg.heal.lr,
+                             "batch_size": cfg.heal.batch_size, "schedule": "cosine"}
+    if cfg.heal.optimizer == "adamw":
+        train.update(optimizer="adamw", weight_decay=0.01)
+    else:  # the default: the stages (and so the replays) of searches before the option stay as they were
+        train.update(nesterov=True, weight_decay=5e-4)
     if cfg.heal.max_steps is not None:
         train["max_steps"] = cfg.heal.max_steps
     what = " (centroids)" if centroids else ""

@@ -43,7 +43,9 @@ class HealConfig(Config):
         epochs: the epoch counts the search may choose from (``0``: no healing).
         max_steps: at most this many optimizer steps per healing (a short heal; ``None``: whole epochs).
         methods: ``finetune`` (labels only) and/or ``distill`` (from the model before compression).
-        lr: the peak learning rate (cosine schedule, SGD with Nesterov momentum).
+        lr: the peak learning rate (cosine schedule).
+        optimizer: ``sgd`` (Nesterov momentum, weight decay 5e-4: what convolutional nets heal with) or
+            ``adamw`` (weight decay 0.01: what transformers fine-tune with; give it a small ``lr``, e.g. 5e-5).
         batch_size: samples per step.
         qat: let the search choose quantization-aware training (one healing pass with the quantizers in place).
         centroid_lr: the peak learning rate of the healing after weight sharing (``share``): each
@@ -57,6 +59,7 @@ class HealConfig(Config):
         default_factory=lambda: ["finetune", "distill"], min_length=1  # type: ignore[arg-type]
     )
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     batch_size: int = Field(default=128, ge=1, le=65_536)
     qat: bool = False
     centroid_lr: float = Field(default=1e-3, gt=0.0, le=10.0)
