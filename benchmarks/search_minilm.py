@@ -7,7 +7,9 @@ A ``transformers`` ``BertForSequenceClassification`` built from all-MiniLM-L6-v2
 searched from that directory with a 1.0 pt budget on the validation split, objective: the
 latency of the exported ONNX file in ONNX Runtime (batch 32, 2 threads). The space: head and
 FFN-channel pruning (``structured``), layer removal (``blocks``), int8 (``int8``) and the
-healing (a short fine-tune or distillation from the fine-tuned model, ``heal``). Each family
+healing (a short fine-tune or distillation from the fine-tuned model, ``heal``: AdamW at 5e-5, the
+fine-tune's own optimizer; the first runs healed with SGD at 0.01, which collapsed strongly pruned models to the
+majority class). Each family
 alone gets its own 1-D search at the same budget and healing; the chosen plan's ONNX file,
 the best single family's and the unchanged model's are re-timed side by side in interleaved
 rounds (medians). The chosen recipe is replayed by ``torchslim run``; its report gives the
@@ -59,7 +61,8 @@ SEARCH: dict[str, Any] = {
     "budget": 1.0, "objective": "latency", "families": ["structured", "blocks", "int8", "heal"],
     "trials": 2 if SMOKE else 10, "proposals": 1 if SMOKE else 3, "proposals_from": "singles", "refine_trials": 0 if SMOKE else 3,
     "val_samples": VAL, "seed": SEED,
-    "heal": {"epochs": [1], "max_steps": 2 if SMOKE else 80, "methods": ["finetune", "distill"], "lr": 0.01, "batch_size": 32},
+    "heal": {"epochs": [1], "max_steps": 2 if SMOKE else 80, "methods": ["finetune", "distill"], "optimizer": "adamw",
+             "lr": 5e-5, "batch_size": 32},
     "sensitivity": {"batches": 1, "batch_size": 32 if SMOKE else 128, "analyses": ["structured"]},
     "latency": {"batch": 32, "threads": 2, "runs": 5 if SMOKE else 15},
 }
