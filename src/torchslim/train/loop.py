@@ -292,7 +292,7 @@ def _epoch(run: _Run, epoch: int, advance: Callable[[float], None]) -> None:
     state.history.append(row)
     run.console.log(
         f"{run.description} epoch {epoch + 1}/{run.cfg.epochs}: loss {row['loss']:.4f}, "
-        + (f"val acc {100 * val_acc:.2f}%, " if val_acc == val_acc else "no validation split, ")  # NaN: none held out
+        + ("no validation split, " if math.isnan(val_acc) else f"val acc {100 * val_acc:.2f}%, ")
         + f"{row['seconds']:.1f}s",
         markup=False,  # the description is a stage's name: plain text
     )
