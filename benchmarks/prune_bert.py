@@ -11,7 +11,7 @@ Protocol, per task (``sms-spam``, ``rt-polarity`` from :func:`torchslim.data.loa
    attention matmuls included) on one sequence of 128 tokens; the embeddings (lookups,
    no MACs), the pooler and the classifier are outside it (the whole model's MACs are
    reported too). Ours: ``prune_structured_`` with ``granularity: head, sparsity: 0.5,
-   uniform`` then ``granularity: channel, sparsity: 0.5, uniform`` (L2 criterion; the
+   uniform`` then ``granularity: channel, sparsity: 0.5, uniform`` (the
    feed-forward blocks' hidden channels are what channel pruning cuts here, the residual
    width stays 384), on the whole classifier with dict batches, heads and channels scored by
    first-order Taylor (``CRITERION``) on ``CALIB_BATCHES`` labelled training batches. Torch-Pruning 1.6.1:
@@ -26,7 +26,8 @@ Protocol, per task (``sms-spam``, ``rt-polarity`` from :func:`torchslim.data.loa
 
 The word-embedding table (11.7 M of MiniLM's 22.7 M parameters; never pruned) is frozen
 in every training run, for time. Training runs with ``TRAIN_THREADS`` torch thread(s):
-on this shared 2-core machine one thread trained faster than two. Test accuracy is on
+under load on the shared 2-core machine one thread trained faster than two; on a quiet one
+two are faster (the 2026-12-06 run: ``PRUNE_BERT_TRAIN_THREADS=2``, recorded in the result's caps). Test accuracy is on
 every test sentence (truncated at ``EVAL_MAX_LEN`` tokens, batches sorted by length).
 
 Latency: ONNX Runtime fp32 (``torchslim.deploy.onnx_export_bytes``, eager attention) of
