@@ -14,7 +14,12 @@ convolutions, Linear layers, attention, embeddings and recurrent layers).
 
 The choice is a list of layer names: quantize again with them as ``null`` in
 ``targets`` (or export with them in float through
-:func:`~torchslim.quant.guard.kept_in_float`).
+:func:`~torchslim.quant.guard.kept_in_float`). Given the float model as
+``reference``, its fp32 graph is one more candidate: when it is faster than the
+int8 graph chosen (no margin: the artefact must be no slower than fp32),
+``float_model`` is ``True`` and the model to deploy is the float one. That is
+common for models of a few hundred microseconds, where the QuantizeLinear/
+DequantizeLinear pairs cost more than the int8 kernels save.
 
 Example:
     >>> from torchslim.quant import quantize_
@@ -29,6 +34,8 @@ Example:
     ['int8', 'int8, conv in float', 'int8, depthwise conv in float', 'int8, linear in float']
     >>> set(choice.float_layers) <= {"0", "2", "5"}
     True
+    >>> choice.float_model                                           # no reference given: not a candidate
+    False
 """
 
 from __future__ import annotations
@@ -80,12 +87,15 @@ class SpeedChoice:
         latency_ms: median ms per variant (``int8``, ``int8, <group> in float``, ``fp32`` when given,
             ``chosen`` when more than one group is kept).
         rounds: the per-round medians of every variant.
+        float_model: the reference's fp32 graph was faster than the int8 graph chosen: deploy the float
+            model (``float_layers`` and ``float_groups`` still say which int8 graph was the best).
     """
 
     float_layers: list[str]
     float_groups: list[str]
     latency_ms: dict[str, float]
     rounds: dict[str, list[float]] = field(default_factory=dict)
+    float_model: bool = False
 
 
 def _int8_graph(model: nn.Module, example_input: ExampleInput, floats: Sequence[str]) -> onnx.ModelProto:
@@ -123,7 +133,8 @@ def choose_float_layers(
         model: a quantized model (not modified).
         example_input: one example batch (its first sample is repeated to ``batch_size``).
         groups: ``{name: layer names}`` to try in float (default :func:`layer_groups`).
-        reference: the float model, timed as ``fp32`` beside them (exported with :func:`export_fp32`).
+        reference: the float model, timed as ``fp32`` beside them (exported with :func:`export_fp32`); when its
+            graph is faster than the int8 graph chosen, ``float_model`` is set.
         batch_size: samples per timed run.
         threads: ONNX Runtime intra-op threads.
         runs: timed runs per variant and round (the median is taken).
@@ -133,6 +144,11 @@ def choose_float_layers(
     Returns:
         A :class:`SpeedChoice`; when several groups win, their combination is timed too and kept only if it
         is the fastest, else the best single group.
+
+    Example (a model too small for int8 to pay: the fp32 graph may win)::
+
+        choice = choose_float_layers(quantized, x[:1], reference=float_model)
+        deployed = float_model if choice.float_model else quantized
     """
     groups = dict(layer_groups(model) if groups is None else groups)
     graphs = {"int8": _int8_graph(model, example_input, [])}
@@ -151,4 +167,6 @@ def choose_float_layers(
         med["chosen"] = statistics.median(extra["chosen"])
         if med["chosen"] < med[f"int8, {chosen[0]} in float"]:
             chosen = winners
-    return SpeedChoice([n for g in chosen for n in groups[g]], chosen, med, per_round)
+    best = med["chosen"] if len(chosen) > 1 else med[f"int8, {chosen[0]} in float"] if chosen else med["int8"]
+    float_model = "fp32" in med and med["fp32"] < best
+    return SpeedChoice([n for g in chosen for n in groups[g]], chosen, med, per_round, float_model)
