@@ -106,3 +106,34 @@ def test_a_single_batch_is_measured_on_and_the_report_says_so() -> None:
 def test_guard_config_errors_name_the_field(guard: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         QuantizeConfig.parse({"guard": guard})
+
+
+def test_every_layer_kept_in_float_is_the_float_model_despite_bias_correction() -> None:
+    """Bias correction shifts each quantized layer's bias to make up for its quantization error; a layer kept in
+    float must run with its own bias (else "all in float" is not the float model), nested blocks included."""
+    from torchslim.quant.correct import uncorrected
+    from torchslim.quant.fake import FakeQuantize
+    from torchslim.quant.guard import kept_in_float
+    from torchslim.zoo import create_model
+
+    torch.manual_seed(0)
+    base = create_model("resnet_cifar", depth=8, in_channels=3).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(8, 3, 16, 16, generator=g) + 1.0 for _ in range(3)]  # a large mean: a real bias shift
+    model = copy.deepcopy(base)
+    report = quantize_(model, {"mode": "static", "guard": {"enabled": False}}, calibration=batches)
+    assert report.meta["bias_correction"]["max_shift"] > 1e-3
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = [n for n, m in model.named_modules() if hasattr(m, "weight_fq")]
+    points = [n for n, m in model.named_modules() if n.startswith("quant_act.") and isinstance(m, FakeQuantize)]
+    x = batches[0]
+    with torch.no_grad():
+        ref = base(x)
+        with kept_in_float(model, layers + points):
+            torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+        modules = dict(model.named_modules())
+        with uncorrected([modules[n] for n in layers]), kept_in_float(model, layers + points):  # nested: once
+            torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+        assert (model(x) - ref).abs().max() > 1e-3  # quantized again after the blocks
+    for k, v in model.state_dict().items():  # the corrected biases are back, bit for bit
+        assert torch.equal(v, state[k]), k

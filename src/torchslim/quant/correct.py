@@ -47,6 +47,8 @@ from torchslim.quant.tokens import mask_of, real_tokens, token_mask
 
 #: the attribute (not state: a rebuilt model has the corrected bias only) holding a layer's bias shift
 _SHIFT = "_torchslim_bias_shift"
+#: set while :func:`uncorrected` has taken the shift out (nested blocks take it out once)
+_OFF = "_torchslim_bias_uncorrected"
 
 
 @contextmanager
@@ -76,19 +78,24 @@ def quantizers_off(model: nn.Module) -> Iterator[None]:
 def uncorrected(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Inside the block ``modules`` have the biases they had before :func:`correct_biases` (restored after).
 
+    Blocks nest: a module already uncorrected by an enclosing block is left to that block.
+
     Example:
         >>> layer = nn.Linear(2, 2)
         >>> with uncorrected([layer]):                   # never corrected: nothing to take out
         ...     pass
     """
-    shifted = [(m, m.__dict__[_SHIFT]) for m in modules if m.__dict__.get(_SHIFT) is not None]
+    shifted = [(m, m.__dict__[_SHIFT]) for m in dict.fromkeys(modules)
+               if m.__dict__.get(_SHIFT) is not None and not m.__dict__.get(_OFF)]
     try:
         for m, delta in shifted:
             m.bias.data -= delta
+            m.__dict__[_OFF] = True
         yield
     finally:
         for m, delta in shifted:
             m.bias.data += delta
+            m.__dict__[_OFF] = False
 
 
 def channel_means(y: torch.Tensor, channel_dim: int) -> torch.Tensor:

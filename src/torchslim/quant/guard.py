@@ -82,16 +82,19 @@ def split_holdout(batches: Sequence[Any], guard: GuardConfig) -> tuple[list[Any]
 
 @contextmanager
 def kept_in_float(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
-    """Run the quantized layers ``names`` of ``model`` in float inside the block (their :func:`layer_quantizers` off);
-    a name ``quant_act.<point>`` turns that activation point off (a residual add's output)."""
+    """Run the quantized layers ``names`` of ``model`` in float inside the block (their :func:`layer_quantizers` off,
+    and their biases as before bias correction, which compensated an error they no longer have); a name
+    ``quant_act.<point>`` turns that activation point off (a residual add's output)."""
     modules = dict(model.named_modules())
     points = [m for n in names if isinstance(m := modules.get(n), FakeQuantize)]
+    layers = [m for n in names if (m := modules.get(n)) is not None and not isinstance(m, FakeQuantize)]
     quantizers = [fq for n in names for fq in layer_quantizers(model, n)] + points
     saved = [fq.enabled for fq in quantizers]
     try:
         for fq in quantizers:
             fq.enabled = False
-        yield
+        with uncorrected(layers):
+            yield
     finally:
         for fq, enabled in zip(quantizers, saved):
             fq.enabled = enabled
