@@ -75,6 +75,11 @@ AT_NNCF: dict[str, Any] = {"trials": 6, "proposals": 4, "refine_trials": 2, "sin
 OVERRIDES: dict[str, Any] = json.loads(os.environ.get("SEARCH_OVERRIDES") or "{}")
 
 
+def _settings(objective: str) -> dict[str, Any]:
+    """The search settings of one objective: ``SEARCH``, its ``PER_OBJECTIVE`` entries, this run's overrides."""
+    return {**SEARCH, **PER_OBJECTIVE.get(objective, {}), **OVERRIDES, "objective": objective}
+
+
 def _head() -> dict[str, Any]:
     model, _ = resnet20_fmnist()
     path = cache_dir() / "baselines" / "search_resnet20.safetensors"
@@ -120,7 +125,7 @@ def _one(head: dict[str, Any], objective: str) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sensitivity.json").write_bytes(kept)
     t0 = time.perf_counter()
-    cfg = {**SEARCH, **PER_OBJECTIVE.get(objective, {}), **OVERRIDES, "objective": objective}
+    cfg = _settings(objective)
     if objective == "latency" and SHARED_SENSITIVITY.exists():
         cfg["sensitivity_file"] = str(SHARED_SENSITIVITY)
     result = search(head, cfg, out=out, progress=True)
@@ -180,8 +185,8 @@ def _search_at(head: dict[str, Any], objective: str, budget: float) -> dict[str,
     families alone and the replay: what the search answers when asked for NNCF's accuracy."""
     out = ROOT / f"{objective}-at-nncf-drop"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = {**SEARCH, **PER_OBJECTIVE.get(objective, {}), **OVERRIDES, "objective": objective, "budget": max(budget, 0.0),
-           **AT_NNCF, "sensitivity_file": str(ROOT / objective / "sensitivity.json")}
+    cfg = {**_settings(objective), "budget": max(budget, 0.0), **AT_NNCF,
+           "sensitivity_file": str(ROOT / objective / "sensitivity.json")}
     if cfg.get("proposals_from") == "singles":  # the families alone are not searched again here
         cfg["proposals_from"] = "sensitivity"
     return search(head, cfg, out=out, progress=True)
@@ -197,7 +202,7 @@ def _nncf(head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         path = ROOT / objective / "search.json"
         if not path.exists():
             continue
-        val_samples = int({**SEARCH, **PER_OBJECTIVE.get(objective, {})}["val_samples"])
+        val_samples = int(_settings(objective)["val_samples"])
         if val_samples not in peers:
             key = "nncf" if val_samples == SEARCH["val_samples"] else f"nncf_val{val_samples}"
             peers[val_samples] = out[key] = run_nncf_peer(model, data, ROOT / key, max_drop_pt=SEARCH["budget"],

@@ -11,8 +11,11 @@ from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.quant import QuantizeConfig, quantize_
-from torchslim.quant.guard import AccuracyWarning, split_holdout
+from torchslim.quant.correct import uncorrected
+from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.guard import AccuracyWarning, kept_in_float, split_holdout
 from torchslim.quant.model import QuantLinear
+from torchslim.zoo import create_model
 
 
 def _outlier_model() -> tuple[nn.Module, list[torch.Tensor]]:
@@ -111,11 +114,6 @@ def test_guard_config_errors_name_the_field(guard: dict, field: str) -> None:
 def test_every_layer_kept_in_float_is_the_float_model_despite_bias_correction() -> None:
     """Bias correction shifts each quantized layer's bias to make up for its quantization error; a layer kept in
     float must run with its own bias (else "all in float" is not the float model), nested blocks included."""
-    from torchslim.quant.correct import uncorrected
-    from torchslim.quant.fake import FakeQuantize
-    from torchslim.quant.guard import kept_in_float
-    from torchslim.zoo import create_model
-
     torch.manual_seed(0)
     base = create_model("resnet_cifar", depth=8, in_channels=3).eval()
     g = torch.Generator().manual_seed(1)
