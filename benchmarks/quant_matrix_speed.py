@@ -107,11 +107,15 @@ def one(name: str) -> dict[str, Any]:
     """fp32 vs int8 (vs int8 with the measured float choice) of one architecture."""
     torch.manual_seed(SEED)
     arch = ARCHITECTURES[name]()
-    base, example = arch.model.eval(), arch.example
+    return one_model(arch.model.eval(), arch.example, arch.calibration)
+
+
+def one_model(base: torch.nn.Module, example: Any, calibration: list[Any]) -> dict[str, Any]:
+    """fp32 vs int8 (vs int8 with the measured float choice) of the float model ``base`` (the protocol above)."""
     model = copy.deepcopy(base)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = quantize_(model, {"mode": "static", "guard": {"enabled": False}}, calibration=arch.calibration)
+        report = quantize_(model, {"mode": "static", "guard": {"enabled": False}}, calibration=calibration)
     graphs = {"fp32": export_fp32(base, example).SerializeToString(), "int8": artefact(model, example, [])}
     med, per_round = timed(graphs, example)
     out: dict[str, Any] = {
@@ -144,9 +148,9 @@ def one(name: str) -> dict[str, Any]:
     float_deployed = final_graph == graphs["fp32"]
     out["deployed"] = "fp32 (the float model's graph)" if float_deployed else "int8"
     if float_deployed:  # the float model is deployed: ONNX Runtime against the float model itself
-        out["ort_vs_simulation"] = agreement(base, final_graph, [example, *arch.calibration], [])
+        out["ort_vs_simulation"] = agreement(base, final_graph, [example, *calibration], [])
     else:
-        out["ort_vs_simulation"] = agreement(model, final_graph, [example, *arch.calibration], floats)
+        out["ort_vs_simulation"] = agreement(model, final_graph, [example, *calibration], floats)
     # met: the deployed graph measured no slower than fp32, or it is the fp32 graph itself (the same bytes: its
     # speed-up above is then an A/A timing of one file, the noise of the protocol, and is reported as such)
     out["met"] = out["final_speedup"] >= 1.0 or float_deployed
