@@ -17,7 +17,7 @@ from torchslim.quant.metrics import comparable_output
 from torchslim.quant.ptq import quant_info, rebuild_quantized
 from torchslim.quant.weight_only import QuantEmbedding, QuantGRU, QuantLSTM
 from torchslim.report import Report, SkippedLayer
-from torchslim.testing.architectures import TextModel
+from torchslim.testing.architectures import TextModel, TorchEncoder
 
 STATIC = {"mode": "static", "guard": {"enabled": False}}
 
@@ -109,6 +109,30 @@ def test_multihead_attention_is_quantized_and_exports() -> None:
     assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) >= 8
     rel, agree = _ort_close(model, proto, x)
     assert agree >= 0.99 and rel < 0.05  # a rounding boundary or two apart: one step, not a different model
+
+
+@pytest.mark.parametrize("mode", ["weight_only", "static"])
+def test_torch_transformer_encoder_runs_its_quantized_layers(mode: str) -> None:
+    """PyTorch's ``nn.TransformerEncoder`` in eval mode without gradients takes a fused kernel that reads the layers'
+    float weights and never calls them: quantize_ keeps it off that path, so the quantized layers are the ones that
+    run (2-bit weights move the output), static calibration observes every point, and the model rebuilds."""
+    torch.manual_seed(0)
+    model = TorchEncoder().eval()
+    ids = [torch.randint(1, 100, (4, 12), generator=torch.Generator().manual_seed(s)) for s in range(4)]
+    with torch.no_grad():
+        ref = model(ids[0])
+    report = quantize_(model, {**STATIC, "mode": mode, "weight": {"bits": 2}}, calibration=ids)
+    assert report.meta["fused_path_off"] == ["enc.layers.0", "enc.layers.1"]
+    with torch.no_grad():
+        out = model(ids[0])
+    assert float((out - ref).abs().max()) > 0.05  # 2-bit weights: the quantized layers ran
+    layers = {r.name for r in report.layers}
+    assert {"enc.layers.0.self_attn", "enc.layers.0.linear1", "enc.layers.1.linear2"} <= layers
+    rebuilt = TorchEncoder().eval()
+    rebuild_quantized(rebuilt, quant_info(model), model.state_dict())
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids[0]), out, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("rnn", [nn.GRU, nn.LSTM])

@@ -126,3 +126,29 @@ def quantize_attention_input(module: QuantMultiheadAttention, act: ActQuantConfi
     """Give a :class:`QuantMultiheadAttention` its input quantizer (``static`` mode)."""
     module.add_module("input_fq", FakeQuantize(act.spec(), observer=act.observer, observer_args=act.observer_args(),
                                                learn_scale=learn_scale))
+
+
+def keep_off_fast_path_(model: nn.Module) -> list[str]:
+    """Keep every ``nn.TransformerEncoderLayer`` of ``model`` that holds a quantizer off torch's fused inference path.
+
+    In eval mode without gradients the layer (and ``nn.TransformerEncoder`` around it) runs
+    ``torch._transformer_encoder_layer_fwd``, which reads ``self_attn``'s, ``linear1``'s and
+    ``linear2``'s float weights directly and never calls those modules: a quantized layer inside
+    would be skipped without a word (its quantizers never observed, its weights float). Its
+    ``activation_relu_or_gelu`` flag, which only gates that path, is cleared; the layer then runs
+    its own modules (same activation). Returns the names of the layers changed.
+
+    Example:
+        >>> from torchslim.quant.config import WeightQuantConfig
+        >>> layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()
+        >>> layer.linear1.add_module("weight_fq", FakeQuantize(WeightQuantConfig().spec()))
+        >>> keep_off_fast_path_(nn.Sequential(layer)), layer.activation_relu_or_gelu
+        (['0'], 0)
+    """
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and module.activation_relu_or_gelu and any(
+                isinstance(m, FakeQuantize) for m in module.modules()):
+            module.activation_relu_or_gelu = 0
+            changed.append(name)
+    return changed

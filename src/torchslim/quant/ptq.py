@@ -26,7 +26,7 @@ from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_
 from torchslim.graph import provenance
 from torchslim.graph.transaction import transplant
 from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
-from torchslim.quant.attention import QuantMultiheadAttention
+from torchslim.quant.attention import QuantMultiheadAttention, keep_off_fast_path_
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
 from torchslim.quant.correct import correct_biases
 from torchslim.quant.coverage import float_modules
@@ -204,6 +204,9 @@ def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, 
             swap_module(module, wcfg_of[name], learn_scale=config.learn_scale)
             if wcfg_of[name].rounding == "kernel_sum":
                 preserve_kernel_sums_(module)
+    slow = keep_off_fast_path_(work)
+    if slow:
+        meta["fused_path_off"] = slow  # quantized layers torch's fused encoder path would bypass
     if config.mode == "static":
         placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale)
         meta["activation_placement"] = {

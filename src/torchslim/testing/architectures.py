@@ -222,6 +222,24 @@ class MobileNetV3Block(nn.Module):
         return self.head(x + self.proj(h))
 
 
+class TorchEncoder(nn.Module):
+    """Embedding → PyTorch's own ``nn.TransformerEncoder`` (two post-norm layers, batch first) → mean → Linear.
+
+    In eval mode without gradients torch runs these layers through its fused encoder kernel, which reads
+    the layers' weights directly: a technique that changes a layer's forward must keep them off it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.emb(ids)).mean(1))
+
+
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     model = build()
@@ -238,14 +256,17 @@ def _ids(seed: int, batch: int = 4, length: int = 10) -> torch.Tensor:
     return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _recurrent(rnn: type[nn.Module]) -> Architecture:
-    model = _seeded(lambda: TextModel(rnn))
+def _text_ids(model: nn.Module) -> Architecture:
+    """A model of token ids: example and calibration batches of ids."""
     return Architecture(model, _ids(0), [_ids(s) for s in range(1, CALIBRATION_BATCHES + 1)], "text")
+
+
+def _recurrent(rnn: type[nn.Module]) -> Architecture:
+    return _text_ids(_seeded(lambda: TextModel(rnn)))
 
 
 def _tied() -> Architecture:
-    model = _seeded(TiedLM)
-    return Architecture(model, _ids(0), [_ids(s) for s in range(1, CALIBRATION_BATCHES + 1)], "text")
+    return _text_ids(_seeded(TiedLM))
 
 
 PLAIN: dict[str, Callable[[], Architecture]] = {
@@ -256,6 +277,7 @@ PLAIN: dict[str, Callable[[], Architecture]] = {
     "gru_text": lambda: _recurrent(nn.GRU),
     "lstm_text": lambda: _recurrent(nn.LSTM),
     "mbv3_block": lambda: _vision(_seeded(MobileNetV3Block), (3, 16, 16)),
+    "torch_encoder": lambda: _text_ids(_seeded(TorchEncoder)),
 }
 
 
