@@ -27,8 +27,8 @@ Protocol, per model:
   chosen layers are exported in float through :func:`~torchslim.quant.guard.kept_in_float`
   (the graph ``choose_float_layers`` timed, then ``ort_optimize``), and fp32, int8 and the
   final artefact are timed again in one interleaved set of rounds (both figures reported);
-* the float model itself is a candidate of that decision (``reference``): when its fp32 graph measured
-  faster than the int8 graph chosen, ``choose_float_layers`` sets ``float_model`` and the deployed
+* the float model itself is a candidate of that decision (``reference``): unless the int8 graph chosen
+  measured faster than its fp32 graph by more than the margin, ``choose_float_layers`` sets ``float_model`` and the deployed
   artefact is the fp32 graph, byte for byte (no slower by construction; its timing against fp32 is
   then an A/A comparison of one file and shows the protocol's noise);
 * where that final artefact is still slower, the same decision once more with one group added
@@ -131,7 +131,7 @@ def one_model(base: torch.nn.Module, example: Any, calibration: list[Any]) -> di
         choice = choose_float_layers(model, example, groups, reference=base, batch_size=BATCH, threads=THREADS,
                                      runs=RUNS, rounds=CHOICE_ROUNDS)
         floats = list(dict.fromkeys(choice.float_layers))  # a combined choice may name a layer twice
-        # the deployed graph: the float model's own when its fp32 graph measured fastest, else the int8 choice
+        # the deployed graph: the float model's own unless the int8 choice beat its fp32 graph by the margin
         graphs["int8_float_choice"] = graphs["fp32"] if choice.float_model else artefact(model, example, floats)
         med2, per_round2 = timed(graphs, example)
         out[key] = {"float_groups": choice.float_groups, "float_layers": floats, "choice_latency_ms": choice.latency_ms,

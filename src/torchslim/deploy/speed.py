@@ -133,13 +133,15 @@ def choose_float_layers(
         model: a quantized model (not modified).
         example_input: one example batch (its first sample is repeated to ``batch_size``).
         groups: ``{name: layer names}`` to try in float (default :func:`layer_groups`).
-        reference: the float model, timed as ``fp32`` beside them (exported with :func:`export_fp32`); when its
-            graph is faster than the int8 graph chosen, ``float_model`` is set.
+        reference: the float model, timed as ``fp32`` beside them (exported with :func:`export_fp32`); unless the
+            int8 graph chosen is faster than it by more than ``margin``, ``float_model`` is set (int8 is deployed
+            only where it measurably pays).
         batch_size: samples per timed run.
         threads: ONNX Runtime intra-op threads.
         runs: timed runs per variant and round (the median is taken).
         rounds: interleaved rounds (the median over rounds is reported).
-        margin: how much faster a float group's graph must be to be kept.
+        margin: how much faster a float group's graph must be to be kept, and the int8 graph chosen to be
+            deployed instead of the float model.
 
     Returns:
         A :class:`SpeedChoice`; when several groups win, their combination is timed too and kept only if it
@@ -168,5 +170,5 @@ def choose_float_layers(
         if med["chosen"] < med[f"int8, {chosen[0]} in float"]:
             chosen = winners
     best = med["chosen"] if len(chosen) > 1 else med[f"int8, {chosen[0]} in float"] if chosen else med["int8"]
-    float_model = "fp32" in med and med["fp32"] < best
+    float_model = "fp32" in med and best >= med["fp32"] * (1 - margin)  # int8 must pay by the margin too
     return SpeedChoice([n for g in chosen for n in groups[g]], chosen, med, per_round, float_model)
