@@ -129,3 +129,28 @@ def test_a_spatial_gate_of_one_channel_leaves_the_channels_it_scales_prunable():
     d = dependency_groups(Spatial(), torch.randn(1, 3, 4, 4))
     g = next(g for g in d.groups if "a" in g.producers)
     assert g.prunable and sorted((m.module, m.role) for m in g.members) == [("a", "out"), ("b", "in"), ("map", "in")]
+
+
+def test_an_embedding_produces_its_columns_unless_its_table_is_read_directly():
+    """An Embedding feeding a stream is that stream's producer (its columns prunable, as Torch-Pruning prunes them);
+    tied to an output projection (its table read through ``.weight``) the group is frozen, naming the reader."""
+    from torchslim.testing.architectures import TorchEncoder
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 100, (2, 6))
+    d = dependency_groups(TorchEncoder().eval(), ids)
+    stream = [g for g in d.groups if ("emb", "emb") in members(g)][0]
+    assert stream.prunable and stream.channels == 32
+    assert {"enc.layers.0.linear1", "enc.layers.1.norm2", "head"} <= {m for m, _ in members(stream)}
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mix = nn.Embedding(50, 16), nn.Linear(16, 16)
+
+        def forward(self, ids):
+            return nn.functional.linear(torch.relu(self.mix(self.emb(ids))), self.emb.weight)
+
+    d = dependency_groups(Tied().eval(), ids % 50)
+    group = [g for g in d.groups if ("emb", "emb") in members(g)][0]
+    assert not group.prunable and "the table of emb is also read directly" in group.frozen

@@ -89,6 +89,9 @@ class FxWalk:
         self.pieces: dict[fx.Node, list[Layout | None]] = {}  # the parts of a chunk/split, by index
         self.blocked: dict[str, str] = {}
         self.heads: list[HeadGroup] = []
+        #: module -> a node that reads one of its tensors directly (``get_attr``), not through its forward
+        self.read_directly = {str(n.target).rpartition(".")[0]: n.name for n in self.gm.graph.nodes
+                              if n.op == "get_attr" and n.users}
 
     # -- helpers -------------------------------------------------------------
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -306,9 +309,20 @@ class FxWalk:
             return self.mha_node(node, name, mod)
         if isinstance(mod, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
             return self.encoder_node(node, name, mod, lay)
+        if isinstance(mod, nn.Embedding):
+            return self.embedding_node(node, name)
         reason = f"module {name} ({type(mod).__name__}) is not understood by the pruning engine"
         self.blocked[name] = reason
         return self.opaque(node, reason)
+
+    def embedding_node(self, node: fx.Node, name: str) -> Layout | None:
+        """A lookup table: its columns are the channels it produces (frozen when its table is also read directly,
+        e.g. tied to an output projection: slicing it would break that reader)."""
+        reader = self.read_directly.get(name)
+        out = self.fresh(node, -1, None if reader is None else f"the table of {name} is also read directly (at {reader})")
+        if out is not None:
+            self.add_members(out, name, "emb")
+        return out
 
     def mha_node(self, node: fx.Node, name: str, mod: nn.MultiheadAttention) -> Layout | None:
         """Self-attention (query, key and value one tensor): its input columns and output rows follow the stream."""
