@@ -89,9 +89,8 @@ class FxWalk:
         self.pieces: dict[fx.Node, list[Layout | None]] = {}  # the parts of a chunk/split, by index
         self.blocked: dict[str, str] = {}
         self.heads: list[HeadGroup] = []
-        #: module -> a node that reads one of its tensors directly (``get_attr``), not through its forward
-        self.read_directly = {str(n.target).rpartition(".")[0]: n.name for n in self.gm.graph.nodes
-                              if n.op == "get_attr" and n.users}
+        self.read_directly = {str(n.target).rpartition(".")[0]: n.name for n in self.gm.graph.nodes  # module -> a
+                              if n.op == "get_attr" and n.users}  # node reading its tensor directly, not its forward
 
     # -- helpers -------------------------------------------------------------
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -316,8 +315,7 @@ class FxWalk:
         return self.opaque(node, reason)
 
     def embedding_node(self, node: fx.Node, name: str) -> Layout | None:
-        """A lookup table: its columns are the channels it produces (frozen when its table is also read directly,
-        e.g. tied to an output projection: slicing it would break that reader)."""
+        """A lookup table produces its columns (frozen when its table is also read directly, e.g. tied weights)."""
         reader = self.read_directly.get(name)
         out = self.fresh(node, -1, None if reader is None else f"the table of {name} is also read directly (at {reader})")
         if out is not None:

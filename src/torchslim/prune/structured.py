@@ -220,12 +220,13 @@ class StructuredPruning(Technique[StructuredPruneConfig, Plan]):
     config = StructuredPruneConfig
     verb = "prune"
     function = "prune_"  # structured pruning is prune_ with granularity channel, head or block
-    handles = (nn.Linear, *_CONVS, nn.MultiheadAttention)
+    handles = (nn.Linear, *_CONVS, nn.MultiheadAttention, nn.Embedding)
 
     def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The layers that may produce prunable channels (groups and blocks are found on the trace)."""
         heads = {s.name for s in attention_specs(model)}
-        return [(n, m) for n, m in model.named_modules() if n and (n in heads or isinstance(m, (nn.Linear, *_CONVS)) or is_conv1d(m))]
+        return [(n, m) for n, m in model.named_modules()
+                if n and (n in heads or isinstance(m, (nn.Linear, *_CONVS, nn.Embedding)) or is_conv1d(m))]
 
     def select(self, model: nn.Module, cfg: StructuredPruneConfig, filter_fn: FilterFn | None) -> Selection:
         """Nothing yet: the coupled groups, heads or blocks are selected in :meth:`plan`, with ``filter_fn``."""
