@@ -5,7 +5,8 @@ ONNX Runtime fp32 of the same model, and where int8 loses on a layer, measuremen
 keep it float. The zoo models are timed by ``quant_mobilenet`` (``zoo_one``); this covers the
 rest of :data:`torchslim.testing.architectures.ARCHITECTURES` (the Hugging Face entries
 ``bert``, ``bert_cls``, ``gpt2``, ``llama_gqa``, ``vit_hf`` and the everyday PyTorch ones
-``vit_mha``, ``concat_se``, ``glu``, ``tied``, ``gru_text``, ``lstm_text``, ``mbv3_block``, ``torch_encoder``).
+``vit_mha``, ``concat_se``, ``glu``, ``tied``, ``gru_text``, ``lstm_text``, ``mbv3_block``, ``torch_encoder``,
+``weight_norm``).
 
 Protocol, per model:
 

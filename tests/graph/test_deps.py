@@ -154,3 +154,23 @@ def test_an_embedding_produces_its_columns_unless_its_table_is_read_directly():
     d = dependency_groups(Tied().eval(), ids % 50)
     group = [g for g in d.groups if ("emb", "emb") in members(g)][0]
     assert not group.prunable and "the table of emb is also read directly" in group.frozen
+
+
+def test_a_parametrized_layer_freezes_its_groups_and_unstructured_pruning_names_it():
+    """``weight_norm`` computes the weight from two parameters: slicing or masking it would break the
+    parametrization, so its groups are frozen (naming it) and prune_ leaves it dense with the reason."""
+    from torchslim.prune import prune_
+    from torchslim.testing.architectures import WeightNormNet
+
+    torch.manual_seed(0)
+    model, x = WeightNormNet().eval(), torch.randn(2, 3, 8, 8)
+    d = dependency_groups(model, x)
+    c1 = [g for g in d.groups if ("c1", "out") in members(g)][0]
+    assert not c1.prunable and c1.frozen.startswith("c1: its weight is computed by a parametrization (_WeightNorm)")
+    assert [g for g in d.groups if ("c2", "out") in members(g)][0].prunable
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("c1.")}
+    report = prune_(model, {"sparsity": 0.5, "keep_first_last": False})
+    assert {layer.name for layer in report.layers} == {"c2", "fc"}
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert "computed by a parametrization" in reasons["c1"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

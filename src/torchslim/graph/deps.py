@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchslim.graph.attention import is_attention
 from torchslim.graph.blocks import add_ffn_groups, ffn_inside, rule_groups
@@ -78,7 +79,7 @@ from torchslim.graph.fxwalk import FxWalk
 from torchslim.graph.spaces import Group, HeadGroup, Member
 from torchslim.graph.trace import TraceError
 
-__all__ = ["Dependencies", "Group", "HeadGroup", "Member", "dependency_groups", "is_attention"]
+__all__ = ["Dependencies", "Group", "HeadGroup", "Member", "dependency_groups", "is_attention", "parametrized_reason"]
 
 
 @dataclass
@@ -112,7 +113,40 @@ def dependency_groups(model: nn.Module, example_input: Any) -> Dependencies:
     try:
         walk = FxWalk(model, example_input)
     except TraceError as exc:
-        return Dependencies(rule_groups(model, example_input, str(exc)), [], {}, "rules", str(exc))
+        return _parametrized_frozen(model, Dependencies(rule_groups(model, example_input, str(exc)), [], {}, "rules", str(exc)))
     walk.run()
     add_ffn_groups(walk.s, model, example_input, ffn_inside(model, list(walk.blocked)))
-    return Dependencies(walk.s.groups(), walk.heads, walk.blocked)
+    return _parametrized_frozen(model, Dependencies(walk.s.groups(), walk.heads, walk.blocked))
+
+
+def parametrized_reason(module: nn.Module) -> str | None:
+    """Why a module whose tensors are computed by ``torch.nn.utils.parametrize`` (``weight_norm``, ``orthogonal``,
+    ``spectral_norm`` of ``parametrizations``) is left whole, or ``None`` when it has none.
+
+    Example:
+        >>> from torch.nn.utils.parametrizations import weight_norm
+        >>> parametrized_reason(weight_norm(nn.Linear(2, 2)))
+        'its weight is computed by a parametrization (_WeightNorm); remove it first (torch.nn.utils.parametrize.remove_parametrizations)'
+    """
+    if not parametrize.is_parametrized(module):
+        return None
+    held = ", ".join(f"its {name} is computed by a parametrization ({', '.join(type(p).__name__ for p in plist)})"
+                     for name, plist in module.parametrizations.items())  # type: ignore[union-attr]
+    return f"{held}; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
+
+
+def _parametrized_frozen(model: nn.Module, deps: Dependencies) -> Dependencies:
+    """Freeze the groups and drop the head groups that would slice a parametrized module (its tensors are not
+    parameters that can be cut: they are recomputed from the parametrization's own)."""
+    held = {n: r for n, m in model.named_modules() if (r := parametrized_reason(m)) is not None}
+    for group in deps.groups:
+        name = next((m.module for m in group.members if m.module in held), None)
+        if name is not None and group.frozen is None:
+            group.frozen = f"{name}: {held[name]}"
+    for head in list(deps.heads):
+        inside = next((n for n in held if n.startswith(head.module + ".")), None)
+        if inside is not None:
+            deps.heads.remove(head)
+            deps.blocked[head.module] = f"{inside}: {held[inside]}"
+    deps.blocked.update(held)
+    return deps

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TransformRefusedError
+from torchslim.graph.deps import parametrized_reason
 from torchslim.graph.surgery import is_conv1d
 from torchslim.prune.config import LayerPruneConfig, PruneConfig
 from torchslim.prune.importance import compute_scores
@@ -51,7 +52,8 @@ def prunable_layers(model: nn.Module, *, conv1d: bool = False) -> list[tuple[str
         >>> [n for n, _ in prunable_layers(model)], [n for n, _ in prunable_layers(model, conv1d=True)]
         (['0'], ['0', '1'])
     """
-    return [(n, m) for n, m in model.named_modules() if n and (isinstance(m, PRUNABLE) or (conv1d and is_conv1d(m)))]
+    return [(n, m) for n, m in model.named_modules()
+            if n and (isinstance(m, PRUNABLE) or (conv1d and is_conv1d(m))) and parametrized_reason(m) is None]
 
 
 def mask_skip_reason(name: str, module: nn.Module, params: list[str], verb: str = "prune_") -> str:
@@ -69,6 +71,8 @@ def mask_skip_reason(name: str, module: nn.Module, params: list[str], verb: str 
     """
     kind, held = type(module).__name__, ", ".join(params)
     what = f"{verb} masks Linear, Conv1d/2d/3d weights"
+    if (reason := parametrized_reason(module)) is not None:
+        return f"{kind}: {reason}; {held} left dense"
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return f"{kind}: {what} (not this layer kind); its table ({held}) is left dense"
     if isinstance(module, nn.RNNBase):

@@ -240,6 +240,20 @@ class TorchEncoder(nn.Module):
         return self.head(self.enc(self.emb(ids)).mean(1))
 
 
+class WeightNormNet(nn.Module):
+    """A conv under ``weight_norm`` (its weight recomputed from ``original0``/``original1``), a reflect-padded conv
+    and a head: a layer whose weight is not a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 16, 3, padding=1))
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
+
+
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     model = build()
@@ -278,6 +292,7 @@ PLAIN: dict[str, Callable[[], Architecture]] = {
     "lstm_text": lambda: _recurrent(nn.LSTM),
     "mbv3_block": lambda: _vision(_seeded(MobileNetV3Block), (3, 16, 16)),
     "torch_encoder": lambda: _text_ids(_seeded(TorchEncoder)),
+    "weight_norm": lambda: _vision(_seeded(WeightNormNet), (3, 16, 16)),
 }
 
 
