@@ -68,7 +68,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -130,8 +130,9 @@ def parametrized_reason(module: nn.Module) -> str | None:
     """
     if not parametrize.is_parametrized(module):
         return None
-    held = ", ".join(f"its {name} is computed by a parametrization ({', '.join(type(p).__name__ for p in plist)})"
-                     for name, plist in module.parametrizations.items())  # type: ignore[union-attr]
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    held = ", ".join(f"its {name} is computed by a parametrization ({', '.join(type(p).__name__ for p in plist.children())})"
+                     for name, plist in plists.items())
     return f"{held}; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
 
 
