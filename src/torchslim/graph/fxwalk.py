@@ -89,8 +89,8 @@ class FxWalk:
         self.pieces: dict[fx.Node, list[Layout | None]] = {}  # the parts of a chunk/split, by index
         self.blocked: dict[str, str] = {}
         self.heads: list[HeadGroup] = []
-        self.read_directly = {str(n.target).rpartition(".")[0]: n.name for n in self.gm.graph.nodes  # module -> a
-                              if n.op == "get_attr" and n.users}  # node reading its tensor directly, not its forward
+        self.read_directly = {str(n.target).rpartition(".")[0]: n.name for n in self.gm.graph.nodes
+                              if n.op == "get_attr" and n.users}  # module -> a node reading its tensor, not its forward
 
     # -- helpers -------------------------------------------------------------
     def shape(self, node: Any) -> tuple[int, ...] | None:
