@@ -96,3 +96,35 @@ def test_by_default_the_hidden_width_stays_it_is_fed_by_the_first_layer():
     r = prune_structured_(model, {"sparsity": 0.5, "round_to": 1}, example_input=x)
     assert any(s.name == "bert.embeddings.word_embeddings" and "keep_first_last" in s.reason for s in r.skipped)
     assert model.config.hidden_size == 32 and model.bert.encoder.layer[0].intermediate.dense.out_features == 32
+
+
+def swin():
+    torch.manual_seed(0)
+    cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
+                                  num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
+    return transformers.SwinForImageClassification(cfg).eval()
+
+
+def test_a_stream_whose_width_changes_between_stages_is_not_one_group():
+    """Swin's stages are 16 and 32 wide (patch merging between them): the hidden-width rule must not join their
+    layers into one group of config.hidden_size (it did, and scoring indexed past the first stage's width)."""
+    model, x = swin(), torch.randn(2, 3, 32, 32)
+    spaces = dependency_groups(model, x)
+    for group in spaces.groups:
+        names = {m.module for m in group.members}
+        assert not (any(".layers.0." in n for n in names) and any(".layers.1." in n for n in names)), sorted(names)
+    macs0 = count_macs(model, x)
+    prune_structured_(model, CHANNELS, example_input=x)
+    assert model.swin.encoder.layers[0].blocks[0].mlp.fc1.out_features == 32  # the FFN: 64 -> 32
+    assert model(x).logits.shape == (2, 10) and count_macs(model, x) < macs0
+
+
+def test_swin_heads_take_their_relative_position_bias_columns_with_them():
+    model, x = swin(), torch.randn(2, 3, 32, 32)
+    attn = model.swin.encoder.layers[1].blocks[0].attention
+    table = attn.relative_position_bias.relative_position_bias_table.detach().clone()  # (49, 4)
+    prune_structured_(model, {"granularity": "head", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
+    kept = [h for h in range(4) if h not in attn.pruned_heads]
+    assert len(kept) == 2 and attn.q_proj.out_features == 2 * attn.head_dim
+    assert torch.equal(attn.relative_position_bias.relative_position_bias_table, table[:, kept])
+    assert model(x).logits.shape == (2, 10)

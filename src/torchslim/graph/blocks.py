@@ -42,7 +42,7 @@ from torch import nn
 from torchslim.graph.attention import AttentionSpec, attention_specs, head_rows
 from torchslim.graph.hidden import hf_configs, hidden_members, sync_hidden
 from torchslim.graph.spaces import Group, Member, Spaces
-from torchslim.graph.surgery import get_module, is_conv1d
+from torchslim.graph.surgery import get_module, linear_width
 from torchslim.measure.macs import call_model, eval_mode
 
 #: ``(projections up, projection down, the config field of their width)`` relative to a block module
@@ -72,14 +72,6 @@ class FFN:
     pattern: str = "sequential"
 
 
-def _width(module: Any, side: str) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features if side == "out" else module.in_features
-    if module is not None and is_conv1d(module):
-        return int(module.nf if side == "out" else module.nx)
-    return None
-
-
 def _qual(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -93,8 +85,8 @@ def _sub(module: nn.Module, path: str) -> nn.Module | None:
 
 def _pattern_block(name: str, module: nn.Module) -> FFN | None:
     for ups, down, key in FFN_PATTERNS:
-        widths = [_width(_sub(module, u), "out") for u in ups]
-        w_in = _width(_sub(module, down), "in")
+        widths = [linear_width(_sub(module, u), "out") for u in ups]
+        w_in = linear_width(_sub(module, down), "in")
         if w_in is not None and all(w == w_in for w in widths):
             return FFN(name, [_qual(name, u) for u in ups], _qual(name, down), w_in, key, "+".join(ups))
     return None
@@ -104,12 +96,12 @@ def _sequential_blocks(name: str, module: nn.Sequential) -> list[FFN]:
     found: list[FFN] = []
     children = list(module.named_children())
     for i, (up_name, up) in enumerate(children):
-        width = _width(up, "out")
+        width = linear_width(up, "out")
         if width is None:
             continue
         for down_name, down in children[i + 1 :]:
-            if _width(down, "in") is not None:
-                if _width(down, "in") == width:
+            if linear_width(down, "in") is not None:
+                if linear_width(down, "in") == width:
                     found.append(FFN(name, [_qual(name, up_name)], _qual(name, down_name), width))
                 break
             if any(True for _ in down.parameters()):
@@ -216,7 +208,7 @@ def check_heads(model: nn.Module, x: Any, spec: AttentionSpec) -> str | None:
 def _layers(model: nn.Module) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for name, m in model.named_modules():
-        width = _width(m, "out")
+        width = linear_width(m, "out")
         if width is None and isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             width = int(m.out_channels)
         if name and width is not None:

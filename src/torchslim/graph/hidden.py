@@ -47,7 +47,7 @@ from torch import nn
 
 from torchslim.graph.attention import attention_specs
 from torchslim.graph.spaces import Member
-from torchslim.graph.surgery import get_module, is_conv1d
+from torchslim.graph.surgery import get_module, linear_width
 from torchslim.measure.macs import call_model, eval_mode
 
 #: modules whose own parameters are sliced by their module's rule, never as parameters the model holds directly
@@ -58,10 +58,9 @@ def _qual(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _in_width(m: nn.Module) -> int | None:
-    if isinstance(m, nn.Linear):
-        return m.in_features
-    return int(getattr(m, "nx")) if is_conv1d(m) else None  # noqa: B009 - a duck-typed Conv1D
+def _local(prefix: str, name: str) -> str:
+    """``name`` (of the model) relative to the module called ``prefix``."""
+    return name[len(prefix) + 1 :] if prefix else name
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -107,6 +106,8 @@ def _stream(root: nn.Module, prefix: str, width: int, blocks: list[Any]) -> list
         for role, proj in s.projections.items():
             mod = root.get_submodule(_qual(s.name, proj.path))
             if proj.param or not isinstance(mod, nn.Linear):
+                return None
+            if (mod.out_features if role == "o" else mod.in_features) != width:  # stages of other widths (Swin)
                 return None
             out.append(Member(_qual(prefix, _qual(s.name, proj.path)), "out" if role == "o" else "in"))
     for b in blocks:
@@ -160,7 +161,7 @@ def hidden_members(model: nn.Module, x: Any, blocks: list[Any]) -> tuple[int, li
     taken = {m.module for m in members}
     norms = [m.module for m in members if m.role == "ln"]
     for name, m in model.named_modules():
-        if name not in taken and _in_width(m) == width and norms:
+        if name not in taken and linear_width(m, "in") == width and norms:
             if _reads(model, x, norms[-1], name, width):  # else it reads something another layer made of the stream
                 members.append(Member(name, "in"))
     with torch.no_grad(), eval_mode(model):

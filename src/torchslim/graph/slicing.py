@@ -28,6 +28,9 @@ from torchslim.graph.blocks import sync_config
 from torchslim.graph.mha import to_pruned
 from torchslim.graph.surgery import get_module, is_conv1d, replace_module
 
+#: layers whose parameters are never per-head tables (a projection, an embedding, a norm)
+_LAYERS = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention)
+
 #: the provenance kind of structure steps
 STRUCTURE = "structure"
 
@@ -198,9 +201,48 @@ def slice_attention(module: nn.Module, name: str, kept: list[int]) -> None:
             slice_module(module.get_submodule(path), f"{name}.{path}", out=head_rows(kept if role == "q" else kv, d))
         path = spec.projections["o"].path
         slice_module(module.get_submodule(path), f"{name}.{path}", inp=head_rows(kept, d))
+    if spec.kind in ("hf", "bert", "torchslim"):
+        _slice_head_tables(module, spec, kept)
     _update_attributes(module, spec, len(kept), len(kv))
     if spec.kind in ("hf", "bert", "gpt2"):
         _record_pruned(module, spec, kept)
+
+
+def head_tables(module: nn.Module, spec: AttentionSpec) -> list[tuple[str, str, int]]:
+    """``(module path, parameter, dim)`` of the per-head tables inside an attention module, outside its projections.
+
+    A table is a parameter of at least two dimensions held by a module that is not a layer (no Linear,
+    Embedding or norm): its last dimension has one entry per query head (Swin's
+    ``relative_position_bias_table``, ``(positions, heads)``), or its first has and the others are 1 (a
+    per-head scale, ``(heads, 1, 1)``). Removing heads removes their entries.
+
+    Example:
+        >>> import types
+        >>> attn = nn.Module(); attn.head_dim = 2
+        >>> for p in ("q_proj", "k_proj", "v_proj", "o_proj"): setattr(attn, p, nn.Linear(8, 8))
+        >>> attn.bias = nn.Module(); attn.bias.table = nn.Parameter(torch.zeros(9, 4))
+        >>> head_tables(attn, attention_spec(attn, "attn"))
+        [('bias', 'table', 1)]
+    """
+    projections = {p.path.split(".")[0] for p in spec.projections.values()}
+    found: list[tuple[str, str, int]] = []
+    for path, sub in module.named_modules():
+        if path.split(".")[0] in projections or isinstance(sub, _LAYERS):
+            continue
+        for pname, p in sub._parameters.items():
+            if p is None or p.dim() < 2:
+                continue
+            if p.shape[-1] == spec.heads and spec.heads not in p.shape[:-1]:
+                found.append((path, pname, p.dim() - 1))
+            elif p.shape[0] == spec.heads and all(n == 1 for n in p.shape[1:]):
+                found.append((path, pname, 0))
+    return found
+
+
+def _slice_head_tables(module: nn.Module, spec: AttentionSpec, kept: list[int]) -> None:
+    idx = torch.tensor(kept, dtype=torch.long)
+    for path, pname, dim in head_tables(module, spec):
+        _slice_param(module.get_submodule(path) if path else module, pname, dim, idx)
 
 
 def _slice_mha(module: nn.MultiheadAttention, kept: list[int], d: int) -> None:

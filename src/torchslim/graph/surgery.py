@@ -71,6 +71,20 @@ def is_conv1d(module: object) -> bool:
     )
 
 
+def linear_width(module: object, side: str) -> int | None:
+    """Input (``side="in"``) or output width of a Linear or a Hugging Face ``Conv1D``; ``None`` for anything else.
+
+    Example:
+        >>> linear_width(nn.Linear(2, 3), "in"), linear_width(nn.Linear(2, 3), "out"), linear_width(nn.ReLU(), "in")
+        (2, 3, None)
+    """
+    if isinstance(module, nn.Linear):
+        return module.out_features if side == "out" else module.in_features
+    if module is not None and is_conv1d(module):
+        return int(getattr(module, "nf") if side == "out" else getattr(module, "nx"))  # noqa: B009
+    return None
+
+
 def named_leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Modules with no children, by qualified name."""
     for name, module in model.named_modules():

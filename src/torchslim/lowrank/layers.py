@@ -191,7 +191,7 @@ def input_grams(
     try:
         with eval_mode(model), torch.no_grad():
             for batch in itertools.islice(iter(calibration), batches):
-                call_model(model, batch_inputs(batch))
+                call_model(model, batch_inputs(batch, model))
                 used += 1
     finally:
         for h in hooks:

@@ -9,6 +9,7 @@ arguments, e.g. a Hugging Face tokenizer output).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -87,14 +88,37 @@ def input_bytes(example: ExampleInput) -> int:
     return total
 
 
-def batch_inputs(batch: Any) -> Any:
+def required_positional(model: nn.Module) -> int:
+    """How many positional arguments ``model``'s forward requires (those without a default).
+
+    Example:
+        >>> required_positional(nn.Linear(2, 2)), required_positional(nn.Bilinear(2, 2, 1))
+        (1, 2)
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature (a C extension): one input
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+
+
+def batch_inputs(batch: Any, model: nn.Module | None = None) -> Any:
     """The model input of a data batch: ``x`` of an ``(x, y)`` pair, else the batch itself (tensor, dict, tuple).
+
+    A pair of tensors given for a ``model`` whose forward requires two positional arguments or more
+    (``forward(self, src, tgt)``) is that model's input, not an ``(x, y)`` pair; such a model's batches
+    with labels are ``((src, tgt), y)``.
 
     Example:
         >>> batch_inputs((torch.ones(2), torch.zeros(2))).tolist()
         [1.0, 1.0]
+        >>> len(batch_inputs((torch.ones(1, 2), torch.zeros(1, 2)), nn.Bilinear(2, 2, 1)))
+        2
     """
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        if model is not None and all(isinstance(t, torch.Tensor) for t in batch) and required_positional(model) >= 2:
+            return batch
         return batch[0]
     return batch
 

@@ -142,7 +142,7 @@ def correct_biases(
     total: dict[str, torch.Tensor] = {}
     with eval_mode(model):
         for batch in batches:
-            inputs = batch_inputs(batch)
+            inputs = batch_inputs(batch, model)
             with token_mask(mask_of(inputs, mask_key)):
                 ref = _float_means(model, mods, inputs)
                 _corrected_pass(model, mods, inputs, ref, total)

@@ -119,7 +119,7 @@ def model_outputs(model: nn.Module, batches: Sequence[Any]) -> list[Any]:
         [torch.Size([3, 2])]
     """
     with eval_mode(model):
-        return [call_model(model, batch_inputs(b)) for b in batches]
+        return [call_model(model, batch_inputs(b, model)) for b in batches]
 
 
 def output_agreement(model: nn.Module, work: nn.Module, batch: Any) -> dict[str, Any]:
@@ -178,7 +178,7 @@ class LayerSQNR:
         energy: dict[str, list[float]] = {}
         with eval_mode(self.reference), eval_mode(self.model):
             for batch in batches:
-                inputs = batch_inputs(batch)
+                inputs = batch_inputs(batch, self.reference)
                 with token_mask(mask_of(inputs, self.mask_key)):
                     ref = self._capture(self.reference, inputs)
                     out = self._capture(self.model, inputs)

@@ -97,7 +97,7 @@ def layer_sensitivity(
         [2, 8]
     """
     config = config or QuantizeConfig()
-    inputs = [batch_inputs(b) for b in batches]
+    inputs = [batch_inputs(b, model) for b in batches]
     if not inputs:
         raise TransformRefusedError("the calibration loader is empty: sensitivity needs at least one batch")
     offered = quantizable_layers(model) if layers is None else quantizable_modules(model)

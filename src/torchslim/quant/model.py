@@ -440,7 +440,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], mask_key: str | None = N
     n = 0
     with eval_mode(model):
         for batch in batches:
-            inputs = batch_inputs(batch)
+            inputs = batch_inputs(batch, model)
             mask = mask_of(inputs, mask_key)
             if mask is not None and tokens is not None:
                 tokens["real"] = tokens.get("real", 0) + int((mask != 0).sum())

@@ -153,7 +153,7 @@ def smooth_layernorm_inputs_(
     try:
         with eval_mode(model):
             for batch in batches:
-                inputs = batch_inputs(batch)
+                inputs = batch_inputs(batch, model)
                 with token_mask(mask_of(inputs, mask_key)):
                     call_model(model, inputs)
                 live.clear()

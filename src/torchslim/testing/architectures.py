@@ -9,12 +9,15 @@ The entries:
 
 * Hugging Face ``transformers`` (left out when it is not installed): ``bert`` (``BertModel``),
   ``bert_cls`` (``BertForSequenceClassification``), ``gpt2`` (``GPT2LMHeadModel``), ``llama_gqa``
-  (``LlamaForCausalLM``, 4 query heads over 2 key/value heads), ``vit_hf`` (``ViTForImageClassification``);
+  (``LlamaForCausalLM``, 4 query heads over 2 key/value heads), ``vit_hf`` (``ViTForImageClassification``),
+  ``swin`` (``SwinForImageClassification``: two stages of different widths, a per-head relative position bias);
 * everyday PyTorch: ``vit_mha`` (a ViT on ``nn.MultiheadAttention`` with a class token and positions held
   by the model), ``concat_se`` (concatenated grouped-conv and depthwise branches, a squeeze-excite gate and a
   residual across the concat), ``glu`` (``torch.chunk`` and ``split`` gates), ``tied`` (an embedding read
   again, transposed, by ``F.linear`` as the output head, and a Linear decoded by its own transpose),
-  ``gru_text``/``lstm_text`` (Embedding + GRU/LSTM), ``mbv3_block`` (Hardswish, Hardsigmoid squeeze-excite);
+  ``gru_text``/``lstm_text`` (Embedding + GRU/LSTM), ``mbv3_block`` (Hardswish, Hardsigmoid squeeze-excite),
+  ``torch_encoder`` (``nn.TransformerEncoder`` on an Embedding), ``weight_norm`` (a conv under ``weight_norm``),
+  ``seq2seq`` (``nn.Transformer``, two inputs: ``forward(src, tgt)``);
 * every zoo model (:func:`torchslim.zoo.create_model`) at a small input: ``lenet300``, ``lenet5``, ``mlp``,
   ``resnet_cifar``, ``densenet_small``, ``mobilenet_v2`` (random weights, width 0.5), ``transformer_encoder``
   and ``minilm`` (packed tokens, 16 positions; left out when its package is not installed).
@@ -254,6 +257,22 @@ class WeightNormNet(nn.Module):
         return self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
 
 
+class Seq2Seq(nn.Module):
+    """``nn.Transformer`` (encoder and decoder) over a shared embedding, called with two inputs:
+    ``forward(src, tgt)``, a causal mask on the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        self.tf = nn.Transformer(32, 4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64, dropout=0.0,
+                                 batch_first=True)
+        self.out = nn.Linear(32, 100)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.out(self.tf(self.emb(src), self.emb(tgt), tgt_mask=mask))
+
+
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     model = build()
@@ -275,6 +294,10 @@ def _text_ids(model: nn.Module) -> Architecture:
     return Architecture(model, _ids(0), [_ids(s) for s in range(1, CALIBRATION_BATCHES + 1)], "text")
 
 
+def _pair(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _ids(seed, length=9), _ids(seed + 100, length=7)
+
+
 def _recurrent(rnn: type[nn.Module]) -> Architecture:
     return _text_ids(_seeded(lambda: TextModel(rnn)))
 
@@ -293,6 +316,7 @@ PLAIN: dict[str, Callable[[], Architecture]] = {
     "mbv3_block": lambda: _vision(_seeded(MobileNetV3Block), (3, 16, 16)),
     "torch_encoder": lambda: _text_ids(_seeded(TorchEncoder)),
     "weight_norm": lambda: _vision(_seeded(WeightNormNet), (3, 16, 16)),
+    "seq2seq": lambda: Architecture(_seeded(Seq2Seq), _pair(0), [_pair(s) for s in range(1, CALIBRATION_BATCHES + 1)], "text"),
 }
 
 
@@ -322,6 +346,9 @@ HUGGING_FACE: dict[str, Callable[[], Architecture]] = {
     "vit_hf": lambda: _vision(_hf("ViTConfig", "ViTForImageClassification", hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4, num_labels=10,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), (3, 16, 16)),
+    "swin": lambda: _vision(_hf("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=4, embed_dim=16,
+                                depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=10, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0, drop_path_rate=0.0), (3, 32, 32)),
 }
 
 
