@@ -174,3 +174,54 @@ def test_a_parametrized_layer_freezes_its_groups_and_unstructured_pruning_names_
     reasons = {s.name: s.reason for s in report.skipped}
     assert "computed by a parametrization" in reasons["c1"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+class Optional(nn.Module):
+    """``mask`` and ``scale`` default to None: called with ``x`` alone, neither branch runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x, mask=None, scale=None):
+        h = torch.relu(self.c1(x))
+        if mask is not None:
+            h = h * mask
+        out = self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+        return out if scale is None else out * scale
+
+
+def test_arguments_the_example_does_not_give_are_traced_at_their_defaults():
+    """torch.fx traced `mask is not None` as true (a proxy is not None): the graph read a mask never given and
+    the shape propagation crashed. Traced at their defaults, both branches drop out and c1 prunes."""
+    from torchslim.prune.structured import prune_structured_
+    from torchslim.quant import quantize_
+
+    model, x = Optional().eval(), torch.randn(2, 3, 8, 8)
+    d = dependency_groups(model, x)
+    g = [g for g in d.groups if ("c1", "out") in members(g)][0]
+    assert g.prunable and members(g) == [("c1", "out"), ("c2", "in")]
+    pruned = Optional().eval()
+    pruned.load_state_dict(model.state_dict())
+    prune_structured_(pruned, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
+    assert pruned.c1.out_channels == 4 and pruned(x).shape == (2, 4)
+    report = quantize_(model, {"mode": "static"}, calibration=[torch.randn(4, 3, 8, 8) for _ in range(2)])
+    assert report.meta["inputs"] == ["x"] and model(x).shape == (2, 4)
+
+
+def test_a_layer_called_twice_freezes_its_groups():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.body, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.body(torch.relu(self.stem(x))))
+            return self.fc(torch.relu(self.body(h)).mean((2, 3)))  # the same conv on its own output
+
+    d = dependency_groups(Twice(), torch.randn(1, 3, 8, 8))
+    for g in d.groups:
+        if any(m.module == "body" for m in g.members):
+            assert not g.prunable
+    g = [g for g in d.groups if ("stem", "out") in members(g)][0]
+    assert g.frozen == "body: called 2 times in the forward (one set of weights read by several inputs)"

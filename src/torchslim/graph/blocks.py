@@ -57,6 +57,7 @@ FFN_PATTERNS: tuple[tuple[tuple[str, ...], str, str | None], ...] = (
     (("wi_0", "wi_1"), "wo", "d_ff"),  # T5 v1.1 (gated)
     (("w1", "w3"), "w2", None),  # SwiGLU blocks
     (("linear1",), "linear2", None),  # nn.TransformerEncoderLayer / DecoderLayer
+    (("fc_in",), "fc_out", "n_inner"),  # GPT-J, CodeGen
 )
 
 
@@ -266,7 +267,8 @@ def _sync_heads(root: nn.Module, cfg: Any) -> None:
     if not specs:
         return
     shapes = {(s.heads, s.kv_heads, s.head_dim) for s in specs}
-    if all(s.kind == "hf" for s in specs) and len(shapes) == 1 and getattr(cfg, "num_attention_heads", None) != specs[0].heads:
+    stock = isinstance(getattr(cfg, "num_attention_heads", None), int)  # not one count per stage (SegFormer's list)
+    if stock and all(s.kind == "hf" for s in specs) and len(shapes) == 1 and cfg.num_attention_heads != specs[0].heads:
         heads, kv, d = shapes.pop()
         cfg.num_attention_heads, cfg.head_dim = heads, d
         if hasattr(cfg, "num_key_value_heads"):

@@ -36,7 +36,9 @@ back on module-level rules (:mod:`torchslim.graph.blocks`): its feed-forward
 blocks, checked on the example input by hooks, are the groups, and every other
 layer is a frozen group whose reason names torch.fx's failure. The hidden channels
 of a feed-forward block inside a module the walk can only treat as opaque are found
-by the same rules.
+by the same rules. A layer with parameters that the forward calls more than once (one
+conv applied to its own output) freezes its groups: its weights serve several inputs.
+Arguments of ``forward`` the example input does not give are traced at their defaults.
 
 Example:
     >>> model = ts.create_model("resnet_cifar", depth=20)
@@ -67,6 +69,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -116,7 +119,11 @@ def dependency_groups(model: nn.Module, example_input: Any) -> Dependencies:
         return _parametrized_frozen(model, Dependencies(rule_groups(model, example_input, str(exc)), [], {}, "rules", str(exc)))
     walk.run()
     add_ffn_groups(walk.s, model, example_input, ffn_inside(model, list(walk.blocked)))
-    return _parametrized_frozen(model, Dependencies(walk.s.groups(), walk.heads, walk.blocked))
+    deps = _parametrized_frozen(model, Dependencies(walk.s.groups(), walk.heads, walk.blocked))
+    calls = Counter(str(n.target) for n in walk.gm.graph.nodes if n.op == "call_module")
+    shared = {t: f"called {c} times in the forward (one set of weights read by several inputs)" for t, c in calls.items()
+              if c > 1 and any(True for _ in model.get_submodule(t).parameters(recurse=False))}
+    return _frozen_with(deps, shared)
 
 
 def parametrized_reason(module: nn.Module) -> str | None:
@@ -139,7 +146,11 @@ def parametrized_reason(module: nn.Module) -> str | None:
 def _parametrized_frozen(model: nn.Module, deps: Dependencies) -> Dependencies:
     """Freeze the groups and drop the head groups that would slice a parametrized module (its tensors are not
     parameters that can be cut: they are recomputed from the parametrization's own)."""
-    held = {n: r for n, m in model.named_modules() if (r := parametrized_reason(m)) is not None}
+    return _frozen_with(deps, {n: r for n, m in model.named_modules() if (r := parametrized_reason(m)) is not None})
+
+
+def _frozen_with(deps: Dependencies, held: dict[str, str]) -> Dependencies:
+    """Freeze the groups and drop the head groups that would slice a module of ``held`` (module -> why), in place."""
     for group in deps.groups:
         name = next((m.module for m in group.members if m.module in held), None)
         if name is not None and group.frozen is None:

@@ -28,7 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torchslim.graph.attention import attention_spec, is_attention
 from torchslim.graph.spaces import HeadGroup, Layout, Member, Seg, Spaces
 from torchslim.graph.surgery import is_conv1d
-from torchslim.graph.trace import fx_trace
+from torchslim.graph.trace import fx_trace, input_names
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
@@ -65,8 +65,7 @@ def _int(value: Any, default: int) -> int:
 def _positional(gm: fx.GraphModule, example_input: Any) -> tuple[Any, ...]:
     """The example input as the traced graph's positional arguments (a dict goes by placeholder name)."""
     if isinstance(example_input, Mapping):
-        names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-        return tuple(example_input.get(str(n)) for n in names)
+        return tuple(example_input.get(str(n.target)) for n in gm.graph.nodes if n.op == "placeholder")
     return example_input if isinstance(example_input, tuple) else (example_input,)
 
 
@@ -76,7 +75,8 @@ class FxWalk:
     def __init__(self, model: nn.Module, example_input: Any) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
-        self.gm = fx.GraphModule(model, fx_trace(model, tracer=_Tracer(), what="structured pruning"))
+        inputs = input_names(model, example_input)  # the others: traced at their defaults
+        self.gm = fx.GraphModule(model, fx_trace(model, tracer=_Tracer(), what="structured pruning", inputs=inputs))
         was = model.training
         model.eval()
         try:

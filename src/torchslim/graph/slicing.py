@@ -291,8 +291,9 @@ def _update_attributes(module: nn.Module, spec: AttentionSpec, heads: int, kv: i
         if isinstance(old, int) and not isinstance(old, bool):
             setattr(owner, attr, value)
 
-    if spec.kind == "torchslim":
+    if spec.kind == "torchslim":  # the zoo's; GPT-J's (the same projections) counts num_attention_heads
         put(module, "num_heads", heads)
+        put(module, "num_attention_heads", heads)
     elif spec.kind == "hf":
         put(module, "num_key_value_groups", heads // kv)
         for attr, value in (("num_heads", heads), ("num_attention_heads", heads), ("num_key_value_heads", kv)):

@@ -8,6 +8,12 @@ fallback that says what was not traced and why; it is never swallowed.
 :func:`trace_parts` traces the whole model or, when that fails, the largest
 sub-modules that trace, and reports every part that did not.
 
+Given the names of the arguments a model is called with (:func:`input_names` of an
+example input), every other argument of its ``forward`` that has a default is traced
+at that default (``concrete_args``): ``forward(x, mask=None)`` called with ``x`` alone
+is traced without the mask branch (torch.fx would otherwise trace ``mask is None`` as
+false and the graph would read a mask that is never given).
+
 Example:
     >>> graph = fx_trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
     >>> [n.op for n in graph.nodes]
@@ -23,7 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.fx as fx
 from torch import nn
@@ -39,7 +48,48 @@ class TraceError(TorchslimError):
         super().__init__(message)
 
 
-def fx_trace(model: nn.Module, *, tracer: fx.Tracer | None = None, what: str = "", name: str = "") -> fx.Graph:
+def input_names(model: nn.Module, example: Any) -> list[str]:
+    """The names of ``model``'s forward arguments ``example`` gives: a dict's keys, the first positional
+    arguments of a tuple, the first one of a tensor.
+
+    Example:
+        >>> class M(nn.Module):
+        ...     def forward(self, x, mask=None, scale=1.0):
+        ...         return x
+        >>> input_names(M(), torch.zeros(1)), input_names(M(), (torch.zeros(1), torch.zeros(1))), input_names(M(), {"x": 0})
+        (['x'], ['x', 'mask'], ['x'])
+    """
+    if isinstance(example, Mapping):
+        return [str(k) for k in example]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    try:
+        names = [n for n, p in inspect.signature(model.forward).parameters.items() if p.kind in kinds]
+    except (TypeError, ValueError):
+        return []
+    return names[: len(example) if isinstance(example, (tuple, list)) else 1]
+
+
+def defaults_not_given(model: nn.Module, inputs: Sequence[str]) -> dict[str, Any]:
+    """``{name: default}`` of ``model``'s forward arguments with a default that ``inputs`` does not name.
+
+    Example:
+        >>> class M(nn.Module):
+        ...     def forward(self, x, mask=None, *rest, scale=1.0, **kw):
+        ...         return x
+        >>> defaults_not_given(M(), ["x"])
+        {'mask': None, 'scale': 1.0}
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.items()
+    except (TypeError, ValueError):
+        return {}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {n: p.default for n, p in params
+            if n not in inputs and p.kind not in variadic and p.default is not inspect.Parameter.empty}
+
+
+def fx_trace(model: nn.Module, *, tracer: fx.Tracer | None = None, what: str = "", name: str = "",
+             inputs: Sequence[str] | None = None) -> fx.Graph:
     """The ``torch.fx`` graph of ``model`` (``tracer`` decides leaf modules), or :class:`TraceError`.
 
     Args:
@@ -48,9 +98,12 @@ def fx_trace(model: nn.Module, *, tracer: fx.Tracer | None = None, what: str = "
             standard module as a leaf.
         what: the operation that needs the trace, named in the error.
         name: the qualified name of ``model`` inside a larger model, named in the error.
+        inputs: the arguments the model is called with (:func:`input_names`); the others
+            are traced at their defaults. ``None``: every argument is traced as an input.
     """
+    concrete = defaults_not_given(model, inputs) if inputs is not None else None
     try:
-        return (tracer or fx.Tracer()).trace(model)
+        return (tracer or fx.Tracer()).trace(model, concrete_args=concrete or None)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         label = f"{name} ({type(model).__name__})" if name else type(model).__name__

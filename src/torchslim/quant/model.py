@@ -144,7 +144,8 @@ def _make_act_fq(act: ActQuantConfig, learn_scale: bool) -> FakeQuantize:
     return FakeQuantize(act.spec(), observer=act.observer, observer_args=act.observer_args(), learn_scale=learn_scale)
 
 
-def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale: bool = False) -> Placement:
+def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale: bool = False,
+                           inputs: list[str] | None = None) -> Placement:
     """Insert activation quantization points into ``model`` (layers must already be swapped).
 
     On success the model's ``forward`` runs the traced graph with the points in it
@@ -161,7 +162,7 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
         ('graph', ['_1', 'input_0'])
     """
     try:
-        graph = fx_trace(model, tracer=_Tracer(), what="activation placement")
+        graph = fx_trace(model, tracer=_Tracer(), what="activation placement", inputs=inputs)
     except TraceError as exc:  # a reported fallback: each layer quantizes its own input
         return _layer_input_points(model, act, learn_scale, note=f"{exc}; each quantized layer quantizes its own input")
     modules = dict(model.named_modules())

@@ -164,7 +164,7 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         config = QuantizeConfig.parse(record["quantize"]["config"])
         wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in record["quantize"]["layers"].items()}
         attach_input_scales(work, record["quantize"].get("smoothed", []), tensors)
-        build_structure(work, config, wcfg_of)
+        build_structure(work, config, wcfg_of, record["quantize"].get("inputs"))
         state = work.state_dict()
         new_state: dict[str, torch.Tensor] = {}
         for name, lay in layers.items():

@@ -24,7 +24,9 @@ from torch import nn
 from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, TransformRefusedError
 from torchslim.fold.batchnorm import find_conv_bn_pairs, fold_batchnorms_
 from torchslim.graph import provenance
+from torchslim.graph.trace import input_names
 from torchslim.graph.transaction import transplant
+from torchslim.measure.macs import batch_inputs
 from torchslim.quant.affine import check_spec_fits, dequantize, quantize, sqnr_db
 from torchslim.quant.attention import QuantMultiheadAttention, keep_off_fast_path_
 from torchslim.quant.config import LayerQuantConfig, QuantizeConfig, WeightQuantConfig
@@ -181,7 +183,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
     return folded, note
 
 
-def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, WeightQuantConfig]) -> dict[str, Any]:
+def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, WeightQuantConfig],
+                    inputs: list[str] | None = None) -> dict[str, Any]:
     """Fold BatchNorm, swap the named layers and place activation points on ``work`` (no data needed).
 
     Returns facts for the report's ``meta`` (folds, placement). Shared by
@@ -208,7 +211,7 @@ def build_structure(work: nn.Module, config: QuantizeConfig, wcfg_of: dict[str, 
     if slow:
         meta["fused_path_off"] = slow  # quantized layers torch's fused encoder path would bypass
     if config.mode == "static":
-        placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale)
+        placement = place_activation_quant(work, config.activation, learn_scale=config.learn_scale, inputs=inputs)
         meta["activation_placement"] = {
             "method": placement.method,
             "points": placement.points,
@@ -340,7 +343,10 @@ def build_calibrated(model: nn.Module, config: QuantizeConfig, wcfg_of: dict[str
     meta: dict[str, Any] = {"mode": config.mode, "config": config.model_dump()}
     smoothed_by, smooth_meta = _smooth(work, config, list(wcfg_of), list(batches))
     meta.update(smooth_meta)
-    meta.update(build_structure(work, config, wcfg_of))
+    inputs = input_names(model, batch_inputs(batches[0], model)) if batches else None
+    meta.update(build_structure(work, config, wcfg_of, inputs))
+    if inputs is not None:
+        meta["inputs"] = inputs  # the forward's other arguments are traced at their defaults
     if config.mode == "static":
         meta.update(_calibrate(work, config, list(batches)))
         if config.bias_correction:
@@ -432,6 +438,7 @@ class Quantize(Technique[QuantizeConfig, Plan]):
             "config": cfg.model_dump(),
             "layers": {n: c.model_dump() for n, c in wcfg_of.items()},
             **({"smoothed": list(built.smoothed_by)} if built.smoothed_by else {}),
+            **({"inputs": built.meta["inputs"]} if "inputs" in built.meta else {}),
         }
         return Plan(skipped, built.meta, QuantWork(built.model, record, layers))
 
@@ -556,7 +563,7 @@ def _rebuild_quantized(model: nn.Module, info: Any, state: dict[str, torch.Tenso
     config = QuantizeConfig.parse(info["config"])
     wcfg_of = {n: WeightQuantConfig.parse(c) for n, c in info["layers"].items()}
     attach_input_scales(model, info.get("smoothed", []), state)
-    build_structure(model, config, wcfg_of)
+    build_structure(model, config, wcfg_of, info.get("inputs"))
     own = model.state_dict()
     modules = dict(model.named_modules())
     for key, value in state.items():

@@ -10,7 +10,9 @@ The entries:
 * Hugging Face ``transformers`` (left out when it is not installed): ``bert`` (``BertModel``),
   ``bert_cls`` (``BertForSequenceClassification``), ``gpt2`` (``GPT2LMHeadModel``), ``llama_gqa``
   (``LlamaForCausalLM``, 4 query heads over 2 key/value heads), ``vit_hf`` (``ViTForImageClassification``),
-  ``swin`` (``SwinForImageClassification``: two stages of different widths, a per-head relative position bias);
+  ``swin`` (``SwinForImageClassification``: two stages of different widths, a per-head relative position bias),
+  ``gptj`` (``GPTJForCausalLM``: partial rotary, ``fc_in``/``fc_out``), ``segformer``
+  (``SegformerForImageClassification``: one head count per stage, a list in its config);
 * everyday PyTorch: ``vit_mha`` (a ViT on ``nn.MultiheadAttention`` with a class token and positions held
   by the model), ``concat_se`` (concatenated grouped-conv and depthwise branches, a squeeze-excite gate and a
   residual across the concat), ``glu`` (``torch.chunk`` and ``split`` gates), ``tied`` (an embedding read
@@ -349,6 +351,13 @@ HUGGING_FACE: dict[str, Callable[[], Architecture]] = {
     "swin": lambda: _vision(_hf("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=4, embed_dim=16,
                                 depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=10, hidden_dropout_prob=0.0,
                                 attention_probs_dropout_prob=0.0, drop_path_rate=0.0), (3, 32, 32)),
+    "gptj": lambda: _text(_hf("GPTJConfig", "GPTJForCausalLM", vocab_size=100, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                              n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "segformer": lambda: _vision(_hf("SegformerConfig", "SegformerForImageClassification", num_encoder_blocks=2, depths=[1, 1],
+                                     sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
+                                     num_attention_heads=[1, 2], mlp_ratios=[2, 2], num_labels=10, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0, drop_path_rate=0.0),
+                                 (3, 32, 32)),
 }
 
 
