@@ -361,3 +361,18 @@ def test_space_to_depth_conv_is_not_padded_again(digits) -> None:
     assert ops.get("SpaceToDepth") == 1 and "Pad" not in ops
     # without the space-to-depth rewrite the same conv is the one that gets padded
     assert qdq_summary(export_qdq(model, digits.example_input(), space_to_depth=False)).get("Pad") == 1
+
+
+def test_an_export_failure_names_the_layer_that_fails_alone_with_the_same_error():
+    from torch import nn
+
+    class Scorer(nn.Module):  # torch's exporter has no aten::bilinear at opset 17
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.pair, self.out = nn.Linear(6, 12), nn.Linear(6, 12), nn.Bilinear(12, 12, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.pair(self.a(x), self.b(x))))
+
+    with pytest.raises(TorchslimError, match=r"ONNX export of Scorer failed at layer 'pair' \(Bilinear\): .*bilinear"):
+        export_fp32(Scorer().eval(), torch.randn(2, 6))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -173,8 +174,55 @@ def onnx_export_bytes(
                     do_constant_folding=constant_folding,
                 )
             except Exception as exc:  # the exporter raises many unrelated types
-                raise TorchslimError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
+                where = _failing_layer(model, example_input, opset, _first_line(exc))
+                at = f" at layer {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
+                raise TorchslimError(f"ONNX export of {type(model).__name__} failed{at}: {exc}") from exc
     return buffer.getvalue()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exporter's message without the graph values it names (those differ between a layer and the model)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" [Caused by")[0]
+
+
+def _fails_alike(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opset: int, error: str) -> bool:
+    """Does ``module`` alone fail to export with the model's ``error`` (the same first line)?"""
+    try:
+        torch.onnx.export(module, (*args, kwargs) if kwargs else args, io.BytesIO(), dynamo=False,  # type: ignore[arg-type]
+                          opset_version=opset)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many unrelated types
+        return _first_line(exc) == error
+    return False
+
+
+def _failing_layer(model: nn.Module, example_input: ExampleInput, opset: int, error: str, budget_s: float = 60.0) -> str | None:
+    """The deepest layer of ``model`` that fails to export on its own with the model's ``error``, given the inputs
+    it gets in the model (``None``: none does within ``budget_s`` seconds; the failure is in how the model joins
+    its layers). The layers are tried deepest first. Called (warnings silenced) only once the whole model failed.
+    """
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def record(name: str) -> Any:
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            calls.setdefault(name, (args, kwargs))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in model.named_modules() if n]
+    try:
+        keys, _, tensors = _flat_inputs(example_input)
+        _FlatIO(model, keys)(*tensors)
+    except Exception:  # noqa: BLE001 - no layer can be named when the model does not even run
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    deadline = time.perf_counter() + budget_s
+    for name in sorted(calls, key=lambda n: -n.count(".")):
+        if time.perf_counter() > deadline:
+            return None
+        if _fails_alike(model.get_submodule(name), *calls[name], opset, error):
+            return name
+    return None
 
 
 def export_fp32(

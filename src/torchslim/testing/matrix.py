@@ -20,7 +20,8 @@ first and last layers, where embeddings, tied heads and odd readers live, are tr
 ``nm``          ``prune_`` 2:4: every masked weight meets 2:4 along its inputs
 ``fold``        ``fold_``: the output equal to before within 1e-4 (relative), parameters do not grow
 ``int8``        static ``quantize_``, ``export_qdq``, ONNX Runtime against the simulation: top-1
-                agreement >= 99 % or cosine >= 0.99
+                agreement >= 99 % or cosine >= 0.99 (a float model torch's exporter cannot export is
+                refused first, by ``export_fp32``'s error naming the layer that fails alone)
 ``factorize``   ``factorize_``: output shape kept (eval and train mode), parameters drop
 ``share``       ``share_weights_``, saved as ``.tslim`` and loaded into a fresh copy: outputs equal
 =============== ===================================================================================
@@ -56,9 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.deploy import OrtModel, export_qdq
+from torchslim.deploy import OrtModel, export_fp32, export_qdq
 from torchslim.encode import load, save, share_weights_
-from torchslim.errors import ConfigError, ConfigIssue, TransformRefusedError
+from torchslim.errors import ConfigError, ConfigIssue, TorchslimError, TransformRefusedError
 from torchslim.fold import fold_
 from torchslim.graph.surgery import is_conv1d
 from torchslim.lowrank import factorize_
@@ -272,6 +273,10 @@ def _ort_output(outs: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def _int8(model: nn.Module, arch: Architecture) -> str:
+    try:  # a float graph torch cannot export has no int8 graph either: a refusal when the error names the layer
+        export_fp32(model, arch.example)
+    except TorchslimError as exc:
+        raise TransformRefusedError(f"int8 deployment: {exc}") from exc
     shape = output_of(model, arch.example).shape
     report = quantize_(model, {"mode": "static"}, calibration=arch.calibration)
     check_accounted(model, [report])
