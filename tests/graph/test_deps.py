@@ -225,3 +225,26 @@ def test_a_layer_called_twice_freezes_its_groups():
             assert not g.prunable
     g = [g for g in d.groups if ("stem", "out") in members(g)][0]
     assert g.frozen == "body: called 2 times in the forward (one set of weights read by several inputs)"
+
+
+def test_a_shape_check_torch_fx_cannot_trace_is_answered_by_the_example_and_moves_no_statistic():
+    """Hugging Face's CNNs check their input's channels in Python (``if x.shape[1] != ...``): plain torch.fx fails
+    there. Concrete tracing answers the check with the example; the example's run is in eval mode."""
+
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3), nn.Linear(8, 2)
+
+        def forward(self, x):
+            if x.shape[1] != self.conv.in_channels:
+                raise ValueError("wrong channels")
+            h = torch.relu(self.bn(self.conv(x)))
+            return self.fc(torch.relu(self.conv2(h)).mean((2, 3)))
+
+    model = Checked().train()
+    stats = model.bn.running_mean.clone()
+    d = dependency_groups(model, torch.randn(2, 3, 8, 8))
+    g = [g for g in d.groups if ("conv", "out") in members(g)][0]
+    assert g.prunable and members(g) == [("bn", "bn"), ("conv", "out"), ("conv2", "in")]
+    assert torch.equal(model.bn.running_mean, stats) and model.training and type(model) is Checked

@@ -26,9 +26,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from torchslim.graph.attention import attention_spec, is_attention
+from torchslim.graph.concrete import analysis_trace
 from torchslim.graph.spaces import HeadGroup, Layout, Member, Seg, Spaces
 from torchslim.graph.surgery import is_conv1d
-from torchslim.graph.trace import fx_trace, input_names
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
@@ -75,8 +75,8 @@ class FxWalk:
     def __init__(self, model: nn.Module, example_input: Any) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
-        inputs = input_names(model, example_input)  # the others: traced at their defaults
-        self.gm = fx.GraphModule(model, fx_trace(model, tracer=_Tracer(), what="structured pruning", inputs=inputs))
+        graph = analysis_trace(model, _Tracer, example_input, what="structured pruning")  # fx, else concrete
+        self.gm = fx.GraphModule(model, graph)
         was = model.training
         model.eval()
         try:

@@ -12,7 +12,9 @@ The entries:
   (``LlamaForCausalLM``, 4 query heads over 2 key/value heads), ``vit_hf`` (``ViTForImageClassification``),
   ``swin`` (``SwinForImageClassification``: two stages of different widths, a per-head relative position bias),
   ``gptj`` (``GPTJForCausalLM``: partial rotary, ``fc_in``/``fc_out``), ``segformer``
-  (``SegformerForImageClassification``: one head count per stage, a list in its config);
+  (``SegformerForImageClassification``: one head count per stage, a list in its config), ``resnet_hf`` and
+  ``convnext_hf`` (``ResNetForImageClassification``, ``ConvNextForImageClassification``: Python checks of
+  the input that plain torch.fx cannot trace);
 * everyday PyTorch: ``vit_mha`` (a ViT on ``nn.MultiheadAttention`` with a class token and positions held
   by the model), ``concat_se`` (concatenated grouped-conv and depthwise branches, a squeeze-excite gate and a
   residual across the concat), ``glu`` (``torch.chunk`` and ``split`` gates), ``tied`` (an embedding read
@@ -358,6 +360,10 @@ HUGGING_FACE: dict[str, Callable[[], Architecture]] = {
                                      num_attention_heads=[1, 2], mlp_ratios=[2, 2], num_labels=10, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0, drop_path_rate=0.0),
                                  (3, 32, 32)),
+    "resnet_hf": lambda: _vision(_hf("ResNetConfig", "ResNetForImageClassification", embedding_size=16, hidden_sizes=[16, 32],
+                                     depths=[1, 1], layer_type="bottleneck", num_labels=10), (3, 32, 32)),
+    "convnext_hf": lambda: _vision(_hf("ConvNextConfig", "ConvNextForImageClassification", num_stages=2, hidden_sizes=[16, 32],
+                                       depths=[1, 1], num_labels=10), (3, 32, 32)),
 }
 
 
