@@ -248,3 +248,25 @@ def test_a_shape_check_torch_fx_cannot_trace_is_answered_by_the_example_and_move
     g = [g for g in d.groups if ("conv", "out") in members(g)][0]
     assert g.prunable and members(g) == [("bn", "bn"), ("conv", "out"), ("conv2", "in")]
     assert torch.equal(model.bn.running_mean, stats) and model.training and type(model) is Checked
+
+
+def test_a_group_norm_keeps_its_groups_equal():
+    """GroupNorm(4, 16) after a conv: channel c of each group of 4 is pruned together, so every group keeps as many."""
+    from torchslim.prune.structured import prune_structured_
+
+    class GN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gn, self.conv2, self.fc = nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.Conv2d(16, 8, 3), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv2(torch.relu(self.gn(self.conv(x))))).mean((2, 3)))
+
+    x = torch.randn(2, 3, 10, 10)
+    d = dependency_groups(GN(), x)
+    g = [g for g in d.groups if ("conv", "out") in members(g)][0]
+    assert g.prunable and g.channels == 4 and ("gn", "bn") in members(g)
+    model = GN().eval()
+    prune_structured_(model, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
+    assert model.conv.out_channels == 8 and model.gn.num_channels == 8 and model.gn.weight.shape == (8,)
+    assert model.conv2.in_channels == 8 and model(x).shape == (2, 2)

@@ -48,7 +48,7 @@ _SPLIT_METHODS = {"chunk", "split"}
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: layers whose own parameters the engine slices by their module's rule (never as parameters used directly)
-_SLICED = (nn.Linear, *_CONVS, *_BATCHNORMS, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
+_SLICED = (nn.Linear, *_CONVS, *_BATCHNORMS, nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
 _EXPAND = {"expand", "expand_as", "broadcast_to", torch.broadcast_to}
 
 
@@ -235,9 +235,8 @@ class FxWalk:
     def cut_at(self, lay: Layout, cut: int, extra: tuple[Layout, ...] = ()) -> bool:
         """Make a segment boundary of ``lay`` at feature ``cut``; ``False`` when it falls inside a channel.
 
-        A cut inside a segment splits its (unfrozen) space; every layout holding
-        that space is rewritten (the walk's and ``extra``), so the halves stay one space everywhere.
-        """
+        A cut inside a segment splits its (unfrozen) space; every layout holding that space is rewritten
+        (the walk's and ``extra``), so the halves stay one space everywhere."""
         start = 0
         for seg in lay.segs:
             width = seg.channels * seg.inner
@@ -287,8 +286,9 @@ class FxWalk:
             if out is not None:
                 self.add_members(out, name, "out")
             return out
-        if isinstance(mod, _BATCHNORMS):
-            if lay is None or lay.cdim != 1 or any(s.inner != 1 for s in lay.segs):
+        if isinstance(mod, (*_BATCHNORMS, nn.GroupNorm)):  # GroupNorm: position c of every group together (groups kept equal)
+            if lay is None or lay.cdim != 1 or any(s.inner != 1 for s in lay.segs) or (
+                    isinstance(mod, nn.GroupNorm) and not self.fold(lay, mod.num_groups, name)):
                 return self.opaque(node, f"unsupported input layout at {name}")
             self.add_members(lay, name, "bn")
             return lay

@@ -138,6 +138,13 @@ def slice_module(
             _slice_buffer(module, "running_mean", idx)
             _slice_buffer(module, "running_var", idx)
             module.num_features = len(idx)
+    elif isinstance(module, nn.GroupNorm):  # as many channels kept in every group
+        if out is not None:
+            idx = _same_in_every_group(_idx(out, module.num_channels, name), module.num_channels // module.num_groups,
+                                       module.num_groups, name, "output")
+            _slice_param(module, "weight", 0, idx)
+            _slice_param(module, "bias", 0, idx)
+            module.num_channels = len(idx)
     elif isinstance(module, nn.LayerNorm):
         if out is not None:
             idx = _idx(out, module.normalized_shape[0], name)

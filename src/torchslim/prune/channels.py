@@ -305,6 +305,8 @@ def _dim_size(mod: nn.Module, key: str) -> int:
         return mod.normalized_shape[0]
     if isinstance(mod, nn.Embedding):
         return mod.embedding_dim
+    if isinstance(mod, nn.GroupNorm):
+        return mod.num_channels
     return int(mod.num_features)
 
 

@@ -171,6 +171,8 @@ def _widths(mod: nn.Module, name: str = "") -> dict[str, int]:
         return {"out": mod.num_features}
     if isinstance(mod, nn.LayerNorm):
         return {"out": mod.normalized_shape[0]}
+    if isinstance(mod, nn.GroupNorm):
+        return {"out": mod.num_channels}
     return {}
 
 
