@@ -270,3 +270,41 @@ def test_a_group_norm_keeps_its_groups_equal():
     prune_structured_(model, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
     assert model.conv.out_channels == 8 and model.gn.num_channels == 8 and model.gn.weight.shape == (8,)
     assert model.conv2.in_channels == 8 and model(x).shape == (2, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv, LayerNorm over permuted channels, an MLP and a layer scale (a 1-D parameter) on the residual."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.dw, self.norm = nn.Conv2d(c, c, 7, padding=3, groups=c), nn.LayerNorm(c)
+        self.pw1, self.pw2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.linspace(0.1, 1.0, c))
+
+    def forward(self, x):
+        y = self.pw2(torch.nn.functional.gelu(self.pw1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+def test_a_layer_scale_follows_the_residual_stream_it_scales():
+    """gamma (16,) * y (N, H, W, 16) broadcasts along the channels: the stream stays prunable and gamma is cut with
+    it (it froze the stream before: 'broadcasting or unknown operand')."""
+    from torchslim.prune.structured import prune_structured_
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 2, stride=2), ConvNeXtBlock(), ConvNeXtBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    g = [g for g in dependency_groups(model, x).groups if ("0", "out") in members(g)][0]
+    assert g.prunable and ("1", "param") in members(g) and ("2.norm", "ln") in members(g)
+    prune_structured_(model, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
+    assert model[0].out_channels == 8 and model[1].gamma.shape == (8,) and model[2].norm.normalized_shape == (8,)
+    assert model(x).shape == (2, 4)
+
+
+def test_a_layernorm_subclass_calling_f_layer_norm_is_a_layernorm_of_the_stream():
+    transformers = __import__("pytest").importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)
+    model, x = transformers.ConvNextForImageClassification(cfg).eval(), torch.randn(2, 3, 32, 32)
+    g = [g for g in dependency_groups(model, x).groups if ("convnext.embeddings.patch_embeddings", "out") in members(g)][0]
+    assert g.prunable and ("convnext.embeddings.layernorm", "ln") in members(g)

@@ -27,7 +27,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from torchslim.graph.attention import attention_spec, is_attention
 from torchslim.graph.concrete import analysis_trace
-from torchslim.graph.spaces import HeadGroup, Layout, Member, Seg, Spaces
+from torchslim.graph.spaces import HeadGroup, Layout, Member, Seg, Spaces, is_gate
 from torchslim.graph.surgery import is_conv1d
 
 _UNARY_MODULES = (
@@ -157,14 +157,14 @@ class FxWalk:
                     self.freeze(self.layout.get(arg), "reaches the model output")
 
     def attr_node(self, node: fx.Node) -> Layout | None:
-        """A tensor the model uses directly: a parameter (of rank 2 or more) of a module whose rule does not slice it
-        (a class token, positions) joins the group it meets, cut along its last dimension; anything else is frozen."""
+        """A tensor the model uses directly: a parameter of a module whose rule does not slice it (a class token,
+        positions, a layer scale) joins the group it meets, cut along its last dimension; anything else is frozen."""
         owner, _, attr = str(node.target).rpartition(".")
         mod = self.modules.get(owner)
         param = mod._parameters.get(attr) if mod is not None else None
-        if mod is None or param is None or param.dim() < 2 or isinstance(mod, _SLICED) or is_attention(mod) or is_conv1d(mod):
+        if mod is None or param is None or param.dim() < 1 or isinstance(mod, _SLICED) or is_attention(mod) or is_conv1d(mod):
             return self.fresh(node, -1, f"tensor attribute {node.target} used directly")
-        lay = self.fresh(node, -1)
+        lay = self.fresh(node, -1) if param.dim() > 1 else Layout(0, [Seg(self.s.new(param.shape[0]), param.shape[0])])
         if lay is not None:
             self.s.members[lay.segs[0].space].append(Member(owner, "param", 0, 1, attr))
         return lay
@@ -179,14 +179,11 @@ class FxWalk:
     def split(self, node: fx.Node, lay: Layout | None) -> list[Layout | None]:
         """The layouts of the parts of a ``chunk``/``split``.
 
-        Along the channel dimension, ``chunk`` cuts the channel spaces at the parts'
-        boundaries and unites the parts (the pruned tensor is chunked evenly again,
-        so every part must keep as many channels, the same ones). A ``split`` by one
-        size into equal parts covering the whole dimension (``split(n // 2)``) is
-        taken as ``chunk``: every part is cut alike, and the post-surgery forward
-        check refuses a size that was in fact hard-coded. A ``split`` by a list of
-        sizes has them fixed in the code, so its input is frozen.
-        """
+        Along the channel dimension, ``chunk`` cuts the channel spaces at the parts' boundaries and unites the
+        parts (the pruned tensor is chunked evenly again, so every part must keep as many channels, the same
+        ones). A ``split`` by one size into equal parts covering the whole dimension (``split(n // 2)``) is taken
+        as ``chunk``: every part is cut alike, and the post-surgery forward check refuses a size that was in
+        fact hard-coded. A ``split`` by a list of sizes has them fixed in the code, so its input is frozen."""
         meta = node.meta.get("tensor_meta")
         shapes = [tuple(m.shape) for m in meta] if isinstance(meta, (tuple, list)) and all(hasattr(m, "shape") for m in meta) else None
         in_shape = self.shape(node.args[0])
@@ -218,8 +215,7 @@ class FxWalk:
     def fold(self, lay: Layout, n: int, where: str) -> bool:
         """Cut ``lay`` into ``n`` equal parts and unite them (channel ``c`` of every part is one channel).
 
-        ``False`` (nothing united) when a part's boundary falls inside a channel or a frozen space.
-        """
+        ``False`` (nothing united) when a part's boundary falls inside a channel or a frozen space."""
         if n == 1:
             return True
         if lay.width % n:
@@ -477,23 +473,34 @@ class FxWalk:
             return self.expand(node, lay, out_shape)
         if target is operator.getitem and isinstance(source, fx.Node):
             return self.index(node, lay, out_shape)
+        owner = str(getattr(node.args[2] if len(node.args) > 2 else node.kwargs.get("weight"), "target", "")).rpartition(".")[0]
+        if target is F.layer_norm and isinstance(self.modules.get(owner), nn.LayerNorm) and lay is not None \
+                and len(self.modules[owner].normalized_shape) == 1 and lay.cdim == len(out_shape) - 1:
+            self.add_members(lay, owner, "ln")  # a LayerNorm subclass whose forward calls F.layer_norm (ConvNeXt's)
+            return lay
         return self.opaque(node, f"operation {node.name} ({getattr(target, '__name__', target)}) is not understood by the pruning engine")
 
     def binary(self, node: fx.Node, out_shape: tuple[int, ...]) -> Layout | None:
-        """An element-wise op: a scalar operand carries the layout, equal shapes unite, a broadcast operand with
-        every channel (a squeeze-excite gate) follows the tensor it scales, one with a single channel (a spatial
-        map) leaves it alone."""
+        """An element-wise op: a scalar operand carries the layout, equal shapes unite, a lower-rank operand (a layer
+        scale) or a broadcast one with every channel (a squeeze-excite gate) follows the tensor it scales, one with a
+        single channel (a spatial map) leaves it alone."""
         tensors = [a for a in node.args if isinstance(a, fx.Node) and self.shape(a) is not None]
         lays = [self.layout.get(a) for a in tensors]
         if len(tensors) == 1 and lays[0] is not None and self.shape(tensors[0]) == out_shape:
             return lays[0]
-        if len(tensors) == 2 and lays[0] is not None and lays[1] is not None and lays[0].cdim == lays[1].cdim:
-            pair, shapes = (lays[0], lays[1]), [self.shape(t) or () for t in tensors]
+        (p0, p1), shapes = (lays + [None, None])[:2], [self.shape(t) or () for t in tensors]
+        for (big, b), (low, w) in (((0, p0), (1, p1)), ((1, p1), (0, p0))):  # a lower-rank operand
+            if b is not None and w is not None and shapes[big] == out_shape and len(shapes[low]) < len(out_shape) \
+                    and tuple(shapes[low]) == out_shape[len(out_shape) - len(shapes[low]):] \
+                    and b.cdim - len(out_shape) == w.cdim - len(shapes[low]):  # (a layer scale) right-aligned: same channels
+                return self.unite(b, w, node.name)
+        if len(tensors) == 2 and p0 is not None and p1 is not None and p0.cdim == p1.cdim:
+            pair = (p0, p1)
             if shapes[0] == shapes[1] == out_shape:
                 return self.unite(pair[0], pair[1], node.name)
             for big, gate in ((0, 1), (1, 0)):
                 cdim = pair[gate].cdim
-                if shapes[big] == out_shape and _is_gate(shapes[gate], out_shape, cdim):
+                if shapes[big] == out_shape and is_gate(shapes[gate], out_shape, cdim):
                     if shapes[gate][cdim] == 1:  # one value for every channel: nothing to couple
                         return pair[big]
                     return self.unite(pair[big], pair[gate], node.name)
@@ -591,10 +598,3 @@ def _encoder_layer_problem(layer: nn.Module, name: str) -> str | None:
     if not (act in (F.relu, F.gelu) or isinstance(act, _UNARY_MODULES)):
         return f"activation {getattr(act, '__name__', type(act).__name__)} is not known to be element-wise"
     return None
-
-
-def _is_gate(shape: tuple[int, ...], out_shape: tuple[int, ...], cdim: int) -> bool:
-    """``shape`` broadcasts to ``out_shape`` (same rank) and its channel dimension is 1 or all the channels."""
-    if len(shape) != len(out_shape) or len(shape) < 2:
-        return False
-    return all(n in (1, o) for n, o in zip(shape, out_shape)) and shape[cdim] in (1, out_shape[cdim])

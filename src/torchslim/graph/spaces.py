@@ -193,3 +193,16 @@ class Spaces:
                     uniq.append(m)
             g.members = uniq
         return groups
+
+
+def is_gate(shape: tuple[int, ...], out_shape: tuple[int, ...], cdim: int) -> bool:
+    """``shape`` broadcasts to ``out_shape`` (same rank) and its channel dimension ``cdim`` is 1 or all the channels:
+    a squeeze-excite gate (every channel) or a spatial map (one value for every channel).
+
+    Example:
+        >>> is_gate((2, 8, 1, 1), (2, 8, 5, 5), 1), is_gate((2, 1, 5, 5), (2, 8, 5, 5), 1), is_gate((8,), (2, 8), 1)
+        (True, True, False)
+    """
+    if len(shape) != len(out_shape) or len(shape) < 2:
+        return False
+    return all(n in (1, o) for n, o in zip(shape, out_shape)) and shape[cdim] in (1, out_shape[cdim])

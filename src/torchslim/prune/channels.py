@@ -184,7 +184,7 @@ def group_scores(model: nn.Module, group: Group, scores: dict[str, torch.Tensor]
         pos = (mem.offset + c[:, None] * mem.inner + torch.arange(mem.inner)[None, :])  # channels x inner
         if mem.role == "param" and cfg.criterion in ("l2", "l1"):  # a class token, positions: by their last dim
             w = getattr(mod, mem.param).detach().abs().float().cpu()
-            total += (w.pow(2) if cfg.criterion == "l2" else w).flatten(0, -2).sum(0)[pos].sum(1)
+            total += (w.pow(2) if cfg.criterion == "l2" else w).reshape(-1, w.shape[-1]).sum(0)[pos].sum(1)
         elif mem.role == "emb" and mem.module in scores:  # an embedding table: channel c is column c
             total += scores[mem.module].sum(0)[pos].sum(1)
         elif mem.role in ("out", "dw") and mem.module in scores:
