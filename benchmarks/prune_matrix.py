@@ -1,10 +1,12 @@
 """prune_matrix: structured pruning of every architecture of the matrix, torchslim beside Torch-Pruning 1.6.1, one run.
 
 Models: every entry of ``torchslim.testing.architectures.ARCHITECTURES`` (tiny random Hugging Face
-BERT / BERT classifier / GPT-2 / Llama with grouped-query attention / ViT, a ViT on
-``nn.MultiheadAttention``, concatenated grouped + depthwise branches with squeeze-excite, GLU gates,
-tied weights, GRU/LSTM text models, a MobileNetV3 block, every zoo model), each built fresh (seeded)
-for each side, with its own example input (a tensor or a tokenizer's padded dict batch).
+BERT / BERT classifier / GPT-2 / Llama with grouped-query attention / ViT / Swin / GPT-J / SegFormer /
+ResNet / ConvNeXt, a ViT on ``nn.MultiheadAttention``, concatenated grouped + depthwise branches with
+squeeze-excite, GLU gates, tied weights, GRU/LSTM text models, a MobileNetV3 block, PyTorch's
+``nn.TransformerEncoder`` and ``nn.Transformer`` (two inputs), a conv under ``weight_norm``, every zoo
+model), each built fresh (seeded) for each side, with its own example input (a tensor, a pair of
+tensors or a tokenizer's padded dict batch).
 
 What each side is asked, at the same requested sparsity ``0.5``:
 
