@@ -195,3 +195,21 @@ def test_gpt2_conv1d_layers_are_masked_and_a_sparse_tslim_round_trips(tmp_path):
     for name in conv1d:
         assert torch.equal(restored.get_submodule(name).weight, model.get_submodule(name).weight)
         assert torch.equal(restored_masks[name], masked[name])  # the masks come back, in the (in, out) layout
+
+
+def test_a_frozen_model_prunes_and_its_masks_hold_once_it_trains():
+    """Parameters with requires_grad=False (a frozen backbone) have no gradient to hook: pruning crashed on them
+    ('cannot register a hook on a tensor that doesn't require gradient')."""
+    from torchslim.prune.mask import reattach_masks
+
+    model = create_model("lenet300", in_features=64)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prune_(model, {"sparsity": 0.5})
+    zero = ~model.fc2.weight_mask
+    assert bool((model.fc2.weight[zero] == 0).all()) and 0.45 < float(zero.float().mean()) < 0.55
+    for p in model.parameters():
+        p.requires_grad_(True)
+    reattach_masks(model)
+    model(torch.randn(4, 64)).sum().backward()
+    assert bool((model.fc2.weight.grad[zero] == 0).all())

@@ -124,9 +124,11 @@ def onnx_export_bytes(
     which is not a dependency). Inputs are named ``input`` (one tensor),
     ``input_<i>`` (positional tensors) or by their keys (a dict, e.g. a tokenizer
     output); every input and output has a dynamic batch axis 0, and integer inputs
-    (token ids, attention masks) a dynamic sequence axis 1: shared by the tensors
-    of a dict (``sequence``), each positional input's own (``sequence_input_<i>``:
-    a source and a target of different lengths). Hugging Face
+    (token ids, attention masks) a dynamic sequence axis 1: in a dict, ``sequence``
+    for the encoder's tensors (``input_ids`` and its mask) and ``decoder_sequence``
+    for the ``decoder_*`` ones (T5, BART, Whisper), when the example's lengths agree
+    within each; otherwise, and for positional inputs (a source and a target), each
+    input's own (``sequence_<name>``). Hugging Face
     attention is exported in its eager form (:func:`eager_attention`),
     ``nn.MultiheadAttention`` on its slow path (:func:`mha_slow_path`). The model's
     training mode is restored afterwards.
@@ -155,9 +157,12 @@ def onnx_export_bytes(
         n_out = 1 if isinstance(probe, torch.Tensor) else len(probe)
         out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
         axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in [*names, *out_names]}
-        for n, t in zip(names, tensors):  # token ids / masks: the sequence length varies too; one
-            if t.dim() >= 2 and not t.is_floating_point():  # length per dict batch, one per positional input
-                axes[n][1] = "sequence" if keys is not None or len(tensors) == 1 else f"sequence_{n}"
+        tokens = {n: int(t.shape[1]) for n, t in zip(names, tensors) if t.dim() >= 2 and not t.is_floating_point()}
+        for n in tokens:  # ids and masks: the sequence length varies too (see the docstring)
+            axis = "decoder_sequence" if n.startswith("decoder_") else "sequence"
+            kin = {m for m in tokens if m.startswith("decoder_") == n.startswith("decoder_")}
+            shared = (keys is not None or len(tensors) == 1) and len({tokens[m] for m in kin}) == 1
+            axes[n][1] = axis if shared else f"sequence_{n}"
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices

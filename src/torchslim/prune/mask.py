@@ -75,9 +75,13 @@ def attach_mask(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
 def _ensure_hook(module: nn.Module, param_name: str) -> None:
     """Register the gradient hook of ``module.<param_name>``'s mask unless the parameter has it.
 
-    Tensor hooks do not survive ``copy.deepcopy``: a copied model gets them again here.
+    Tensor hooks do not survive ``copy.deepcopy``: a copied model gets them again here. A frozen
+    parameter (``requires_grad=False``) has no gradient to mask and gets none (the mask is reapplied
+    after every optimizer step all the same; :func:`reattach_masks` adds the hook once it trains).
     """
     param = getattr(module, param_name)
+    if not param.requires_grad:
+        return
     buffer = param_name + MASK_SUFFIX
     current = (param._backward_hooks or {}).values()
     if any(isinstance(h, _GradMask) and h.module is module and h.buffer == buffer for h in current):

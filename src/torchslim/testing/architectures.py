@@ -14,7 +14,8 @@ The entries:
   ``gptj`` (``GPTJForCausalLM``: partial rotary, ``fc_in``/``fc_out``), ``segformer``
   (``SegformerForImageClassification``: one head count per stage, a list in its config), ``resnet_hf`` and
   ``convnext_hf`` (``ResNetForImageClassification``, ``ConvNextForImageClassification``: Python checks of
-  the input that plain torch.fx cannot trace);
+  the input that plain torch.fx cannot trace), ``t5`` (``T5ForConditionalGeneration``: encoder and decoder
+  inputs of different lengths);
 * everyday PyTorch: ``vit_mha`` (a ViT on ``nn.MultiheadAttention`` with a class token and positions held
   by the model), ``concat_se`` (concatenated grouped-conv and depthwise branches, a squeeze-excite gate and a
   residual across the concat), ``glu`` (``torch.chunk`` and ``split`` gates), ``tied`` (an embedding read
@@ -335,6 +336,15 @@ def _hf(config_cls: str, model_cls: str, **kw: Any) -> nn.Module:
     return _seeded(lambda: getattr(transformers, model_cls)(config))
 
 
+def _seq2seq_batches(model: nn.Module) -> Architecture:
+    """An encoder-decoder called with ``input_ids`` (9 tokens, padded) and ``decoder_input_ids`` (5 tokens)."""
+    def batch(seed: int) -> dict[str, torch.Tensor]:
+        enc = token_batch(seed, length=9)
+        dec = torch.randint(1, 100, (4, 5), generator=torch.Generator().manual_seed(seed + 100))
+        return {**enc, "decoder_input_ids": dec}
+    return Architecture(model.eval(), batch(0), [batch(s) for s in range(1, CALIBRATION_BATCHES + 1)], "text")
+
+
 _BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -364,6 +374,8 @@ HUGGING_FACE: dict[str, Callable[[], Architecture]] = {
                                      depths=[1, 1], layer_type="bottleneck", num_labels=10), (3, 32, 32)),
     "convnext_hf": lambda: _vision(_hf("ConvNextConfig", "ConvNextForImageClassification", num_stages=2, hidden_sizes=[16, 32],
                                        depths=[1, 1], num_labels=10), (3, 32, 32)),
+    "t5": lambda: _seq2seq_batches(_hf("T5Config", "T5ForConditionalGeneration", vocab_size=100, d_model=32, d_kv=8, d_ff=64,
+                                       num_layers=1, num_heads=4, dropout_rate=0.0, decoder_start_token_id=0)),
 }
 
 
