@@ -4,9 +4,9 @@ Issue 20, acceptance 4: the int8 artefact of every quantized model must be no sl
 ONNX Runtime fp32 of the same model, and where int8 loses on a layer, measurement decides to
 keep it float. The zoo models are timed by ``quant_mobilenet`` (``zoo_one``); this covers the
 rest of :data:`torchslim.testing.architectures.ARCHITECTURES` (the Hugging Face entries
-``bert``, ``bert_cls``, ``gpt2``, ``llama_gqa``, ``vit_hf`` and the everyday PyTorch ones
-``vit_mha``, ``concat_se``, ``glu``, ``tied``, ``gru_text``, ``lstm_text``, ``mbv3_block``, ``torch_encoder``,
-``weight_norm``).
+``bert``, ``bert_cls``, ``gpt2``, ``llama_gqa``, ``vit_hf``, ``swin``, ``gptj``, ``segformer``, ``resnet_hf``,
+``convnext_hf``, ``t5`` and the everyday PyTorch ones ``vit_mha``, ``concat_se``, ``glu``, ``tied``,
+``gru_text``, ``lstm_text``, ``mbv3_block``, ``torch_encoder``, ``weight_norm``, ``seq2seq``).
 
 Protocol, per model:
 
