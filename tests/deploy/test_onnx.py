@@ -376,3 +376,25 @@ def test_an_export_failure_names_the_layer_that_fails_alone_with_the_same_error(
 
     with pytest.raises(TorchslimError, match=r"ONNX export of Scorer failed at layer 'pair' \(Bilinear\): .*bilinear"):
         export_fp32(Scorer().eval(), torch.randn(2, 6))
+
+
+def test_check_onnx_reads_a_pair_of_tensors_as_the_two_inputs_of_a_two_input_model():
+    """(src, tgt) given to forward(src, tgt) is the model's input, not (inputs, labels): check_onnx called
+    forward(src) and crashed ('missing 1 required positional argument')."""
+    from torch import nn
+
+    from torchslim.deploy.check import check_onnx
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(5, 3)
+
+        def forward(self, src, tgt):
+            return self.a(src) + self.b(tgt)
+
+    torch.manual_seed(0)
+    model = Pair().eval()
+    batches = [(torch.randn(2, 4), torch.randn(2, 5)) for _ in range(3)]
+    result = check_onnx(model, export_fp32(model, batches[0]).SerializeToString(), batches)
+    assert result.samples == 6 and result.top1_agreement == 1.0 and result.min_cosine > 0.9999

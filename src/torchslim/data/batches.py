@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -39,8 +40,27 @@ LABEL_KEYS = ("labels", "label")
 BATCH_FORMS = "a tensor, an (inputs, labels) pair or a dict of tensors with a 'labels' key"
 
 
-def split_batch(batch: Any, index: int = 0) -> tuple[Any, torch.Tensor | None]:
+def required_positional(model: Any) -> int:
+    """How many positional arguments ``model``'s forward requires (those without a default).
+
+    Example:
+        >>> from torch import nn
+        >>> required_positional(nn.Linear(2, 2)), required_positional(nn.Bilinear(2, 2, 1))
+        (1, 2)
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (AttributeError, TypeError, ValueError):  # no forward with a signature: one input
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+
+
+def split_batch(batch: Any, index: int = 0, model: Any = None) -> tuple[Any, torch.Tensor | None]:
     """``(inputs, labels)`` of one batch (see the module docstring); ``labels`` is ``None`` when absent.
+
+    A pair of tensors for a ``model`` whose forward requires two positional arguments or more
+    (``forward(self, src, tgt)``) is that model's input, without labels (with labels: ``((src, tgt), y)``).
 
     Raises:
         TorchslimError: the batch is none of the allowed forms (``index`` names it).
@@ -63,6 +83,9 @@ def split_batch(batch: Any, index: int = 0) -> tuple[Any, torch.Tensor | None]:
         labels = batch[key] if key is not None else None
         return inputs, _labels(labels, index)
     if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        if model is not None and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch) \
+                and required_positional(model) >= 2:
+            return tuple(batch), None
         return batch[0], _labels(batch[1] if len(batch) == 2 else None, index)
     raise TorchslimError(f"batch {index} is a {type(batch).__name__}; a batch must be {BATCH_FORMS}")
 

@@ -212,7 +212,7 @@ def check_onnx(
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            inputs, labels = split_batch(batch, i)
+            inputs, labels = split_batch(batch, i, model)
             ref = first_tensor(call_model(model, move(inputs, device))).detach().float().cpu()
             got = _ort_first(session, inputs).float()
             if got.shape != ref.shape:

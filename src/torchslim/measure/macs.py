@@ -9,7 +9,6 @@ arguments, e.g. a Hugging Face tokenizer output).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from torchslim.data.batches import required_positional
 from torchslim.errors import TorchslimError
 
 ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]
@@ -86,21 +86,6 @@ def input_bytes(example: ExampleInput) -> int:
 
     _map_tensors(example, add)
     return total
-
-
-def required_positional(model: nn.Module) -> int:
-    """How many positional arguments ``model``'s forward requires (those without a default).
-
-    Example:
-        >>> required_positional(nn.Linear(2, 2)), required_positional(nn.Bilinear(2, 2, 1))
-        (1, 2)
-    """
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):  # a forward without a signature (a C extension): one input
-        return 1
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
 
 
 def batch_inputs(batch: Any, model: nn.Module | None = None) -> Any:

@@ -55,7 +55,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], max_batches:
         for index, batch in enumerate(batches):
             if index >= max_batches:
                 break
-            inputs, _ = split_batch(batch, index)
+            inputs, _ = split_batch(batch, index, model)
             call_model(model, move(inputs, device))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
