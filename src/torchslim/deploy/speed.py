@@ -15,9 +15,11 @@ convolutions, Linear layers, attention, embeddings and recurrent layers).
 The choice is a list of layer names: quantize again with them as ``null`` in
 ``targets`` (or export with them in float through
 :func:`~torchslim.quant.guard.kept_in_float`). Given the float model as
-``reference``, its fp32 graph is one more candidate: when it is faster than the
-int8 graph chosen (no margin: the artefact must be no slower than fp32),
-``float_model`` is ``True`` and the model to deploy is the float one. That is
+``reference``, its fp32 graph is one more candidate: unless the int8 graph chosen
+beats it by more than ``margin`` (int8 must pay for itself), or when the choice
+keeps every quantized layer in float (what is left of int8 is quantize/dequantize
+pairs around float layers), ``float_model`` is ``True`` and the model to deploy is
+the float one. That is
 common for models of a few hundred microseconds, where the QuantizeLinear/
 DequantizeLinear pairs cost more than the int8 kernels save.
 
@@ -134,8 +136,8 @@ def choose_float_layers(
         example_input: one example batch (its first sample is repeated to ``batch_size``).
         groups: ``{name: layer names}`` to try in float (default :func:`layer_groups`).
         reference: the float model, timed as ``fp32`` beside them (exported with :func:`export_fp32`); unless the
-            int8 graph chosen is faster than it by more than ``margin``, ``float_model`` is set (int8 is deployed
-            only where it measurably pays).
+            int8 graph chosen is faster than it by more than ``margin`` and keeps some layer int8, ``float_model``
+            is set (int8 is deployed only where it measurably pays).
         batch_size: samples per timed run.
         threads: ONNX Runtime intra-op threads.
         runs: timed runs per variant and round (the median is taken).
@@ -170,5 +172,7 @@ def choose_float_layers(
         if med["chosen"] < med[f"int8, {chosen[0]} in float"]:
             chosen = winners
     best = med["chosen"] if len(chosen) > 1 else med[f"int8, {chosen[0]} in float"] if chosen else med["int8"]
-    float_model = "fp32" in med and best >= med["fp32"] * (1 - margin)  # int8 must pay by the margin too
+    every = {n for names in groups.values() for n in names}  # no int8 layer left: that graph is fp32 with extra nodes
+    all_float = bool(every) and every <= {n for g in chosen for n in groups[g]}
+    float_model = "fp32" in med and (all_float or best >= med["fp32"] * (1 - margin))  # int8 must pay by the margin too
     return SpeedChoice([n for g in chosen for n in groups[g]], chosen, med, per_round, float_model)
