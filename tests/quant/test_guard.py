@@ -135,3 +135,21 @@ def test_every_layer_kept_in_float_is_the_float_model_despite_bias_correction() 
         assert (model(x) - ref).abs().max() > 1e-3  # quantized again after the blocks
     for k, v in model.state_dict().items():  # the corrected biases are back, bit for bit
         assert torch.equal(v, state[k]), k
+
+
+def test_the_sensitivity_sweep_with_cached_weights_measures_what_it_measured_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's one-layer-in-float sweep runs the model once per layer; the weights' fake-quantized copies are
+    kept between those forwards (cached_weights). The figures must be the ones the uncached sweep gives."""
+    import contextlib
+
+    import torchslim.quant.guard as guard_module
+
+    results = []
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(guard_module, "cached_weights", lambda _m: contextlib.nullcontext())
+        model, batches = _outlier_model()
+        with pytest.warns(AccuracyWarning):
+            report = quantize_(model, {"guard": {"fallback": "auto"}}, calibration=batches)
+        results.append((report.meta["guard"]["sensitive_layers"], report.meta["guard"]["fallback"]))
+    assert results[0] == results[1]

@@ -51,7 +51,7 @@ from torch import nn
 
 from torchslim.quant.config import GuardConfig, QuantizeConfig
 from torchslim.quant.correct import uncorrected
-from torchslim.quant.fake import FakeQuantize
+from torchslim.quant.fake import FakeQuantize, cached_weights
 from torchslim.quant.metrics import LayerSQNR, compare_outputs, model_outputs
 from torchslim.quant.model import ACT_DICT, add_points, layer_quantizers
 
@@ -161,7 +161,7 @@ class _Probe:
         were: with one of them in float, the shifts after it would be wrong).
         """
         found = {}
-        with uncorrected(_modules(work, names)):  # (activation points have no bias: nothing to take out)
+        with uncorrected(_modules(work, names)), cached_weights(work):  # (activation points have no bias)
             for name in names:
                 with kept_in_float(work, [name]):
                     found[name] = self.output(work, first_only=True).get("output_sqnr_db", float("nan"))
@@ -214,13 +214,14 @@ def _fall_back(outcome: GuardOutcome, probe: _Probe, names: Sequence[str], sensi
     chosen: list[str] = []
     work, after = outcome.model, outcome.output
     for _ in range(MAX_REBUILDS):
-        for name in ranked:
-            if name in chosen or len(chosen) >= limit:
-                continue
-            chosen.append(name)
-            with uncorrected(_modules(work, names)), kept_in_float(work, chosen):  # as in the sensitivity probe
-                if meets_floor(probe.output(work), guard):
-                    break
+        with cached_weights(work):
+            for name in ranked:
+                if name in chosen or len(chosen) >= limit:
+                    continue
+                chosen.append(name)
+                with uncorrected(_modules(work, names)), kept_in_float(work, chosen):  # as in the sensitivity probe
+                    if meets_floor(probe.output(work), guard):
+                        break
         work = rebuild(list(chosen))
         after = probe.output(work)
         if meets_floor(after, guard) or len(chosen) >= limit:
