@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "torchslim"
 TECHNIQUES = {"prune", "quant", "fold", "lowrank", "encode", "distill"}
 GENERIC = {"train", "graph", "measure", "io", "report", "data", "zoo", "config", "errors", "registry", "targets",
-           "budget", "technique", "_compat", "_io"}
+           "budget", "technique", "_compat", "_io", "_progress"}
 
 
 def _unit(path: Path) -> str:

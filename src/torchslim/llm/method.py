@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from torchslim._progress import progress_bar
 from torchslim.errors import TorchslimError, TransformRefusedError
 from torchslim.llm.calibrate import (
     BlockInputs,
@@ -120,14 +119,6 @@ class _Head(nn.Module):
 
     def forward(self, hidden: torch.Tensor, **_: Any) -> torch.Tensor:
         return self.head(self.norm(hidden))
-
-
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not (enabled and console.is_terminal),
-    )
 
 
 class LLMMethod(Technique[Any, Plan]):
@@ -226,7 +217,7 @@ class LLMMethod(Technique[Any, Plan]):
         cache = capture_inputs(model, batches, blocks)
         results: list[LayerResult] = []
         updates: dict[str, torch.Tensor] = {}
-        with _progress(self.progress) as bar:
+        with progress_bar(enabled=self.progress, elapsed=True) as bar:
             task = bar.add_task(f"{self.name} blocks", total=last + 1 + bool(head))
             for i in range(last + 1):
                 block = blocks.layers[i]

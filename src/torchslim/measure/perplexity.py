@@ -42,10 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from torchslim._progress import progress_bar
 from torchslim.errors import TorchslimError
 
 __all__ = ["PerplexityResult", "perplexity", "scored_spans"]
@@ -149,14 +148,6 @@ def _batches(spans: list[tuple[int, int, int]], batch_size: int) -> Iterator[lis
         yield spans[i : i + batch_size]
 
 
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not (enabled and console.is_terminal),
-    )
-
-
 def perplexity(
     model: Any,
     tokens: Any,
@@ -197,7 +188,7 @@ def perplexity(
     total, count = 0.0, 0
     began = time.perf_counter()
     try:
-        with torch.no_grad(), _progress(progress) as bar:  # not inference_mode: a layer may cache what it computes
+        with torch.no_grad(), progress_bar("perplexity", enabled=progress) as bar:  # not inference_mode: a layer may cache what it computes
             task = bar.add_task("perplexity", total=len(spans))
             for group in _batches(spans, batch_size):
                 batch = torch.stack([stream[a:b] for a, _, b in group])

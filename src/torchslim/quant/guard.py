@@ -49,6 +49,7 @@ from typing import Any
 
 from torch import nn
 
+from torchslim._progress import progress_bar
 from torchslim.quant.config import GuardConfig, QuantizeConfig
 from torchslim.quant.correct import uncorrected
 from torchslim.quant.fake import FakeQuantize, cached_weights
@@ -161,10 +162,12 @@ class _Probe:
         were: with one of them in float, the shifts after it would be wrong).
         """
         found = {}
-        with uncorrected(_modules(work, names)), cached_weights(work):  # (activation points have no bias)
+        with uncorrected(_modules(work, names)), cached_weights(work), progress_bar() as bar:  # (points: no bias)
+            task = bar.add_task("accuracy guard: each layer alone in float", total=len(names))
             for name in names:
                 with kept_in_float(work, [name]):
                     found[name] = self.output(work, first_only=True).get("output_sqnr_db", float("nan"))
+                bar.advance(task)
         return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 

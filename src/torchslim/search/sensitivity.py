@@ -40,10 +40,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from torchslim._progress import progress_bar
 from torchslim.data import DataBundle
 from torchslim.data.batches import batch_size_of, move, split_batch
 from torchslim.data.core import first_sample
@@ -270,19 +269,6 @@ def _layers_for(model: nn.Module, cfg: SensitivityConfig) -> dict[str, list[str]
     return out
 
 
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}", markup=False),  # layer names are plain text
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not (enabled and console.is_terminal),
-    )
-
-
 def _unit_result(model: nn.Module, unit: Unit, options: list[OptionResult]) -> UnitResult:
     own = own_parameters(model, unit.layers)
     return UnitResult(name=unit.name, kind=unit.kind, layers=list(unit.layers), params=sum(p.numel() for _, p in own),
@@ -338,7 +324,7 @@ def sensitivity(
     used = val.batches[:1] if cfg.metric == "sqnr" else val.batches
     val.cache = ActivationCache.build(model, [b for b, _ in used], [set(u.layers) for _, units, _ in plans for u in units])
     analyses = []
-    with _progress(progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task("sensitivity", total=sum(len(units) * len(s) for _, units, s in plans))
         for analysis, units, settings in plans:
             t0 = time.perf_counter()
