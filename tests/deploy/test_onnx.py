@@ -398,3 +398,20 @@ def test_check_onnx_reads_a_pair_of_tensors_as_the_two_inputs_of_a_two_input_mod
     batches = [(torch.randn(2, 4), torch.randn(2, 5)) for _ in range(3)]
     result = check_onnx(model, export_fp32(model, batches[0]).SerializeToString(), batches)
     assert result.samples == 6 and result.top1_agreement == 1.0 and result.min_cosine > 0.9999
+
+
+def test_a_bfloat16_model_exports_its_int8_graph_from_a_float32_copy():
+    """The int8 layers' exported weights are float32 while a bfloat16 model's activations are not: the export
+    failed ('Input type (CPUBFloat16Type) and weight type (torch.FloatTensor) should be the same')."""
+    torch.manual_seed(0)
+    from torchslim.zoo import create_model
+
+    model = create_model("lenet5").to(torch.bfloat16).eval()
+    batches = [torch.randn(8, 1, 28, 28).to(torch.bfloat16) for _ in range(3)]
+    quantize_(model, {"mode": "static", "guard": {"enabled": False}}, calibration=batches)
+    proto = export_qdq(model, batches[0])
+    assert next(p for p in model.parameters()).dtype == torch.bfloat16  # the model itself is left as it was
+    got = torch.as_tensor(OrtModel(proto, threads=1)(batches[0])).float()
+    with torch.no_grad():
+        sim = model(batches[0]).float()
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), sim.flatten(), dim=0)) > 0.99

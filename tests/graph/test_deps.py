@@ -308,3 +308,17 @@ def test_a_layernorm_subclass_calling_f_layer_norm_is_a_layernorm_of_the_stream(
     model, x = transformers.ConvNextForImageClassification(cfg).eval(), torch.randn(2, 3, 32, 32)
     g = [g for g in dependency_groups(model, x).groups if ("convnext.embeddings.patch_embeddings", "out") in members(g)][0]
     assert g.prunable and ("convnext.embeddings.layernorm", "ln") in members(g)
+
+
+def test_a_data_parallel_wrapper_is_looked_through_and_its_names_kept():
+    from torchslim.deploy import export_fp32
+    from torchslim.prune.structured import prune_structured_
+
+    model = nn.DataParallel(create_model("resnet_cifar", depth=8)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    d = dependency_groups(model, x)
+    assert all(m.module.startswith("module.") for g in d.groups for m in g.members)
+    report = prune_structured_(model, {"granularity": "channel", "sparsity": 0.5}, example_input=x)
+    assert any(layer.name.startswith("module.layer") for layer in report.layers)
+    assert model.module.layer1[0].conv1.out_channels == 8 and model(x).shape == (2, 10)
+    assert export_fp32(model, x).graph.input[0].name == "input"

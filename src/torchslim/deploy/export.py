@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import time
@@ -37,6 +38,7 @@ from torch import nn
 
 from torchslim.deploy import passes
 from torchslim.errors import TorchslimError
+from torchslim.graph.deps import unwrapped
 from torchslim.io import atomic_write_bytes
 from torchslim.measure.macs import ExampleInput, eval_mode, mha_slow_path
 from torchslim.quant.affine import fake_quantize
@@ -150,6 +152,7 @@ def onnx_export_bytes(
         >>> len(data) > 0
         True
     """
+    model = unwrapped(model)[0]  # torch.compile's and DataParallel's wrappers: the model they hold
     keys, names, tensors = _flat_inputs(example_input)
     wrapper = _FlatIO(model, keys)
     with eval_mode(model), torch.no_grad(), eager_attention(model), mha_slow_path():
@@ -183,6 +186,25 @@ def onnx_export_bytes(
                 at = f" at layer {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
                 raise TorchslimError(f"ONNX export of {type(model).__name__} failed{at}: {exc}") from exc
     return buffer.getvalue()
+
+
+def _float32(model: nn.Module, example_input: ExampleInput) -> tuple[nn.Module, ExampleInput]:
+    """``model`` and ``example_input`` as they are when every floating tensor is float32, else float32 copies."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(not t.is_floating_point() or t.dtype == torch.float32 for t in tensors):
+        return model, example_input
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.float() if t.is_floating_point() else t
+
+    example: Any = example_input
+    if isinstance(example, torch.Tensor):
+        example = cast(example)
+    elif isinstance(example, Mapping):
+        example = {k: cast(v) for k, v in example.items()}
+    elif isinstance(example, (tuple, list)):
+        example = type(example)(cast(t) for t in example)
+    return copy.deepcopy(model).float(), example
 
 
 def _first_line(exc: BaseException) -> str:
@@ -305,8 +327,10 @@ def export_qdq(
     become int8 initializers (values on the layer's own grid, 2 to 8 bits)
     followed by DequantizeLinear with the layer's per-tensor or per-channel
     scales. Per-group weights are written as float constants already on their
-    grid (ONNX Runtime has no int8 kernel for them). The model is not modified.
-    The graph rewrites are :data:`~torchslim.deploy.passes.QDQ_PASSES`, in order.
+    grid (ONNX Runtime has no int8 kernel for them). The model is not modified
+    (a bfloat16 or float16 model is exported from a float32 copy: the QDQ graph's
+    float tensors are float32). The graph rewrites are
+    :data:`~torchslim.deploy.passes.QDQ_PASSES`, in order.
 
     Args:
         model: a quantized model.
@@ -341,10 +365,11 @@ def export_qdq(
         {'QuantizeLinear': 3, 'Flatten': 1, 'DequantizeLinear': 6, 'Gemm': 3, 'Relu': 2}
         >>> tmp.cleanup()
     """
-    layers: list[Any] = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
     if not any(isinstance(m, QUANT_MODULES) for m in model.modules()):
         raise TorchslimError("export_qdq needs a quantized model (run quantize_ first); use export_fp32 for float")
     check_exportable(model)
+    model, example_input = _float32(model, example_input)
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
     proto = onnx.load_from_string(_export_quantized(model, layers, example_input, opset))
     skip = {name for name, on in (("space_to_depth", space_to_depth), ("pad_channels", pad_channels)) if not on}
     passes.run_passes(proto, passes.QDQ_PASSES, skip=skip)

@@ -70,7 +70,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from torch import nn
@@ -111,8 +111,13 @@ def dependency_groups(model: nn.Module, example_input: Any) -> Dependencies:
     """Trace ``model`` and return its channel groups, attention head groups and blocked layers.
 
     A model torch.fx cannot trace gets its groups from module-level rules
-    (:func:`torchslim.graph.blocks.rule_groups`, ``engine="rules"``).
+    (:func:`torchslim.graph.blocks.rule_groups`, ``engine="rules"``). A wrapper (``torch.compile``'s
+    ``OptimizedModule``, ``nn.DataParallel``, ``DistributedDataParallel``) is looked through: the model it
+    wraps is analysed and every name keeps the wrapper's prefix (``_orig_mod.``, ``module.``).
     """
+    inner, prefix = unwrapped(model)
+    if inner is not model:
+        return _prefixed(dependency_groups(inner, example_input), prefix)
     try:
         walk = FxWalk(model, example_input)
     except TraceError as exc:
@@ -124,6 +129,32 @@ def dependency_groups(model: nn.Module, example_input: Any) -> Dependencies:
     shared = {t: f"called {c} times in the forward (one set of weights read by several inputs)" for t, c in calls.items()
               if c > 1 and any(True for _ in model.get_submodule(t).parameters(recurse=False))}
     return _frozen_with(deps, shared)
+
+
+def unwrapped(model: nn.Module) -> tuple[nn.Module, str]:
+    """``(the model a wrapper holds, the prefix of its names in the wrapper)``; ``(model, "")`` for anything else.
+
+    Example:
+        >>> inner, prefix = unwrapped(nn.DataParallel(nn.Linear(2, 2)))
+        >>> type(inner).__name__, prefix
+        ('Linear', 'module.')
+    """
+    prefix = ""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+            model, prefix = inner, prefix + "_orig_mod."
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model, prefix = model.module, prefix + "module."
+        else:
+            return model, prefix
+
+
+def _prefixed(deps: Dependencies, prefix: str) -> Dependencies:
+    groups = [Group(g.id, g.channels, [replace(m, module=prefix + m.module) for m in g.members], g.frozen) for g in deps.groups]
+    heads = [replace(h, module=prefix + h.module) for h in deps.heads]
+    blocked = {prefix + name: why for name, why in deps.blocked.items()}
+    return Dependencies(groups, heads, blocked, deps.engine, deps.note)
 
 
 def parametrized_reason(module: nn.Module) -> str | None:
