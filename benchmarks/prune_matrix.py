@@ -39,7 +39,8 @@ counted in full), whether the pruned model still runs on the example and keeps e
 and a refusal, an exception (first line of its message and the frame that raised it) or a run past
 60 s (Torch-Pruning's dependency search does not end on some graphs). Target: for every architecture
 where both sides prune and return a model that runs with its output shapes, ``|ours / TP - 1| <= 0.10``
-on MACs after pruning; every other architecture is listed with each side's refusal.
+on MACs after pruning; every other architecture is listed with each side's refusal. Where the two sides
+differ by more than that, each side's output width of every layer (before -> after) is recorded too.
 
 Diagnostic (``tp_on_our_groups``, not the target): Torch-Pruning again with every leaf layer whose
 output width torchslim left whole added to ``ignored_layers``: the same groups pruned on both sides,
@@ -273,14 +274,17 @@ def run_architecture(name: str) -> dict[str, Any]:
     ours = run_side(name, prune_torchslim)
     tp = run_side(name, prune_torch_pruning)
     row = {"torchslim": ours, "torch_pruning": tp, "ours_over_tp": compare(ours, tp), "tp_on_our_groups": {}}
+    before = leaf_widths(ARCHITECTURES[name]().model)
     if ours["status"] == "pruned":
-        before = leaf_widths(ARCHITECTURES[name]().model)
         keep = frozenset(n for n, w in ours["widths"].items() if w == before.get(n))
         row["tp_on_our_groups"] = same = run_side(name, lambda m, x: prune_torch_pruning(m, x, keep))
         same["kept_by_torchslim"] = sorted(keep)
         row["ours_over_tp_on_our_groups"] = compare(ours, same)
+    outside = row["ours_over_tp"] is not None and abs(row["ours_over_tp"] - 1) > TOLERANCE
     for side in (ours, tp, row["tp_on_our_groups"]):
-        side.pop("widths", None)  # used above; the results keep the figures and the reasons
+        widths = side.pop("widths", None)  # kept where the sides differ by more than the tolerance: where, layer by layer
+        if outside and widths is not None and side is not row["tp_on_our_groups"]:
+            side["output_widths"] = {n: f"{before.get(n)} -> {w}" for n, w in widths.items()}
     return row
 
 
