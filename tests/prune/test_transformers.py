@@ -223,3 +223,22 @@ def test_uniform_refuses_blocks_of_different_head_counts_and_leaves_the_model_as
     assert model.config.to_dict() == cfg_before
     with torch.no_grad():
         model(**x)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("resnet_hf", "ResNetForImageClassification"),
+                                           ("convnext_hf", "ConvNextForImageClassification")])
+def test_a_cnn_pruned_to_widths_no_config_says_reloads_identically(tmp_path, name, cls):
+    """Channel pruning leaves a Hugging Face CNN with layers of widths its config cannot say (hidden_sizes is per
+    stage; here each bottleneck and block keeps its own): from_pretrained built the stock widths and refused the
+    weights. Now each layer is narrowed to its saved weight's shape (grouped and depthwise convolutions, BatchNorm,
+    ConvNeXt's layer scale) before loading."""
+    from torchslim.testing.architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES[name]()
+    model, x = arch.model, arch.example
+    prune_structured_(model, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False}, example_input=x)
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(getattr(T, cls), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())

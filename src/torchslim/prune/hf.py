@@ -1,4 +1,4 @@
-"""Hugging Face models after head pruning: rebuild them from a saved directory.
+"""Hugging Face models after structured pruning: rebuild them from a saved directory.
 
 A Hugging Face config can say how many heads every layer has only where it has
 a ``head_dim`` (Llama, ViT): a uniform head pruning of such a model is a stock
@@ -71,18 +71,57 @@ def restore_pruned_heads(model: nn.Module) -> None:
                 slice_attention(module, name, [h for h in range(spec.heads) if h not in gone])
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _per_group(groups: int, per: int, keep: int) -> list[int]:
+    """The first ``keep`` positions of each of ``groups`` groups of ``per``."""
+    return [g * per + j for g in range(groups) for j in range(keep)]
+
+
 def _fit_widths(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Narrow every Linear, LayerNorm and Embedding of ``model`` to the shape its saved weight has (first channels kept:
-    the saved weights replace them all)."""
+    """Narrow every layer of ``model`` to the shape its saved weight has (first channels kept, as many in every
+    group of a grouped convolution or a GroupNorm: the saved weights replace them all), and every parameter a
+    module holds directly (a layer scale) to its saved shape."""
     for name, m in model.named_modules():
         saved = state.get(f"{name}.weight")
-        if saved is None or not isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding)) or saved.shape == m.weight.shape:
+        if saved is None or getattr(m, "weight", None) is None or saved.shape == m.weight.shape:
             continue
         dims = [list(range(n)) if n != c else None for n, c in zip(saved.shape, m.weight.shape)]
         if isinstance(m, nn.Linear):
             slice_module(m, name, out=dims[0], inp=dims[1])
-        else:
+        elif isinstance(m, (nn.LayerNorm, nn.Embedding)):
             slice_module(m, name, out=dims[-1])
+        elif isinstance(m, _NORMS):
+            slice_module(m, name, out=dims[0])
+        elif isinstance(m, nn.GroupNorm):
+            slice_module(m, name, out=_per_group(m.num_groups, m.num_channels // m.num_groups, saved.shape[0] // m.num_groups))
+        elif isinstance(m, _CONVS):
+            g = int(m.groups)
+            if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: its channels are its groups
+                slice_module(m, name, out=dims[0])
+                continue
+            out = None if dims[0] is None else _per_group(g, m.out_channels // g, saved.shape[0] // g)
+            inp = None if dims[1] is None else _per_group(g, m.in_channels // g, saved.shape[1])
+            slice_module(m, name, out=out, inp=inp)
+    layers = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.GroupNorm, *_NORMS, *_CONVS)
+    for name, m in model.named_modules():
+        if isinstance(m, layers):
+            continue
+        for pname, p in list(m._parameters.items()):
+            saved = state.get(f"{name}.{pname}" if name else pname)
+            if p is not None and saved is not None and saved.dim() == p.dim() and saved.shape != p.shape:
+                narrowed = p.detach()[tuple(slice(0, n) for n in saved.shape)].clone()
+                setattr(m, pname, nn.Parameter(narrowed, requires_grad=p.requires_grad))
+
+
+def _fits(model_class: Any, config: Any, state: dict[str, torch.Tensor]) -> bool:
+    """Does ``model_class(config)`` (built on the meta device) have every saved weight's shape?"""
+    with torch.device("meta"):
+        fresh = model_class(config)
+    own = fresh.state_dict()
+    return all(k not in own or tuple(own[k].shape) == tuple(v.shape) for k, v in state.items())
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -100,9 +139,11 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
-    """``model_class.from_pretrained(path)``, also for a model saved with heads pruned (``config.pruned_heads``)
-    or, for BERT, its hidden width pruned (``config.hidden_size_built``: the width its attention was built with,
-    since BERT derives the head size from ``hidden_size``; :func:`torchslim.graph.hidden.sync_hidden`).
+    """``model_class.from_pretrained(path)``, also for a model saved with heads pruned (``config.pruned_heads``),
+    for BERT its hidden width pruned (``config.hidden_size_built``: the width its attention was built with,
+    since BERT derives the head size from ``hidden_size``; :func:`torchslim.graph.hidden.sync_hidden`), and for
+    layers pruned to widths no config field can say (a ResNet's or ConvNeXt's channels, layer by layer): the
+    model is built from its config and each layer narrowed to its saved weight's shape before loading.
 
     Args:
         model_class: a Hugging Face model class (``transformers.BertForSequenceClassification``, ...).
@@ -117,17 +158,17 @@ def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
     path = Path(path)
     config = model_class.config_class.from_pretrained(str(path))
     built = getattr(config, "hidden_size_built", None)
-    if not getattr(config, "pruned_heads", None) and built is None:
+    state = _state(path)
+    if not getattr(config, "pruned_heads", None) and built is None and _fits(model_class, config, state):
         return model_class.from_pretrained(str(path)).eval()
-    width = config.hidden_size
+    width = getattr(config, "hidden_size", None)
     if built is not None:  # BERT with its hidden width pruned: built as it was, then narrowed to the saved shapes
         config.hidden_size = built
     model = model_class(config)
-    config.hidden_size = width
-    restore_pruned_heads(model)
-    state = _state(path)
     if built is not None:
-        _fit_widths(model, state)
+        config.hidden_size = width
+    restore_pruned_heads(model)
+    _fit_widths(model, state)  # channels pruned to widths no config field says (a CNN's layers, one by one)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
