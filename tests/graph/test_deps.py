@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -322,3 +323,54 @@ def test_a_data_parallel_wrapper_is_looked_through_and_its_names_kept():
     assert any(layer.name.startswith("module.layer") for layer in report.layers)
     assert model.module.layer1[0].conv1.out_channels == 8 and model(x).shape == (2, 10)
     assert export_fp32(model, x).graph.input[0].name == "input"
+
+
+def test_concrete_tracing_refuses_questions_on_the_data_and_leaves_the_example_and_buffers_alone():
+    """Shape questions are answered by the example; questions whose answer depends on the numbers (a count of
+    non-zeros, torch.equal, a boolean mask's length) are refused, or one example's branch would be baked in."""
+    import torch.fx as fx
+
+    from torchslim.graph.concrete import concrete_trace
+    from torchslim.graph.trace import TraceError
+
+    def model_with(question):
+        class Q(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 1)
+                self.register_buffer("seen", torch.zeros(()))
+
+            def forward(self, x):
+                self.seen += 1
+                x.add_(1.0)  # in place: on the tracer's copy of the example, not the caller's
+                return self.conv(x) if question(x) else -self.conv(x)
+        return Q()
+
+    x = torch.randn(1, 3, 2, 2)
+    before = x.clone()
+    m = model_with(lambda t: t.shape[1] == 3)
+    concrete_trace(m, fx.Tracer, x)
+    assert float(m.seen) == 0 and torch.equal(x, before)
+    for question in (lambda t: (t > 0).nonzero().shape[0] > 3, lambda t: torch.equal(t, t * 0),
+                     lambda t: len(t[t > 0]) > 3, lambda t: t.sum() > 0):
+        with pytest.raises(TraceError, match="control flow on the data"):
+            concrete_trace(model_with(question), fx.Tracer, x)
+
+
+def test_a_dict_example_with_a_specialized_default_and_a_wrapped_root_parameter():
+    class Flags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+            self.scale = nn.Parameter(torch.ones(16))
+
+        def forward(self, input_ids, return_dict: bool = True):
+            h = self.scale * torch.relu(self.a(input_ids))
+            return self.b(h) if return_dict else -self.b(h)
+
+    x = {"input_ids": torch.randn(2, 8)}
+    g = [g for g in dependency_groups(Flags(), x).groups if ("a", "out") in members(g)][0]
+    assert g.prunable and ("", "param") in members(g)
+    wrapped = [g for g in dependency_groups(nn.DataParallel(Flags()), torch.randn(2, 8)).groups
+               if ("module.a", "out") in members(g)][0]
+    assert ("module", "param") in members(wrapped)  # the wrapped model's own parameter: 'module', not 'module.'

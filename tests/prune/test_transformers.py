@@ -242,3 +242,14 @@ def test_a_cnn_pruned_to_widths_no_config_says_reloads_identically(tmp_path, nam
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_from_pretrained_still_reads_a_directory_with_only_pytorch_model_bin(tmp_path):
+    """The shapes check reads safetensors headers; a directory of an older format goes to transformers as before."""
+    cfg = T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = T.BertModel(cfg).eval()
+    cfg.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = from_pretrained(T.BertModel, tmp_path)
+    ids = torch.tensor([[1, 5, 7, 2]])
+    assert torch.equal(loaded(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)

@@ -203,3 +203,33 @@ def test_an_untraceable_model_falls_back_and_the_report_says_why(digits, untrace
     assert "control flow" in placement["note"] and "each quantized layer quantizes its own input" in placement["note"]
     assert "cannot trace" in report.meta["batchnorm_note"] and report.meta["batchnorm_folded"] == []
     assert isinstance(model.bn, nn.BatchNorm2d) and model.conv.input_fq is not None
+
+
+def test_a_quantized_graph_refuses_an_argument_its_calibration_did_not_give_and_a_copy_runs_its_own_graph():
+    """The graph replacing forward was traced with the calibration batches' arguments only: a mask given later
+    would be dropped into **kwargs (silently) or bound to the traced default. And the replaced forward must follow
+    a deep copy: the copy's graph, not the original's."""
+    import copy
+
+    from torchslim.errors import TorchslimError
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x, mask=None, **kwargs):
+            h = torch.relu(self.a(x))
+            return self.b(h if mask is None else h * mask)
+
+    torch.manual_seed(0)
+    model = Masked().eval()
+    quantize_(model, {"mode": "static", "guard": {"enabled": False}}, calibration=[torch.randn(16, 4) for _ in range(2)])
+    x = torch.randn(3, 4)
+    assert torch.equal(model(x), model(x, mask=None))
+    with pytest.raises(TorchslimError, match="mask would be ignored"):
+        model(x, mask=torch.zeros(3, 8))
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.a.weight.zero_()
+    assert not torch.equal(clone(x), model(x))

@@ -71,22 +71,23 @@ def ort_feed(session: Any, inputs: ExampleInput) -> dict[str, Any]:
         ['input']
     """
     names = [i.name for i in session.get_inputs()]
+    types = {i.name: i.type for i in session.get_inputs()}
     if isinstance(inputs, Mapping):
         missing = [n for n in names if n not in inputs]
         if missing:
             raise TorchslimError(f"the ONNX model needs input(s) {missing}; example_input has {list(inputs)}")
-        return {n: _array(inputs[n]) for n in names}
+        return {n: _array(inputs[n], types[n]) for n in names}
     tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     if len(tensors) != len(names):
         raise TorchslimError(f"the ONNX model takes {len(names)} input(s) {names}; example_input has {len(tensors)}")
-    return {n: _array(t) for n, t in zip(names, tensors)}
+    return {n: _array(t, types[n]) for n, t in zip(names, tensors)}
 
 
-def _array(t: torch.Tensor) -> Any:
-    """A numpy array of ``t``; bfloat16 (which numpy lacks) as float32, what a graph exported from a float32 copy
-    of a bfloat16 model reads."""
+def _array(t: torch.Tensor, onnx_type: str) -> Any:
+    """A numpy array of ``t``; a floating tensor the graph reads as float32 (``tensor(float)``: a graph exported
+    from a float32 copy of a bfloat16 or float16 model) as float32."""
     t = t.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return (t.float() if t.is_floating_point() and onnx_type == "tensor(float)" else t).numpy()
 
 
 def measure_ort_latency(

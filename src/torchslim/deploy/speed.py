@@ -172,7 +172,7 @@ def choose_float_layers(
         if med["chosen"] < med[f"int8, {chosen[0]} in float"]:
             chosen = winners
     best = med["chosen"] if len(chosen) > 1 else med[f"int8, {chosen[0]} in float"] if chosen else med["int8"]
-    every = {n for names in groups.values() for n in names}  # no int8 layer left: that graph is fp32 with extra nodes
+    every = {n for names in layer_groups(model).values() for n in names}  # no int8 layer left: fp32 with extra nodes
     all_float = bool(every) and every <= {n for g in chosen for n in groups[g]}
     float_model = "fp32" in med and (all_float or best >= med["fp32"] * (1 - margin))  # int8 must pay by the margin too
     return SpeedChoice([n for g in chosen for n in groups[g]], chosen, med, per_round, float_model)

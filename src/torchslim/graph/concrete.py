@@ -4,10 +4,12 @@ torch.fx stops at Python that asks a question of a traced value (``if x.shape[1]
 ``len(x)``, ``for part in x``) and at a root ``forward`` wrapped by a decorator that takes ``*args,
 **kwargs`` (Hugging Face's ``can_return_tuple``). The tracer here runs each operation on the example
 input as it records it, so a question on shapes gets the answer the example gives, and it traces the
-undecorated ``forward``. A question on the data (``if h.sum() > 0``, anything after ``.item()``) is
-still refused: its answer could differ for the next input, and the graph would then be wrong. The graph is right for the example's shapes and branches: it serves to find
+undecorated ``forward``. A question on the data (``if h.sum() > 0``, anything after ``.item()``,
+``torch.equal``, the length of ``x.nonzero()`` or of a boolean-masked tensor) is still refused: its answer
+could differ for the next input, and the graph would then be wrong. The graph is right for the example's shapes and branches: it serves to find
 which channels depend on which (:class:`torchslim.graph.fxwalk.FxWalk`), never to run the model. The
-example runs in eval mode without gradients (no BatchNorm statistic moves).
+example runs in eval mode without gradients on a copy of the example, and the model's buffers are put back
+after (no BatchNorm statistic, counter or cache moves).
 
 :func:`analysis_trace` is the structural analysis's one entry: plain torch.fx first; concrete tracing
 when that fails and the model has no attention block that the module-level rules of
@@ -46,14 +48,37 @@ from torchslim.measure.macs import eval_mode
 __all__ = ["analysis_trace", "concrete_trace"]
 
 
-#: methods that read a tensor's numbers into Python: what follows from them depends on the data
-_DATA_METHODS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__"}
+#: operations whose output's shape depends on the data (which entries are non-zero, which values occur)
+_DATA_SHAPED = {torch.nonzero, torch.argwhere, torch.masked_select, torch.unique, torch.unique_consecutive,
+                torch.bincount, torch.repeat_interleave, "nonzero", "argwhere", "masked_select", "unique",
+                "unique_consecutive", "bincount", "repeat_interleave"}
+#: what a tensor says about itself without its numbers (a Python value read from these is a shape, not data)
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}
+_SHAPE_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", "is_complex", "is_contiguous",
+                  "element_size", "get_device"}
+
+
+def _reads_data(kind: str, target: Any, args: tuple[Any, ...], inputs: tuple[Any, ...], value: Any) -> bool:
+    """Does a node's value depend on its tensor inputs' numbers beyond what a tensor holds (a data-dependent shape,
+    or a Python value computed from tensors other than their shape)?"""
+    if target in _DATA_SHAPED or (target is torch.where and len(args) == 1):
+        return True
+    if target is operator.getitem and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in inputs[1:]):
+        return True  # a boolean mask picks as many entries as are true
+    if isinstance(value, torch.Tensor) or not any(isinstance(i, torch.Tensor) for i in inputs):
+        return False
+    if target is getattr and len(args) > 1 and args[1] in _SHAPE_ATTRIBUTES:
+        return False
+    if kind == "call_method" and target in _SHAPE_METHODS:
+        return False
+    return target is not len  # a tensor's length is its first dimension; any other Python value: its numbers
 
 
 class _ValueProxy(fx.Proxy):
     """A proxy whose length and integer value are those its node takes on the example."""
 
     def __len__(self) -> int:
+        self.tracer.shape_value(self, tensors=True)  # type: ignore[attr-defined]  # refused when data-dependent
         return len(self.tracer.value(self.node))  # type: ignore[attr-defined]
 
     def __index__(self) -> int:
@@ -90,9 +115,10 @@ def _concrete(base: type[fx.Tracer]) -> type[fx.Tracer]:
             proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
             node = proxy.node
             a, k = map_arg(node.args, self.value), map_arg(node.kwargs, self.value)
-            if kind == "placeholder":
+            if kind == "placeholder":  # an argument traced at its default: the default (its name may have a suffix)
                 t = str(target)
-                self.values[node] = {} if t.startswith("**") else () if t.startswith("*") else self.inputs.get(t)
+                default = node.args[0] if node.args else None
+                self.values[node] = {} if t.startswith("**") else () if t.startswith("*") else self.inputs.get(t, default)
             elif kind == "get_attr":
                 self.values[node] = self.fetch(str(target))
             elif kind == "call_function":
@@ -105,7 +131,9 @@ def _concrete(base: type[fx.Tracer]) -> type[fx.Tracer]:
                     self.values[node] = fx._symbolic_trace._orig_module_call(self.fetch(target), *a, **k)  # type: ignore[attr-defined]
                 finally:
                     self.running = False
-            if (kind == "call_method" and target in _DATA_METHODS) or any(n in self.tainted for n in node.all_input_nodes):
+            inputs = tuple(map_arg(tuple(node.all_input_nodes), self.value))
+            if kind in ("call_function", "call_method") and _reads_data(kind, target, a, inputs, self.values.get(node)) \
+                    or any(n in self.tainted for n in node.all_input_nodes):
                 self.tainted.add(node)
             return proxy
 
@@ -115,11 +143,12 @@ def _concrete(base: type[fx.Tracer]) -> type[fx.Tracer]:
         def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
             return forward(*args, **kwargs) if self.running else super().call_module(m, forward, args, kwargs)
 
-        def shape_value(self, obj: fx.Proxy) -> Any:
+        def shape_value(self, obj: fx.Proxy, tensors: bool = False) -> Any:
             """The example's answer to a question on ``obj``, refused when it depends on the data (a tensor's
-            numbers): one example's branch would then be taken for every input."""
+            numbers, a shape that depends on them): one example's branch would then be taken for every input.
+            ``tensors``: a tensor is a fair question (its length)."""
             v = self.value(obj.node)
-            if isinstance(v, torch.Tensor) or obj.node in self.tainted:
+            if (isinstance(v, torch.Tensor) and not tensors) or obj.node in self.tainted:
                 raise fx.proxy.TraceError(f"control flow on the data of {obj.node.name} (not only on shapes)")
             return v
 
@@ -127,7 +156,7 @@ def _concrete(base: type[fx.Tracer]) -> type[fx.Tracer]:
             return bool(self.shape_value(obj))
 
         def iter(self, obj: fx.Proxy) -> Any:
-            return iter([obj[i] for i in range(len(self.value(obj.node)))])  # type: ignore[index]
+            return iter([obj[i] for i in range(len(self.shape_value(obj, tensors=True)))])  # type: ignore[index]
 
         def keys(self, obj: fx.Proxy) -> Any:
             return self.value(obj.node).keys()
@@ -141,8 +170,10 @@ def concrete_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, 
     cls = type(model)
     forward = inspect.unwrap(cls.forward)
     names = input_names(model, example)
+    example = _cloned(example)  # an in-place op of the forward runs on the copy, not on the caller's tensors
     values = dict(example) if isinstance(example, dict) else \
         dict(zip(names, example if isinstance(example, (tuple, list)) else (example,)))
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     concrete = defaults_not_given(model, names)
     tracer: Any = _concrete(tracer_cls)({**concrete, **values})  # type: ignore[arg-type]
     tracer.traced_func_name = "_torchslim_traced_forward"
@@ -156,6 +187,20 @@ def concrete_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, 
                          f"({type(exc).__name__}: {first})") from None
     finally:
         model.__class__ = cls
+        with torch.no_grad():  # a buffer the forward wrote (a counter, a cache) as it was
+            for name, b in model.named_buffers():
+                if name in buffers and b.shape == buffers[name].shape:
+                    b.copy_(buffers[name])
+
+
+def _cloned(example: Any) -> Any:
+    if isinstance(example, torch.Tensor):
+        return example.clone()
+    if isinstance(example, dict):
+        return {k: _cloned(v) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(_cloned(v) for v in example)
+    return example
 
 
 def analysis_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, *, what: str = "") -> fx.Graph:

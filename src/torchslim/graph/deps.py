@@ -73,6 +73,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -126,6 +128,9 @@ def dependency_groups(model: nn.Module, example_input: Any) -> Dependencies:
     add_ffn_groups(walk.s, model, example_input, ffn_inside(model, list(walk.blocked)))
     deps = _parametrized_frozen(model, Dependencies(walk.s.groups(), walk.heads, walk.blocked))
     calls = Counter(str(n.target) for n in walk.gm.graph.nodes if n.op == "call_module")
+    norms = [n for n in walk.gm.graph.nodes if n.op == "call_function" and n.target is F.layer_norm]  # subclasses' calls
+    weights = [n.args[2] if len(n.args) > 2 else n.kwargs.get("weight") for n in norms]
+    calls.update(str(w.target).rpartition(".")[0] for w in weights if isinstance(w, fx.Node) and w.op == "get_attr")
     shared = {t: f"called {c} times in the forward (one set of weights read by several inputs)" for t, c in calls.items()
               if c > 1 and any(True for _ in model.get_submodule(t).parameters(recurse=False))}
     return _frozen_with(deps, shared)
@@ -151,9 +156,12 @@ def unwrapped(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def _prefixed(deps: Dependencies, prefix: str) -> Dependencies:
-    groups = [Group(g.id, g.channels, [replace(m, module=prefix + m.module) for m in g.members], g.frozen) for g in deps.groups]
-    heads = [replace(h, module=prefix + h.module) for h in deps.heads]
-    blocked = {prefix + name: why for name, why in deps.blocked.items()}
+    def named(name: str) -> str:  # the wrapped model itself (a parameter it holds) is the prefix without its dot
+        return prefix + name if name else prefix[:-1]
+
+    groups = [Group(g.id, g.channels, [replace(m, module=named(m.module)) for m in g.members], g.frozen) for g in deps.groups]
+    heads = [replace(h, module=named(h.module)) for h in deps.heads]
+    blocked = {named(name): why for name, why in deps.blocked.items()}
     return Dependencies(groups, heads, blocked, deps.engine, deps.note)
 
 

@@ -65,7 +65,7 @@ def _int(value: Any, default: int) -> int:
 def _positional(gm: fx.GraphModule, example_input: Any) -> tuple[Any, ...]:
     """The example input as the traced graph's positional arguments (a dict goes by placeholder name)."""
     if isinstance(example_input, Mapping):
-        return tuple(example_input.get(str(n.target)) for n in gm.graph.nodes if n.op == "placeholder")
+        return tuple(example_input.get(str(n.target), n.args[0] if n.args else None) for n in gm.graph.nodes if n.op == "placeholder")
     return example_input if isinstance(example_input, tuple) else (example_input,)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -116,21 +117,34 @@ def _fit_widths(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(m, pname, nn.Parameter(narrowed, requires_grad=p.requires_grad))
 
 
-def _fits(model_class: Any, config: Any, state: dict[str, torch.Tensor]) -> bool:
-    """Does ``model_class(config)`` (built on the meta device) have every saved weight's shape?"""
+def _files(path: Path) -> list[str]:
+    """The safetensors files of a saved directory (none: it has none)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    return ["model.safetensors"] if (path / "model.safetensors").is_file() else []
+
+
+def _fits(model_class: Any, config: Any, path: Path) -> bool:
+    """Does ``model_class(config)`` (built on the meta device) have every saved weight's shape? Read from the
+    safetensors headers (no tensor loaded); a directory without safetensors files is taken as fitting
+    (``pytorch_model.bin``: ``from_pretrained`` reads it as it always has)."""
+    files = _files(path)
+    if not files:
+        return True
     with torch.device("meta"):
-        fresh = model_class(config)
-    own = fresh.state_dict()
-    return all(k not in own or tuple(own[k].shape) == tuple(v.shape) for k, v in state.items())
+        own = model_class(config).state_dict()
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():
+                if key in own and tuple(own[key].shape) != tuple(f.get_slice(key).get_shape()):
+                    return False
+    return True
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
+    files = _files(path)
+    if not files:
         raise TorchslimError(f"{path}: no model.safetensors (or its index) to load")
     state: dict[str, torch.Tensor] = {}
     for name in files:
@@ -158,9 +172,9 @@ def from_pretrained(model_class: Any, path: str | Path) -> nn.Module:
     path = Path(path)
     config = model_class.config_class.from_pretrained(str(path))
     built = getattr(config, "hidden_size_built", None)
-    state = _state(path)
-    if not getattr(config, "pruned_heads", None) and built is None and _fits(model_class, config, state):
+    if not getattr(config, "pruned_heads", None) and built is None and _fits(model_class, config, path):
         return model_class.from_pretrained(str(path)).eval()
+    state = _state(path)
     width = getattr(config, "hidden_size", None)
     if built is not None:  # BERT with its hidden width pruned: built as it was, then narrowed to the saved shapes
         config.hidden_size = built

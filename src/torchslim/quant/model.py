@@ -26,6 +26,7 @@ report's ``meta["activation_placement"]``) gives the trace error.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.errors import TorchslimError, TransformRefusedError  # noqa: F401 - importable from here as before
-from torchslim.graph.trace import TraceError, fx_trace
+from torchslim.errors import TorchslimError, TransformRefusedError
+from torchslim.graph.trace import TraceError, defaults_not_given, fx_trace
 from torchslim.measure.macs import batch_inputs, call_model, eval_mode
 from torchslim.quant.affine import QParams, dequantize, expand_qparam, quantize
 from torchslim.quant.attention import QuantMultiheadAttention, quantize_attention_input
@@ -175,9 +176,36 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
     graph.lint()
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__ + "Quantized")
     model.__dict__["_torchslim_quant_graph"] = gm
-    model.__dict__["forward"] = gm.forward
+    model.__dict__["forward"] = gm.forward if inputs is None else _Guarded(gm, inputs, defaults_not_given(model, inputs))
     placer.placement.points += _attention_inputs(model, act, learn_scale)
     return placer.placement
+
+
+class _Guarded:
+    """``gm.forward`` taking the traced ``inputs`` (positionally or by name) and refusing any other argument that is
+    not its traced default: the graph was traced without it, and would ignore it silently (a ``**kwargs`` forward).
+    An object, not a closure, so that a deep copy of the model calls its own copy of the graph."""
+
+    def __init__(self, gm: torch.fx.GraphModule, inputs: list[str], defaults: dict[str, Any]) -> None:
+        self.gm, self.inputs, self.defaults = gm, list(inputs), dict(defaults)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # what callers inspect (how many inputs a batch holds): the graph's
+        return inspect.signature(self.gm.forward)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        extra = [k for k, v in kwargs.items() if k not in self.inputs and not (k in self.defaults and _same(v, self.defaults[k]))]
+        if len(args) > len(self.inputs) or extra:
+            given = extra or [f"positional argument {i}" for i in range(len(self.inputs), len(args))]
+            raise TorchslimError(
+                f"this quantized model's graph was traced with the inputs its calibration batches gave "
+                f"({', '.join(self.inputs)}); {', '.join(map(str, given))} would be ignored: quantize with calibration "
+                "batches that give it")
+        return self.gm.forward(*args, **{k: v for k, v in kwargs.items() if k in self.inputs})
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default or (not isinstance(value, torch.Tensor) and not isinstance(default, torch.Tensor) and value == default)
 
 
 def _attention_inputs(model: nn.Module, act: ActQuantConfig, learn_scale: bool) -> list[str]:
