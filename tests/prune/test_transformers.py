@@ -253,3 +253,18 @@ def test_from_pretrained_still_reads_a_directory_with_only_pytorch_model_bin(tmp
     loaded = from_pretrained(T.BertModel, tmp_path)
     ids = torch.tensor([[1, 5, 7, 2]])
     assert torch.equal(loaded(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+
+
+def test_gpt2_with_one_feed_forward_narrowed_reloads_identically(tmp_path):
+    """GPT-2's Conv1D keeps its widths in nf/nx: narrowing its weight alone broke the reloaded forward."""
+    from torchslim.testing.architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES["gpt2"]()
+    model, x = arch.model, arch.example
+    prune_structured_(model, {"granularity": "channel", "sparsity": 0.5, "keep_first_last": False,
+                              "targets": {"transformer.h.0.mlp.c_fc": {}}}, example_input=x)
+    assert model.transformer.h[0].mlp.c_fc.nf != model.transformer.h[1].mlp.c_fc.nf  # no config field says both
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(T.GPT2LMHeadModel, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(**x).logits, model(**x).logits)

@@ -42,6 +42,7 @@ from torchslim.errors import TorchslimError
 from torchslim.graph.attention import attention_specs
 from torchslim.graph.blocks import hf_configs
 from torchslim.graph.slicing import slice_attention, slice_module
+from torchslim.graph.surgery import is_conv1d
 
 __all__ = ["from_pretrained", "restore_pruned_heads"]
 
@@ -92,6 +93,8 @@ def _fit_widths(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         dims = [list(range(n)) if n != c else None for n, c in zip(saved.shape, m.weight.shape)]
         if isinstance(m, nn.Linear):
             slice_module(m, name, out=dims[0], inp=dims[1])
+        elif is_conv1d(m):  # GPT-2's Conv1D: weight (in, out)
+            slice_module(m, name, out=dims[1], inp=dims[0])
         elif isinstance(m, (nn.LayerNorm, nn.Embedding)):
             slice_module(m, name, out=dims[-1])
         elif isinstance(m, _NORMS):
@@ -108,7 +111,7 @@ def _fit_widths(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             slice_module(m, name, out=out, inp=inp)
     layers = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.GroupNorm, *_NORMS, *_CONVS)
     for name, m in model.named_modules():
-        if isinstance(m, layers):
+        if isinstance(m, layers) or is_conv1d(m):
             continue
         for pname, p in list(m._parameters.items()):
             saved = state.get(f"{name}.{pname}" if name else pname)
