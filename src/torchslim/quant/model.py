@@ -151,7 +151,9 @@ def place_activation_quant(model: nn.Module, act: ActQuantConfig, *, learn_scale
 
     On success the model's ``forward`` runs the traced graph with the points in it
     (the graph module shares every submodule with ``model``); the quantizers live
-    in ``model.quant_act``. If the model cannot be traced each quantized layer
+    in ``model.quant_act``. Given ``inputs`` (the arguments the calibration batches
+    give), the others are traced at their defaults and the new ``forward`` refuses,
+    by name, any of them passed with another value. If the model cannot be traced each quantized layer
     quantizes its own input instead, and the placement's ``note`` says why
     (the :class:`~torchslim.graph.trace.TraceError`).
 
