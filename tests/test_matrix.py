@@ -73,3 +73,25 @@ def tiny() -> tuple[nn.Module, torch.Tensor]:
     """A model of one's own for ``--model tests.test_matrix:tiny``: a ``(model, example)`` pair."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)).eval(), torch.randn(4, 8)
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h if mask is None else h * mask)
+
+
+def masked() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """``forward(x, mask=None)`` given ``(x, mask)``: its calibration must not read the pair as (inputs, labels)."""
+    torch.manual_seed(0)
+    return _Masked().eval(), (torch.randn(4, 8), (torch.rand(4, 16) > 0.3).float())
+
+
+def test_a_tuple_example_of_ones_own_calibrates_with_all_its_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The static int8 cell of (x, mask) calibrated on x alone and the quantized graph then refused the mask."""
+    assert main(["--models", "mlp", "--techniques", "int8", "--model", "tests.test_matrix:masked"]) == 0
+    assert "2 cells: 2 works, 0 refused, 0 FAILED" in capsys.readouterr().out

@@ -93,17 +93,22 @@ def batch_inputs(batch: Any, model: nn.Module | None = None) -> Any:
 
     A pair of tensors given for a ``model`` whose forward requires two positional arguments or more
     (``forward(self, src, tgt)``) is that model's input, not an ``(x, y)`` pair; such a model's batches
-    with labels are ``((src, tgt), y)``.
+    with labels are ``((src, tgt), y)``, without them ``((src, tgt),)`` (the form for ``forward(x, mask=None)``
+    called with a mask: ``((x, mask),)``).
 
     Example:
         >>> batch_inputs((torch.ones(2), torch.zeros(2))).tolist()
         [1.0, 1.0]
         >>> len(batch_inputs((torch.ones(1, 2), torch.zeros(1, 2)), nn.Bilinear(2, 2, 1)))
         2
+        >>> len(batch_inputs(((torch.ones(1, 2), torch.zeros(1, 2)),)))
+        2
     """
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         if model is not None and all(isinstance(t, torch.Tensor) for t in batch) and required_positional(model) >= 2:
             return batch
+        return batch[0]
+    if isinstance(batch, (tuple, list)) and len(batch) == 1:  # (inputs,): inputs without labels, as split_batch reads it
         return batch[0]
     return batch
 

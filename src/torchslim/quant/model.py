@@ -202,7 +202,7 @@ class _Guarded:
             raise TorchslimError(
                 f"this quantized model's graph was traced with the inputs its calibration batches gave "
                 f"({', '.join(self.inputs)}); {', '.join(map(str, given))} would be ignored: quantize with calibration "
-                "batches that give it")
+                "batches that give it (positional inputs as ((x, mask),) or ((x, mask), labels); a dict by name)")
         return self.gm.forward(*args, **{k: v for k, v in kwargs.items() if k in self.inputs})
 
 

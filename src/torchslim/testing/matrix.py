@@ -435,7 +435,9 @@ def _factory(spec: str) -> Callable[[], Architecture]:
             return made
         if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
             model, example = made
-            return Architecture(model.eval(), example, [example] * 4, "custom")
+            # calibration batches as (inputs, no labels): a tuple example (x, mask) is then never read as (x, labels)
+            batch = (example, None) if isinstance(example, (tuple, list)) else example
+            return Architecture(model.eval(), example, [batch] * 4, "custom")
         raise ConfigError([ConfigIssue("--model", f"{spec} returned {type(made).__name__}; expected an Architecture or (model, example_input)")])
 
     return make
