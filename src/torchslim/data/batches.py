@@ -56,6 +56,20 @@ def required_positional(model: Any) -> int:
     return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
 
 
+def inputs_pair(batch: Any, model: Any) -> bool:
+    """Is ``batch`` a pair of tensors that ``model`` takes as its two inputs (its forward requires two positional
+    arguments or more), rather than an ``(x, y)`` pair?
+
+    Example:
+        >>> from torch import nn
+        >>> pair = (torch.ones(1, 2), torch.zeros(1, 2))
+        >>> inputs_pair(pair, nn.Bilinear(2, 2, 1)), inputs_pair(pair, nn.Linear(2, 2)), inputs_pair(pair, None)
+        (True, False, False)
+    """
+    return (model is not None and isinstance(batch, (tuple, list)) and len(batch) == 2
+            and all(isinstance(t, torch.Tensor) for t in batch) and required_positional(model) >= 2)
+
+
 def split_batch(batch: Any, index: int = 0, model: Any = None) -> tuple[Any, torch.Tensor | None]:
     """``(inputs, labels)`` of one batch (see the module docstring); ``labels`` is ``None`` when absent.
 
@@ -83,8 +97,7 @@ def split_batch(batch: Any, index: int = 0, model: Any = None) -> tuple[Any, tor
         labels = batch[key] if key is not None else None
         return inputs, _labels(labels, index)
     if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        if model is not None and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch) \
-                and required_positional(model) >= 2:
+        if inputs_pair(batch, model):
             return tuple(batch), None
         return batch[0], _labels(batch[1] if len(batch) == 2 else None, index)
     raise TorchslimError(f"batch {index} is a {type(batch).__name__}; a batch must be {BATCH_FORMS}")
@@ -98,6 +111,22 @@ def _labels(labels: Any, index: int) -> torch.Tensor | None:
     raise TorchslimError(f"batch {index}: labels must be a tensor (or a list of integers), got {type(labels).__name__}")
 
 
+def map_tensors(obj: Any, fn: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it (in dicts, tuples and lists); anything else kept as it is.
+
+    Example:
+        >>> map_tensors({"a": torch.zeros(1), "b": [torch.ones(1), None]}, lambda t: t + 1)["b"]
+        [tensor([2.]), None]
+    """
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
 def move(obj: Any, device: torch.device | str | None) -> Any:
     """``obj`` with every tensor in it (in dicts, tuples and lists) moved to ``device`` (``None``: unchanged).
 
@@ -109,13 +138,7 @@ def move(obj: Any, device: torch.device | str | None) -> Any:
     """
     if device is None:
         return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=torch.device(device).type != "cpu")
-    if isinstance(obj, Mapping):
-        return {k: move(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(move(v, device) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=torch.device(device).type != "cpu"))
 
 
 def batch_size_of(inputs: Any) -> int:

@@ -36,6 +36,7 @@ import onnx
 import torch
 from torch import nn
 
+from torchslim.data.batches import map_tensors
 from torchslim.deploy import passes
 from torchslim.errors import TorchslimError
 from torchslim.graph.deps import unwrapped
@@ -194,16 +195,7 @@ def _float32(model: nn.Module, example_input: ExampleInput) -> tuple[nn.Module, 
     if all(not t.is_floating_point() or t.dtype == torch.float32 for t in tensors):
         return model, example_input
 
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.float() if t.is_floating_point() else t
-
-    example: Any = example_input
-    if isinstance(example, torch.Tensor):
-        example = cast(example)
-    elif isinstance(example, Mapping):
-        example = {k: cast(v) for k, v in example.items()}
-    elif isinstance(example, (tuple, list)):
-        example = type(example)(cast(t) for t in example)
+    example = map_tensors(example_input, lambda t: t.float() if t.is_floating_point() else t)
     return copy.deepcopy(model).float(), example
 
 

@@ -41,6 +41,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.node import map_arg
 
+from torchslim.data.batches import map_tensors
 from torchslim.graph.attention import attention_specs
 from torchslim.graph.trace import TraceError, defaults_not_given, fx_trace, input_names
 from torchslim.measure.macs import eval_mode
@@ -170,7 +171,7 @@ def concrete_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, 
     cls = type(model)
     forward = inspect.unwrap(cls.forward)
     names = input_names(model, example)
-    example = _cloned(example)  # an in-place op of the forward runs on the copy, not on the caller's tensors
+    example = map_tensors(example, torch.Tensor.clone)  # an in-place op of the forward runs on the copy, not on the caller's tensors
     values = dict(example) if isinstance(example, dict) else \
         dict(zip(names, example if isinstance(example, (tuple, list)) else (example,)))
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -191,16 +192,6 @@ def concrete_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, 
             for name, b in model.named_buffers():
                 if name in buffers and b.shape == buffers[name].shape:
                     b.copy_(buffers[name])
-
-
-def _cloned(example: Any) -> Any:
-    if isinstance(example, torch.Tensor):
-        return example.clone()
-    if isinstance(example, dict):
-        return {k: _cloned(v) for k, v in example.items()}
-    if isinstance(example, (tuple, list)):
-        return type(example)(_cloned(v) for v in example)
-    return example
 
 
 def analysis_trace(model: nn.Module, tracer_cls: type[fx.Tracer], example: Any, *, what: str = "") -> fx.Graph:

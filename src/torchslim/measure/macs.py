@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from torchslim.data.batches import required_positional
+from torchslim.data.batches import inputs_pair
 from torchslim.errors import TorchslimError
 
 ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]
@@ -105,7 +105,7 @@ def batch_inputs(batch: Any, model: nn.Module | None = None) -> Any:
         2
     """
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        if model is not None and all(isinstance(t, torch.Tensor) for t in batch) and required_positional(model) >= 2:
+        if inputs_pair(batch, model):
             return batch
         return batch[0]
     if isinstance(batch, (tuple, list)) and len(batch) == 1:  # (inputs,): inputs without labels, as split_batch reads it
